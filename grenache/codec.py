@@ -1,0 +1,58 @@
+"""JSON exactly as Node's ``JSON.stringify`` writes it, and the msgpack codec.
+
+Node writes compact JSON, raw UTF-8 (no ``\\uXXXX`` for non-ASCII) and ``null`` for NaN and
+infinities; Python's defaults differ on all three.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import msgpack
+
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _replace_non_finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _replace_non_finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_replace_non_finite(v) for v in value]
+    return value
+
+
+def json_dumps(value: Any) -> bytes:
+    """Encode ``value`` as Node's ``JSON.stringify`` would, as UTF-8 bytes."""
+    try:
+        text = _encoder.encode(value)
+    except ValueError:
+        text = _encoder.encode(_replace_non_finite(value))
+    return text.encode("utf-8")
+
+
+def json_loads(data: bytes | str) -> Any:
+    """Decode JSON text; raises ``ValueError`` (as ``json`` does) when it is not JSON.
+
+    Python's ``NaN``/``Infinity`` extensions are refused, since ``JSON.parse`` refuses them.
+    """
+
+    def _refuse(token: str) -> Any:
+        raise ValueError(f"invalid JSON token {token}")
+
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = bytes(data).decode("utf-8")
+    return json.loads(data, parse_constant=_refuse)
+
+
+def msgpack_dumps(value: Any) -> bytes:
+    """Encode ``value`` as msgpack (binary type for bytes, str type for text)."""
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def msgpack_loads(data: bytes) -> Any:
+    """Decode msgpack; raises ``ValueError`` subclasses on malformed input."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
