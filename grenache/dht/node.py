@@ -1,0 +1,605 @@
+"""The DHT node: KRPC handlers, routing-table upkeep, announce / lookup / put / get.
+
+It answers every query as a Node grape (bittorrent-dht 10.0.0) does (reference/dht.md §3) and
+runs the same client flows (§4.4, §4.5, §6.3, §6.4), with the decisions of DESIGN.md:
+documented defaults, ed25519 verification on by default, and a lone node that keeps its own
+announces and puts so that a single grape is a working development network.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from typing import Any
+
+import attrs
+import bencode2
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from grenache.dht import bep44
+from grenache.dht.krpc import Address, KRPCProtocol, Response
+from grenache.dht.lookup import (
+    Walk,
+    decode_peer,
+    encode_nodes,
+    encode_peer,
+    valid_node_id,
+)
+from grenache.dht.routing import Contact, KBucket
+from grenache.dht.store import LRUCache, RecordCache, TokenSecrets
+from grenache.errors import (
+    AllQueriesFailed,
+    InvalidPut,
+    KRPCError,
+    NoNodesToQuery,
+)
+
+log = Logger()
+
+TOKEN_TABLE_MAX_AGE = 300.0
+LOOKUP_RESULT_LIMIT = 100
+#: Replies list at most this many contacts or peers, so a datagram always fits in 64 KiB.
+REPLY_LIST_LIMIT = 1000
+STALE_CONTACT_AGE = 10.0
+PINGS_BEFORE_EVICT = 16
+MAX_SALT_LENGTH = 64
+
+
+@attrs.frozen
+class DHTConfig:
+    """What a DHT node is told at construction. Times are in seconds.
+
+    ``host``, when set, is the address a node stores for its own announces, as Node's ``host``
+    option does. ``peer_max_age`` 0 means announced peers never expire (the Node 1.0.0 CLI's
+    accidental default); the default is the documented 120 s.
+    """
+
+    bootstrap: tuple[Address, ...] = ()
+    host: str | None = None
+    peer_max_age: float = 120.0
+    node_liveness: float = 300.0
+    max_tables: int = 5000
+    max_values: int = 5000
+    max_peers: int = 10000
+    verify_mutable: bool = True
+    timeout: float = 2.0
+    concurrency: int = 16
+
+
+@attrs.frozen
+class GetResult:
+    """A BEP 44 item found by :meth:`DHTNode.get` and who answered it.
+
+    ``token`` is None when the item came from this node's own store.
+    """
+
+    responder: bytes
+    token: bytes | None
+    item: bep44.Item
+
+
+@attrs.frozen
+class PutResult:
+    """The target hash of a put, and how many nodes (this one included) stored it."""
+
+    key: bytes
+    hits: int
+
+
+class DHTNode:
+    """A DHT node on one KRPC socket.
+
+    ``krpc`` is the :class:`KRPCProtocol` to listen with (``reactor.listenUDP(port, node.krpc)``);
+    :meth:`start` begins timers and the bootstrap walk, :meth:`stop` ends every timer.
+    """
+
+    def __init__(
+        self,
+        config: DHTConfig,
+        clock: IReactorTime,
+        node_id: bytes | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.node_id = node_id if node_id is not None else os.urandom(20)
+        self._rng = rng or random.Random()
+        self.krpc = KRPCProtocol(
+            self.node_id,
+            clock,
+            self._handle_query,
+            self._node_seen,
+            timeout=config.timeout,
+            concurrency=config.concurrency,
+        )
+        self.routing = KBucket(self.node_id)
+        self.peers = RecordCache(clock, config.peer_max_age, config.max_peers, rng=self._rng)
+        # Grape's own lookup cache (`_mem`): half the peer age, like Node's.
+        self.seen_peers = RecordCache(
+            clock, math.ceil(config.peer_max_age / 2), 5000, rng=self._rng
+        )
+        # Announces of a lone node, answered to local lookups only (never to other nodes).
+        self.own_peers = RecordCache(clock, config.peer_max_age, config.max_peers, rng=self._rng)
+        self.values: LRUCache[bytes, bep44.Item] = LRUCache(clock, config.max_values)
+        self.tables: LRUCache[bytes, KBucket] = LRUCache(
+            clock, config.max_tables, TOKEN_TABLE_MAX_AGE
+        )
+        self.tokens = TokenSecrets(clock)
+        self._lookups: dict[bytes, Deferred[list[str]]] = {}
+        self._last_change = clock.seconds()
+        self._liveness_call: Any = None
+        self._evicting = False
+        self._eviction_queue: tuple[list[Contact], Contact] | None = None
+        self._running = False
+        self.ready: Deferred[None] = Deferred()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The UDP port the KRPC socket is bound to."""
+        transport = self.krpc.transport
+        if transport is None:
+            raise RuntimeError("the DHT node is not listening")
+        return int(transport.getHost().port)  # type: ignore[attr-defined]
+
+    def start(self) -> Deferred[None]:
+        """Start timers and bootstrap; fires (never fails) once the bootstrap walk ended."""
+        self._running = True
+        self._last_change = self.clock.seconds()
+        self.peers.start()
+        self.seen_peers.start()
+        self.own_peers.start()
+        self.tokens.start()
+        self._schedule_liveness()
+        self.bootstrap().addBoth(lambda _: self.ready.callback(None) if not self.ready.called else None)
+        return self.ready
+
+    def stop(self) -> None:
+        """Stop every timer. Closing the socket (``port.stopListening()``) is the caller's."""
+        self._running = False
+        self.peers.stop()
+        self.seen_peers.stop()
+        self.own_peers.stop()
+        self.tokens.stop()
+        if self._liveness_call is not None and self._liveness_call.active():
+            self._liveness_call.cancel()
+        self._liveness_call = None
+
+    def bootstrap(self) -> Deferred[int]:
+        """Walk ``find_node`` on our own id from the bootstrap list; fires with the responders."""
+        walk = self._walk(self.node_id, "find_node", {"target": self.node_id})
+        return walk.run().addCallback(lambda _: walk.responses)
+
+    def add_node(self, addr: Address) -> Deferred[bool]:
+        """Ping ``addr`` and, if it answers, add it to the routing table (Node's ``addNode``)."""
+        d = self.krpc.query(addr, "ping", {})
+
+        def answered(response: Response) -> bool:
+            self._last_change = self.clock.seconds()
+            return valid_node_id(response.r.get("id"))
+
+        return d.addCallbacks(answered, lambda _: False)
+
+    # --- routing table upkeep -----------------------------------------------------------------
+
+    def _node_seen(self, node_id: bytes, addr: Address) -> None:
+        now = self.clock.seconds()
+        known = self.routing.get(node_id)
+        if known is not None:
+            known.seen = now
+            return
+        full = self.routing.add(Contact(id=node_id, host=addr[0], port=addr[1], seen=now))
+        if full is not None:
+            self._eviction_queue = full  # last one wins
+            if not self._evicting:
+                self._evicting = True
+                self._run_evictions()
+
+    def _run_evictions(self) -> None:
+        if self._eviction_queue is None or not self._running:
+            self._evicting = False
+            self._eviction_queue = None
+            return
+        oldest, newcomer = self._eviction_queue
+        self._eviction_queue = None
+        now = self.clock.seconds()
+        stale = [c for c in reversed(oldest[:PINGS_BEFORE_EVICT]) if now - c.seen >= STALE_CONTACT_AGE]
+
+        def check(remaining: list[Contact]) -> None:
+            if not remaining:
+                self._run_evictions()
+                return
+            contact = remaining[0]
+            d = self.krpc.query(contact.addr, "ping", {}, node_id=contact.id)
+
+            def alive(_: Response) -> None:
+                contact.seen = self.clock.seconds()
+                self._last_change = contact.seen
+                check(remaining[1:])
+
+            def dead(_: Failure) -> None:
+                self.routing.remove(contact.id)
+                self.routing.add(newcomer)
+                self._run_evictions()
+
+            d.addCallbacks(alive, dead)
+
+        check(stale)
+
+    def _schedule_liveness(self) -> None:
+        if not self._running:
+            return
+        delay = self._rng.uniform(30.0, 90.0)
+        self._liveness_call = self.clock.callLater(delay, self._liveness_sweep)
+
+    def _liveness_sweep(self) -> None:
+        self._liveness_call = None
+        if self.clock.seconds() - self._last_change < self.config.node_liveness:
+            self._schedule_liveness()
+            return
+        contacts = list(reversed(self.routing.to_list()))
+
+        def ping_next(remaining: list[Contact]) -> None:
+            if not self._running:
+                return
+            if not remaining:
+                self._schedule_liveness()
+                return
+            contact = remaining[0]
+
+            def alive(_: Response) -> None:
+                contact.seen = self.clock.seconds()
+                self._last_change = contact.seen
+                ping_next(remaining[1:])
+
+            def dead(_: Failure) -> None:
+                self.routing.remove(contact.id)
+                if len(self.routing) == 0:
+                    self.bootstrap()
+                self._schedule_liveness()
+
+            self.krpc.query(contact.addr, "ping", {}, node_id=contact.id).addCallbacks(alive, dead)
+
+        ping_next(contacts)
+
+    def _drop_timed_out(self, contact: Contact) -> None:
+        known = self.routing.get(contact.id)
+        if known is not None and known.addr == contact.addr:
+            self.routing.remove(contact.id)
+
+    def _walk(self, target: bytes, query: str, args: dict[str, Any], visit: Any = None) -> Walk:
+        return Walk(
+            self.krpc,
+            self.routing,
+            self.config.bootstrap,
+            target,
+            query,
+            args,
+            visit=visit,
+            on_timeout=self._drop_timed_out,
+            concurrency=self.config.concurrency,
+        )
+
+    # --- serving queries (reference/dht.md §3) --------------------------------------------------
+
+    def _handle_query(
+        self, query: str, a: dict[str, Any], addr: Address
+    ) -> dict[str, Any] | KRPCError | None:
+        handler = _HANDLERS.get(query)
+        if handler is None:
+            return None
+        return handler(self, a, addr)
+
+    def _nodes_near(self, target: bytes) -> bytes:
+        return encode_nodes(self.routing.closest(target), limit=REPLY_LIST_LIMIT)
+
+    def _on_ping(self, a: dict[str, Any], addr: Address) -> dict[str, Any]:
+        return {}
+
+    def _on_find_node(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | KRPCError | None:
+        target = a.get("target")
+        if target is None:
+            return KRPCError(203, "`find_node` missing required `a.target` field")
+        if not isinstance(target, bytes):
+            return None
+        return {"nodes": self._nodes_near(target)}
+
+    def _on_get_peers(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | KRPCError | None:
+        info_hash = a.get("info_hash")
+        if info_hash is None:
+            return KRPCError(203, "`get_peers` missing required `a.info_hash` field")
+        if not isinstance(info_hash, bytes):
+            return None
+        token = self.tokens.token(addr[0])
+        values = self.peers.get(info_hash)
+        if values:
+            return {"token": token, "values": values[:REPLY_LIST_LIMIT]}
+        return {"nodes": self._nodes_near(info_hash), "token": token}
+
+    def _on_announce_peer(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | KRPCError | None:
+        implied = a.get("implied_port")
+        port = addr[1] if implied else a.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 65535:
+            return None
+        info_hash = a.get("info_hash")
+        token = a.get("token")
+        if not isinstance(info_hash, bytes) or not isinstance(token, bytes) or not info_hash or not token:
+            return None
+        if not self.tokens.is_valid(addr[0], token):
+            return KRPCError(203, "cannot `announce_peer` with bad token")
+        self.peers.add(info_hash, encode_peer(addr[0], port))
+        return {}
+
+    def _on_get(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | None:
+        target = a.get("target")
+        if not isinstance(target, bytes):
+            return None
+        token = self.tokens.token(addr[0])
+        item = self.values.get(target)
+        if item is None:
+            return {"nodes": self._nodes_near(target), "token": token}
+        reply: dict[str, Any] = {"token": token, "v": item.v}
+        if item.mutable:
+            reply.update(k=item.k, sig=item.sig, seq=item.seq)
+        return reply
+
+    def _on_put(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | KRPCError | None:
+        v = a.get("v")
+        if v is None or v == 0 or a.get("id") is None or not isinstance(a.get("token"), bytes):
+            return None
+        if not self.tokens.is_valid(addr[0], a["token"]):
+            return KRPCError(203, "cannot `put` with bad token")
+        if isinstance(v, (bytes, list)) and len(v) > bep44.MAX_VALUE_SIZE:
+            return KRPCError(205, "data payload too large")
+        k, sig = a.get("k"), a.get("sig")
+        if k is None and sig is None:
+            self.values.set(bep44.immutable_key(v), bep44.Item(v=v))
+            return {}
+        if not self.config.verify_mutable:
+            return KRPCError(400, "verification not supported")
+        salt = a.get("salt")
+        seq = a.get("seq")
+        if not isinstance(k, bytes) or not isinstance(sig, bytes):
+            return None
+        if salt is not None and not isinstance(salt, bytes):
+            return None
+        if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+            return None
+        item = bep44.Item(v=v, k=k, sig=sig, seq=seq, salt=salt or None)
+        if not item.signature_valid():
+            return None
+        key = item.key()
+        previous = self.values.peek(key)
+        cas = a.get("cas")
+        if previous is not None:
+            if isinstance(cas, int) and cas != previous.seq:
+                return KRPCError(301, "CAS mismatch, re-read and try again")
+            if isinstance(previous.seq, int) and not (isinstance(seq, int) and seq > previous.seq):
+                return KRPCError(302, "sequence number less than current")
+        self.values.set(key, item)
+        return {}
+
+    # --- client operations --------------------------------------------------------------------
+
+    def lookup(self, key: bytes) -> Deferred[list[str]]:
+        """Find the peers announced under ``key``: up to 100 ``"ip:port"`` in random order.
+
+        Concurrent lookups of one key share a single walk. Never fails.
+        """
+        pending = self._lookups.get(key)
+        if pending is None:
+            pending = self._lookups[key] = self._run_lookup(key)
+        result: Deferred[list[str]] = Deferred()
+        pending.addBoth(lambda peers: (result.callback(list(peers)), peers)[1])
+        return result
+
+    def _remember_peer(self, key: bytes, addr: Address) -> None:
+        self.seen_peers.add(key, f"{addr[0]}:{addr[1]}".encode("ascii"))
+
+    def _run_lookup(self, key: bytes) -> Deferred[list[str]]:
+        for record in self.peers.get(key, LOOKUP_RESULT_LIMIT) + self.own_peers.get(key):
+            addr = decode_peer(record)
+            if addr is not None:
+                self._remember_peer(key, addr)
+
+        def visit(response: Response) -> None:
+            values = response.r.get("values")
+            if isinstance(values, list):
+                for value in values:
+                    addr = decode_peer(value)
+                    if addr is not None:
+                        self._remember_peer(key, addr)
+
+        walk = self._walk(key, "get_peers", {"info_hash": key}, visit)
+
+        def finished(table: KBucket) -> list[str]:
+            self._lookups.pop(key, None)
+            self.tables.set(key, table)
+            return [r.decode("ascii") for r in self.seen_peers.get(key, LOOKUP_RESULT_LIMIT)]
+
+        return walk.run().addCallback(finished)
+
+    def _token_table(self, key: bytes, query: str, args: dict[str, Any]) -> Deferred[KBucket]:
+        cached = self.tables.peek(key)
+        if cached is not None:
+            return succeed(cached)
+        if query == "get_peers":
+            return self.lookup(key).addCallback(lambda _: self.tables.peek(key) or KBucket(key))
+        walk = self._walk(key, query, args)
+
+        def finished(table: KBucket) -> KBucket:
+            self.tables.set(key, table)
+            return table
+
+        return walk.run().addCallback(finished)
+
+    def _send_to_all(self, table: KBucket, query: str, args: dict[str, Any]) -> Deferred[int]:
+        """Send ``query`` to every token-table contact with its own token (Node's queryAll)."""
+        contacts = [c for c in table.to_list() if c.token]
+        if not contacts:
+            return _fail(NoNodesToQuery())
+        calls = [
+            self.krpc.query(c.addr, query, {**args, "token": c.token}, node_id=c.id) for c in contacts
+        ]
+
+        def tally(results: list[tuple[bool, Any]]) -> int:
+            hits = sum(1 for ok, _ in results if ok)
+            if hits:
+                return hits
+            for ok, failure in results:
+                if not ok and failure.check(KRPCError) and 300 <= failure.value.code < 400:
+                    raise failure.value
+            raise AllQueriesFailed()
+
+        return DeferredList(calls, consumeErrors=True).addCallback(tally)
+
+    def announce(self, key: bytes, port: int) -> Deferred[int]:
+        """Announce ``port`` under ``key``; fires with the number of nodes that stored it.
+
+        Port 0 announces this node's own DHT port, as Node does. With ``host`` configured the
+        node also stores itself; a lone node (no one to send to) keeps the announce for its own
+        lookups and counts itself, so a single grape works as a development network.
+        """
+        if port == 0:
+            port = self.port
+        if self.config.host is not None:
+            self.peers.add(key, encode_peer(self.config.host, port))
+        d = self._token_table(key, "get_peers", {"info_hash": key})
+        d.addCallback(
+            lambda table: self._send_to_all(
+                table, "announce_peer", {"implied_port": 0, "info_hash": key, "port": port}
+            )
+        )
+
+        def alone(failure: Failure) -> int:
+            failure.trap(NoNodesToQuery)
+            if self.config.host is None:
+                self.own_peers.add(key, encode_peer("127.0.0.1", port))
+            return 1
+
+        return d.addErrback(alone)
+
+    def put(self, item: bep44.Item, cas: int | None = None) -> Deferred[PutResult]:
+        """Store a BEP 44 item in the DHT; fires with its key and the number of storing nodes.
+
+        Fails with :class:`InvalidPut` (Node's validation messages), :class:`KRPCError` for a
+        3xx refusal (CAS mismatch, old sequence number) or :class:`AllQueriesFailed`.
+        """
+        try:
+            _validate_put(item, cas)
+        except InvalidPut as error:
+            return _fail(error)
+        key = item.key()
+        stored_here = False
+        if not item.mutable:
+            self.values.set(key, item)
+            stored_here = True
+        args: dict[str, Any] = {"v": item.v}
+        if item.mutable:
+            args.update(k=item.k, seq=item.seq, sig=item.sig, salt=item.salt, cas=cas)
+        d = self._token_table(key, "get", {"target": key})
+        d.addCallback(lambda table: self._send_to_all(table, "put", args))
+
+        def done(hits: int) -> PutResult:
+            return PutResult(key=key, hits=hits)
+
+        def alone(failure: Failure) -> PutResult:
+            failure.trap(NoNodesToQuery)
+            if item.mutable:
+                self.values.set(key, item)
+            return PutResult(key=key, hits=1 if stored_here or item.mutable else 0)
+
+        return d.addCallbacks(done, alone)
+
+    def get(self, key: bytes, salt: bytes | None = None, cache: bool = True) -> Deferred[GetResult | None]:
+        """Find the BEP 44 item stored under ``key``; None when nobody has a valid one.
+
+        The node's own store answers first (unless ``cache`` is False). Immutable: the first
+        value whose hash matches wins. Mutable: the valid signature with the highest ``seq``.
+        """
+        if cache:
+            local = self.values.get(key)
+            if local is not None:
+                return succeed(GetResult(responder=self.node_id, token=None, item=local))
+        best: list[GetResult] = []
+
+        def visit(response: Response) -> bool | None:
+            r = response.r
+            v = r.get("v")
+            if v is None:
+                return None
+            if r.get("k") is None and r.get("sig") is None:
+                if bep44.immutable_key(v) != key:
+                    return None
+                best[:] = [GetResult(responder=r["id"], token=r.get("token"), item=bep44.Item(v=v))]
+                return False
+            if not self.config.verify_mutable:
+                return None
+            k, sig, seq = r.get("k"), r.get("sig"), r.get("seq")
+            if not isinstance(k, bytes) or not isinstance(sig, bytes):
+                return None
+            if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+                return None
+            item = bep44.Item(v=v, k=k, sig=sig, seq=seq, salt=salt)
+            if item.key() != key or not item.signature_valid():
+                return None
+            if best and (best[0].item.seq or 0) >= (seq or 0):
+                return None
+            best[:] = [GetResult(responder=r["id"], token=r.get("token"), item=item)]
+            return None
+
+        walk = self._walk(key, "get", {"target": key}, visit)
+
+        def finished(table: KBucket) -> GetResult | None:
+            self.tables.set(key, table)
+            return best[0] if best else None
+
+        return walk.run().addCallback(finished)
+
+
+def _fail(error: Exception) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(Failure(error))
+    return d
+
+
+def _validate_put(item: bep44.Item, cas: int | None) -> None:
+    """Refuse what Node's ``put`` refuses, with its messages (reference/dht.md §6.4)."""
+    v = item.v
+    if v is None:
+        raise InvalidPut("opts.v not given")
+    try:
+        size = len(v) if isinstance(v, (bytes, list)) else len(bencode2.bencode(v))
+    except Exception as error:  # noqa: BLE001 - anything bencode refuses is an invalid value
+        raise InvalidPut(f"v cannot be encoded: {error}") from error
+    if size >= bep44.MAX_VALUE_SIZE:
+        raise InvalidPut("v must be less than 1000 bytes in put()")
+    if item.k is None:
+        return
+    if len(item.k) != 32:
+        raise InvalidPut("opts.k ed25519 public key must be 32 bytes")
+    if item.sig is None:
+        raise InvalidPut("opts.sign function or options.sig signature is required for mutable put")
+    if item.salt is not None and len(item.salt) > MAX_SALT_LENGTH:
+        raise InvalidPut("opts.salt is > 64 bytes long")
+    if item.seq is None:
+        raise InvalidPut("opts.seq not provided for a mutable update")
+    if not isinstance(item.seq, int) or isinstance(item.seq, bool):
+        raise InvalidPut("opts.seq not an integer")
+    if cas is not None and (not isinstance(cas, int) or isinstance(cas, bool)):
+        raise InvalidPut("opts.cas must be an integer if provided")
+
+
+_HANDLERS = {
+    "ping": DHTNode._on_ping,
+    "find_node": DHTNode._on_find_node,
+    "get_peers": DHTNode._on_get_peers,
+    "announce_peer": DHTNode._on_announce_peer,
+    "get": DHTNode._on_get,
+    "put": DHTNode._on_put,
+}

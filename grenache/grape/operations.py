@@ -1,0 +1,205 @@
+"""The four grape operations, shared by the HTTP and the WebSocket API.
+
+``dispatch(node, operation, data)`` checks ``data`` the way grenache-grape 1.0.0 does, runs the
+operation on the DHT node and fires with the JSON-able result Node would send (reference
+protocol.md §3.2–§3.5), ``None`` standing for the empty body of a get that found nothing.
+Failures are typed (:mod:`grenache.errors`); each API maps them to its wire form in one place.
+
+Where Node answers a malformed ``data`` with a JavaScript exception text (HTTP 500), this
+grape answers :class:`~grenache.errors.GrapeDataInvalid` with a message that says what is wrong.
+An invalid get hash is answered ``ERR_GRAPE_HASH_FORMAT`` instead of Node's silent "not found".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred
+
+from grenache.dht import bep44
+from grenache.dht.node import DHTNode, GetResult
+from grenache.errors import (
+    GrapeAnnounceInvalid,
+    GrapeDataInvalid,
+    GrapeHashFormat,
+    GrapeLookupInvalid,
+    GrapeRequestNotFound,
+    GrapeServicePortInvalid,
+    InvalidPut,
+)
+
+#: What the APIs call: ``dispatch(operation, data)``.
+Dispatch = Callable[[str, Any], "Deferred[Any]"]
+
+
+def make_dispatch(node: DHTNode) -> Dispatch:
+    """Bind :func:`dispatch` to a node, in the shape the HTTP and WebSocket APIs take."""
+
+    def bound(operation: str, data: Any) -> Deferred[Any]:
+        return dispatch(node, operation, data)
+
+    return bound
+
+
+def dispatch(node: DHTNode, operation: str, data: Any) -> Deferred[Any]:
+    """Run one grape API operation; see the module docstring for results and errors."""
+    handler = _OPERATIONS.get(operation)
+    if handler is None:
+        return ensureDeferred(_raise(GrapeRequestNotFound()))
+    return ensureDeferred(handler(node, data))
+
+
+async def _raise(error: Exception) -> Any:
+    raise error
+
+
+async def announce(node: DHTNode, data: Any) -> int:
+    if not isinstance(data, list):
+        raise GrapeAnnounceInvalid()
+    name = data[0] if data else None
+    port = data[1] if len(data) > 1 else None
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise GrapeServicePortInvalid()
+    if not isinstance(name, str):
+        raise GrapeDataInvalid("ERR_GRAPE_ANNOUNCE: the service name must be a string")
+    return await node.announce(name.encode("utf-8"), port)
+
+
+async def lookup(node: DHTNode, data: Any) -> list[str]:
+    if not isinstance(data, str) or not data:
+        raise GrapeLookupInvalid()
+    return await node.lookup(data.encode("utf-8"))
+
+
+def _value_to_bencode(value: Any) -> Any:
+    """A JSON value as bittorrent-dht would bencode it (strings as UTF-8, floats truncated)."""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidPut("v must be a finite number")
+        return int(value)
+    if isinstance(value, list):
+        return [_value_to_bencode(v) for v in value if v is not None]
+    if isinstance(value, dict):
+        return {k: _value_to_bencode(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _hex_field(data: dict[str, Any], name: str, message: str) -> bytes | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    try:
+        return bytes.fromhex(value)
+    except (TypeError, ValueError):
+        raise InvalidPut(message) from None
+
+
+def _int_field(data: dict[str, Any], name: str, message: str) -> int | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise InvalidPut(message)
+    return int(value)
+
+
+async def put(node: DHTNode, data: Any) -> str:
+    if isinstance(data, str):
+        data = {"v": data}
+    if not isinstance(data, dict):
+        raise GrapeDataInvalid("ERR_GRAPE_PUT: data must be an object or a string")
+    v = data.get("v")
+    if v is None:
+        raise InvalidPut("opts.v not given")
+    k = _hex_field(data, "k", "opts.k ed25519 public key must be 32 bytes")
+    cas = None
+    if k is None:
+        item = bep44.Item(v=_value_to_bencode(v))
+    else:
+        sig = _hex_field(
+            data, "sig", "opts.sign function or options.sig signature is required for mutable put"
+        )
+        salt = data.get("salt")
+        if salt is not None and not isinstance(salt, str):
+            raise InvalidPut("opts.salt must be a string")
+        seq = _int_field(data, "seq", "opts.seq not an integer")
+        cas = _int_field(data, "cas", "opts.cas must be an integer if provided")
+        item = bep44.Item(
+            v=_value_to_bencode(v),
+            k=k,
+            sig=sig,
+            seq=seq,
+            salt=salt.encode("utf-8") if salt else None,
+        )
+    result = await node.put(item, cas=cas)
+    return result.key.hex()
+
+
+async def get(node: DHTNode, data: Any) -> dict[str, Any] | None:
+    salt: bytes | None = None
+    cache = True
+    if isinstance(data, dict):
+        key_hex = data.get("hash")
+        if isinstance(data.get("salt"), str) and data["salt"]:
+            salt = data["salt"].encode("utf-8")
+        cache = data.get("cache") is not False
+    elif isinstance(data, str):
+        key_hex = data
+    else:
+        raise GrapeDataInvalid("ERR_GRAPE_GET: data must be a hash string or an object with a hash")
+    if not isinstance(key_hex, str) or len(key_hex) != 40:
+        raise GrapeHashFormat()
+    try:
+        key = bytes.fromhex(key_hex)
+    except ValueError:
+        raise GrapeHashFormat() from None
+    found = await node.get(key, salt=salt, cache=cache)
+    if found is None:
+        return None
+    return get_result_json(found, salt, local=found.token is None)
+
+
+def _value_to_json(value: Any) -> Any:
+    """Node's ``v.toString()``: UTF-8 text for bytes, decimal text for an integer."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return [_value_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {
+            (k.decode("utf-8", "replace") if isinstance(k, bytes) else k): _value_to_json(v)
+            for k, v in value.items()
+        }
+    return value
+
+
+def get_result_json(found: GetResult, salt: bytes | None, local: bool) -> dict[str, Any]:
+    """The JSON object grenache-grape answers a get with, in Node's key order for each path."""
+    item = found.item
+    result: dict[str, Any] = {"id": found.responder.hex()}
+    if local:
+        result["token"] = None
+        result["v"] = _value_to_json(item.v)
+        if item.mutable:
+            assert item.k is not None and item.sig is not None
+            result.update(sig=item.sig.hex(), k=item.k.hex(), seq=item.seq)
+        return result
+    if item.mutable:
+        assert item.k is not None and item.sig is not None
+        result.update(k=item.k.hex(), seq=item.seq, sig=item.sig.hex())
+    result["token"] = found.token.hex() if found.token is not None else None
+    result["v"] = _value_to_json(item.v)
+    if item.mutable and salt is not None:
+        result["salt"] = salt.decode("utf-8", errors="replace")
+    return result
+
+
+_OPERATIONS = {"announce": announce, "lookup": lookup, "put": put, "get": get}

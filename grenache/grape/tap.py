@@ -1,0 +1,125 @@
+"""``twistd grape``: run a grape with the Node grape's flags and spellings.
+
+With no flags it is a working standalone grape: DHT on UDP 20001, HTTP API on TCP 30001, the
+documented defaults (peers expire after 120 s, 8 KiB API bodies), no bootstrap node. Times on
+the command line are in milliseconds, as Node's.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from grenache.grape.service import Grape, GrapeConfig, ListenError, parse_bootstrap
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{value} is not a port number (0-65535)")
+    return port
+
+
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"{value} must not be negative")
+    return number
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError(f"{value} must be positive")
+    return number
+
+
+class Options(usage.Options):
+    """Flags of ``twistd grape``; each long flag also takes the Node grape's spelling."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run a Grenache grape: a DHT node (UDP) with an HTTP API for links, compatible with "
+        "Node.js grenache-grape 1.0.0, and optionally a WebSocket API.\n\n"
+        "Example, a two-grape network on one machine:\n"
+        "  twistd -n grape --dp 20001 --aph 30001 --bn 127.0.0.1:20002\n"
+        "  twistd -n --pidfile grape2.pid grape --dp 20002 --aph 40001 --bn 127.0.0.1:20001"
+    )
+
+    optParameters = [
+        ["dp", None, 20001, "DHT UDP port (Node: --dht_port).", _port],
+        ["aph", None, 30001, "HTTP API TCP port (Node: --api_port).", _port],
+        ["apw", None, None, "WebSocket API TCP port (off unless given).", _port],
+        ["bn", None, "", "Bootstrap nodes, comma-separated host:port (Node: --bootstrap)."],
+        ["b", "b", None, "Address the APIs bind to and announces are stored under (Node: --bind)."],
+        ["dpa", None, 120000, "Announced-peer max age in ms; 0 = never expire (Node: --dht_peer_maxAge).",
+         _non_negative],
+        ["dnl", None, 300000, "Ms without routing-table change before pinging every node "
+         "(Node: --dht_nodeLiveness).", _positive],
+        ["dht_maxTables", None, 5000, "Lookup token tables kept.", _positive],
+        ["dht_maxValues", None, 5000, "BEP 44 values kept.", _positive],
+        ["check_maxPayloadSize", None, 8192, "API request body limit in bytes; 0 = no limit.",
+         _non_negative],
+        ["dc", None, None, "Accepted for compatibility with Node; unused, as in Node."],
+        ["cache_maxAge", None, None, "Accepted for compatibility with Node; unused, as in Node."],
+    ]
+    optFlags = [
+        ["no-verify", None, "Refuse mutable BEP 44 puts (answer 400), as a stock Node grape does."],
+    ]
+
+    _aliases = {
+        "dht_port": "dp",
+        "api_port": "aph",
+        "api_port_ws": "apw",
+        "bootstrap": "bn",
+        "bind": "b",
+        "dht_peer_maxAge": "dpa",
+        "dht_nodeLiveness": "dnl",
+        "dht_concurrency": "dc",
+    }
+
+    compData = usage.Completions(
+        optActions={
+            "b": usage.CompleteHostnames(),
+            "bn": usage.CompleteUserAtHost(descr="host:port,..."),
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        for alias, name in self._aliases.items():
+            self.synonyms[alias] = name
+            self.longOpt.append(f"{alias}=")
+
+    def postOptions(self) -> None:
+        try:
+            self["bootstrap_nodes"] = parse_bootstrap(self["bn"] or "")
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+
+    def config(self) -> GrapeConfig:
+        return GrapeConfig(
+            dht_port=self["dp"],
+            api_port=self["aph"],
+            ws_port=self["apw"],
+            host=self["b"],
+            bootstrap=self["bootstrap_nodes"],
+            peer_max_age=self["dpa"] / 1000.0,
+            node_liveness=self["dnl"] / 1000.0,
+            max_tables=self["dht_maxTables"],
+            max_values=self["dht_maxValues"],
+            max_payload_size=self["check_maxPayloadSize"] or None,
+            verify_mutable=not self["no-verify"],
+        )
+
+
+def makeService(options: Options) -> IService:
+    """Build the grape and bind its ports now, so a taken port is a one-line error."""
+    from twisted.internet import reactor
+
+    grape = Grape(options.config(), reactor)
+    try:
+        grape.bind()
+    except ListenError as error:
+        raise SystemExit(f"twistd grape: {error}") from None
+    return grape
