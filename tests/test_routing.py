@@ -192,9 +192,7 @@ class DistanceTests(SynchronousTestCase):
         self.assertEqual(distance(b"\x01\x02", b"\x01\x03"), 1.0)
         self.assertEqual(distance(b"\x01\x02", b"\x01"), 255.0)
         self.assertEqual(distance(b"", b"\x00\x00"), 65535.0)
-        self.assertEqual(
-            distance(b"\x02", b"\x00\x00\x00"), 2 * 65536.0 + 255 * 256 + 255
-        )
+        self.assertEqual(distance(b"\x02", b"\x00\x00\x00"), 2 * 65536.0 + 255 * 256 + 255)
 
     def test_symmetric(self) -> None:
         a, b = _h("x", 3), _h("y", 20)
@@ -226,12 +224,8 @@ class DistanceTests(SynchronousTestCase):
 
     def test_matches_node(self) -> None:
         for a, b, expected in NODE_DISTANCES:
-            self.assertEqual(
-                distance(bytes.fromhex(a), bytes.fromhex(b)), expected, (a, b)
-            )
-            self.assertEqual(
-                distance(bytes.fromhex(b), bytes.fromhex(a)), expected, (a, b)
-            )
+            self.assertEqual(distance(bytes.fromhex(a), bytes.fromhex(b)), expected, (a, b))
+            self.assertEqual(distance(bytes.fromhex(b), bytes.fromhex(a)), expected, (a, b))
 
 
 class ContactTests(SynchronousTestCase):
@@ -317,9 +311,7 @@ class KBucketTests(SynchronousTestCase):
         self.assertEqual(_ports(table.to_list()), NODE_ORDER)
         self.assertEqual(len(pings), NODE_PINGS)
         old, new = pings[0]
-        self.assertEqual(
-            ([c.id.hex()[:8] for c in old], new.id.hex()[:8]), NODE_FIRST_PING
-        )
+        self.assertEqual(([c.id.hex()[:8] for c in old], new.id.hex()[:8]), NODE_FIRST_PING)
 
     def test_matches_node_closest(self) -> None:
         table, _ = _fill(_h("local", 20))

@@ -35,7 +35,7 @@ def distance(a: bytes, b: bytes) -> float:
     """
     d = 0.0
     short, long_ = (a, b) if len(a) <= len(b) else (b, a)
-    for x, y in zip(short, long_):
+    for x, y in zip(short, long_, strict=False):
         d = d * 256 + (x ^ y)
     for _ in range(len(long_) - len(short)):
         d = d * 256 + 255
@@ -163,18 +163,14 @@ class KBucket:
             node = node.child(contact.id, bit_index)
             bit_index += 1
 
-    def _can_split(
-        self, contacts: list[Contact], contact: Contact, bit_index: int
-    ) -> bool:
+    def _can_split(self, contacts: list[Contact], contact: Contact, bit_index: int) -> bool:
         """False once ``bit_index`` is past every id involved.
 
         From there on every id reads as 0 bits, so a split moves everything to the same side
         and Node would recurse until its stack overflows.  Never reached with distinct ids of
         the usual lengths; it only turns a Node crash into a ``ping`` answer.
         """
-        longest = max(
-            len(self.local_id), len(contact.id), *(len(c.id) for c in contacts)
-        )
+        longest = max(len(self.local_id), len(contact.id), *(len(c.id) for c in contacts))
         return bit_index < 8 * longest
 
     def _split(self, node: _TreeNode, bit_index: int) -> None:
@@ -217,10 +213,7 @@ class KBucket:
         is one counter bumped per inner node visited, as in Node (it equals the depth because
         the tree only ever splits along the local id's path).
         """
-        if (
-            not (n == math.inf or (isinstance(n, int) and not isinstance(n, bool)))
-            or n <= 0
-        ):
+        if not (n == math.inf or (isinstance(n, int) and not isinstance(n, bool))) or n <= 0:
             raise ValueError("n must be a positive integer or math.inf")
         gathered: list[Contact] = []
         stack = [self._root]
