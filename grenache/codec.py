@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import msgpack
 
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _replace_non_finite(value: Any) -> Any:
@@ -31,7 +33,11 @@ def json_dumps(value: Any) -> bytes:
         text = _encoder.encode(value)
     except ValueError:
         text = _encoder.encode(_replace_non_finite(value))
-    return text.encode("utf-8")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A Python str holds a surrogate only when it is lone; Node escapes those as \udXXX.
+        return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode("utf-8")
 
 
 def json_loads(data: bytes | str) -> Any:
