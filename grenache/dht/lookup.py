@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from grenache.dht.krpc import Address, KRPCProtocol, Response
-from grenache.dht.routing import K, Contact, KBucket
+from grenache.dht.routing import Contact, K, KBucket
 from grenache.errors import KRPCTimeout
 
 NODE_ID_LENGTH = 20

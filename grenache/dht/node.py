@@ -105,7 +105,7 @@ class DHTNode:
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
-        self.clock = clock
+        self.clock: Any = clock  # zope interfaces confuse mypy's method binding
         self.node_id = node_id if node_id is not None else os.urandom(20)
         self._rng = rng or random.Random()
         self.krpc = KRPCProtocol(
@@ -130,7 +130,7 @@ class DHTNode:
         )
         self.tokens = TokenSecrets(clock)
         self._lookups: dict[bytes, Deferred[list[str]]] = {}
-        self._last_change = clock.seconds()
+        self._last_change = self.clock.seconds()
         self._liveness_call: Any = None
         self._evicting = False
         self._eviction_queue: tuple[list[Contact], Contact] | None = None
@@ -145,7 +145,7 @@ class DHTNode:
         transport = self.krpc.transport
         if transport is None:
             raise RuntimeError("the DHT node is not listening")
-        return int(transport.getHost().port)  # type: ignore[attr-defined]
+        return int(transport.getHost().port)  # type: ignore[attr-defined,misc]
 
     def start(self) -> Deferred[None]:
         """Start timers and bootstrap; fires (never fails) once the bootstrap walk ended."""
@@ -156,7 +156,9 @@ class DHTNode:
         self.own_peers.start()
         self.tokens.start()
         self._schedule_liveness()
-        self.bootstrap().addBoth(lambda _: self.ready.callback(None) if not self.ready.called else None)
+        self.bootstrap().addBoth(
+            lambda _: self.ready.callback(None) if not self.ready.called else None
+        )
         return self.ready
 
     def stop(self) -> None:
@@ -173,7 +175,11 @@ class DHTNode:
     def bootstrap(self) -> Deferred[int]:
         """Walk ``find_node`` on our own id from the bootstrap list; fires with the responders."""
         walk = self._walk(self.node_id, "find_node", {"target": self.node_id})
-        return walk.run().addCallback(lambda _: walk.responses)
+
+        def responders(_: KBucket) -> int:
+            return walk.responses
+
+        return walk.run().addCallback(responders)
 
     def add_node(self, addr: Address) -> Deferred[bool]:
         """Ping ``addr`` and, if it answers, add it to the routing table (Node's ``addNode``)."""
@@ -208,7 +214,9 @@ class DHTNode:
         oldest, newcomer = self._eviction_queue
         self._eviction_queue = None
         now = self.clock.seconds()
-        stale = [c for c in reversed(oldest[:PINGS_BEFORE_EVICT]) if now - c.seen >= STALE_CONTACT_AGE]
+        stale = [
+            c for c in reversed(oldest[:PINGS_BEFORE_EVICT]) if now - c.seen >= STALE_CONTACT_AGE
+        ]
 
         def check(remaining: list[Contact]) -> None:
             if not remaining:
@@ -321,14 +329,21 @@ class DHTNode:
             return {"token": token, "values": values[:REPLY_LIST_LIMIT]}
         return {"nodes": self._nodes_near(info_hash), "token": token}
 
-    def _on_announce_peer(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | KRPCError | None:
+    def _on_announce_peer(
+        self, a: dict[str, Any], addr: Address
+    ) -> dict[str, Any] | KRPCError | None:
         implied = a.get("implied_port")
         port = addr[1] if implied else a.get("port")
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 65535:
             return None
         info_hash = a.get("info_hash")
         token = a.get("token")
-        if not isinstance(info_hash, bytes) or not isinstance(token, bytes) or not info_hash or not token:
+        if (
+            not isinstance(info_hash, bytes)
+            or not isinstance(token, bytes)
+            or not info_hash
+            or not token
+        ):
             return None
         if not self.tokens.is_valid(addr[0], token):
             return KRPCError(203, "cannot `announce_peer` with bad token")
@@ -393,9 +408,16 @@ class DHTNode:
         """
         pending = self._lookups.get(key)
         if pending is None:
-            pending = self._lookups[key] = self._run_lookup(key)
+            pending = self._run_lookup(key)
+            if not pending.called:
+                self._lookups[key] = pending
         result: Deferred[list[str]] = Deferred()
-        pending.addBoth(lambda peers: (result.callback(list(peers)), peers)[1])
+
+        def share(peers: list[str]) -> list[str]:
+            result.callback(list(peers))
+            return peers
+
+        pending.addCallback(share)
         return result
 
     def _remember_peer(self, key: bytes, addr: Address) -> None:
@@ -444,7 +466,8 @@ class DHTNode:
         if not contacts:
             return _fail(NoNodesToQuery())
         calls = [
-            self.krpc.query(c.addr, query, {**args, "token": c.token}, node_id=c.id) for c in contacts
+            self.krpc.query(c.addr, query, {**args, "token": c.token}, node_id=c.id)
+            for c in contacts
         ]
 
         def tally(results: list[tuple[bool, Any]]) -> int:
@@ -469,12 +492,12 @@ class DHTNode:
             port = self.port
         if self.config.host is not None:
             self.peers.add(key, encode_peer(self.config.host, port))
-        d = self._token_table(key, "get_peers", {"info_hash": key})
-        d.addCallback(
-            lambda table: self._send_to_all(
-                table, "announce_peer", {"implied_port": 0, "info_hash": key, "port": port}
-            )
-        )
+        args = {"implied_port": 0, "info_hash": key, "port": port}
+
+        def send(table: KBucket) -> Deferred[int]:
+            return self._send_to_all(table, "announce_peer", args)
+
+        d = self._token_table(key, "get_peers", {"info_hash": key}).addCallback(send)
 
         def alone(failure: Failure) -> int:
             failure.trap(NoNodesToQuery)
@@ -502,8 +525,11 @@ class DHTNode:
         args: dict[str, Any] = {"v": item.v}
         if item.mutable:
             args.update(k=item.k, seq=item.seq, sig=item.sig, salt=item.salt, cas=cas)
-        d = self._token_table(key, "get", {"target": key})
-        d.addCallback(lambda table: self._send_to_all(table, "put", args))
+
+        def send(table: KBucket) -> Deferred[int]:
+            return self._send_to_all(table, "put", args)
+
+        d = self._token_table(key, "get", {"target": key}).addCallback(send)
 
         def done(hits: int) -> PutResult:
             return PutResult(key=key, hits=hits)
@@ -516,7 +542,9 @@ class DHTNode:
 
         return d.addCallbacks(done, alone)
 
-    def get(self, key: bytes, salt: bytes | None = None, cache: bool = True) -> Deferred[GetResult | None]:
+    def get(
+        self, key: bytes, salt: bytes | None = None, cache: bool = True
+    ) -> Deferred[GetResult | None]:
         """Find the BEP 44 item stored under ``key``; None when nobody has a valid one.
 
         The node's own store answers first (unless ``cache`` is False). Immutable: the first
@@ -575,7 +603,7 @@ def _validate_put(item: bep44.Item, cas: int | None) -> None:
         raise InvalidPut("opts.v not given")
     try:
         size = len(v) if isinstance(v, (bytes, list)) else len(bencode2.bencode(v))
-    except Exception as error:  # noqa: BLE001 - anything bencode refuses is an invalid value
+    except Exception as error:
         raise InvalidPut(f"v cannot be encoded: {error}") from error
     if size >= bep44.MAX_VALUE_SIZE:
         raise InvalidPut("v must be less than 1000 bytes in put()")

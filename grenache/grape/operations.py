@@ -2,7 +2,7 @@
 
 ``dispatch(node, operation, data)`` checks ``data`` the way grenache-grape 1.0.0 does, runs the
 operation on the DHT node and fires with the JSON-able result Node would send (reference
-protocol.md §3.2–§3.5), ``None`` standing for the empty body of a get that found nothing.
+protocol.md §3.2 to §3.5), ``None`` standing for the empty body of a get that found nothing.
 Failures are typed (:mod:`grenache.errors`); each API maps them to its wire form in one place.
 
 Where Node answers a malformed ``data`` with a JavaScript exception text (HTTP 500), this

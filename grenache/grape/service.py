@@ -101,16 +101,16 @@ class Grape(Service):
     @property
     def dht_port(self) -> int:
         assert self._udp is not None, "the grape is not running"
-        return int(self._udp.getHost().port)  # type: ignore[attr-defined]
+        return int(self._udp.getHost().port)  # type: ignore[attr-defined,misc]
 
     @property
     def api_port(self) -> int:
         assert self._api is not None, "the grape is not running"
-        return int(self._api.getHost().port)  # type: ignore[attr-defined]
+        return int(self._api.getHost().port)  # type: ignore[attr-defined,misc]
 
     @property
     def ws_port(self) -> int | None:
-        return None if self._ws is None else int(self._ws.getHost().port)  # type: ignore[attr-defined]
+        return None if self._ws is None else int(self._ws.getHost().port)  # type: ignore[attr-defined,misc]
 
     @property
     def api_url(self) -> str:
@@ -176,7 +176,8 @@ class Grape(Service):
         self._udp = self._api = self._ws = None
         if not ports:
             return succeed(None)
-        return DeferredList([maybeDeferred(p.stopListening) for p in ports]).addCallback(lambda _: None)
+        stopping = [maybeDeferred(p.stopListening) for p in ports]  # type: ignore[misc,call-overload]
+        return DeferredList(stopping).addCallback(lambda _: None)
 
     def start(self) -> Deferred[None]:
         """Bind, start, and fire once the bootstrap walk has ended."""

@@ -52,14 +52,29 @@ class Options(usage.Options):
         ["apw", None, None, "WebSocket API TCP port (off unless given).", _port],
         ["bn", None, "", "Bootstrap nodes, comma-separated host:port (Node: --bootstrap)."],
         ["b", "b", None, "Address the APIs bind to and announces are stored under (Node: --bind)."],
-        ["dpa", None, 120000, "Announced-peer max age in ms; 0 = never expire (Node: --dht_peer_maxAge).",
-         _non_negative],
-        ["dnl", None, 300000, "Ms without routing-table change before pinging every node "
-         "(Node: --dht_nodeLiveness).", _positive],
+        [
+            "dpa",
+            None,
+            120000,
+            "Announced-peer max age in ms; 0 = never expire (Node: --dht_peer_maxAge).",
+            _non_negative,
+        ],
+        [
+            "dnl",
+            None,
+            300000,
+            "Ms without routing-table change before pinging every node (Node: --dht_nodeLiveness).",
+            _positive,
+        ],
         ["dht_maxTables", None, 5000, "Lookup token tables kept.", _positive],
         ["dht_maxValues", None, 5000, "BEP 44 values kept.", _positive],
-        ["check_maxPayloadSize", None, 8192, "API request body limit in bytes; 0 = no limit.",
-         _non_negative],
+        [
+            "check_maxPayloadSize",
+            None,
+            8192,
+            "API request body limit in bytes; 0 = no limit.",
+            _non_negative,
+        ],
         ["dc", None, None, "Accepted for compatibility with Node; unused, as in Node."],
         ["cache_maxAge", None, None, "Accepted for compatibility with Node; unused, as in Node."],
     ]
@@ -122,4 +137,4 @@ def makeService(options: Options) -> IService:
         grape.bind()
     except ListenError as error:
         raise SystemExit(f"twistd grape: {error}") from None
-    return grape
+    return grape  # type: ignore[return-value]

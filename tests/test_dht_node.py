@@ -1,0 +1,429 @@
+"""DHT node behaviour on an in-memory network with a Clock: reply shapes, flows, expiry."""
+
+from __future__ import annotations
+
+import bencode2
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from grenache.dht import bep44
+from grenache.dht.lookup import decode_nodes, encode_peer
+from grenache.dht.node import DHTConfig, DHTNode
+from grenache.errors import AllQueriesFailed, InvalidPut, KRPCError
+from tests.dhtnet import FakeNetwork, result_of
+
+VECTOR_PUBLIC_KEY = bytes.fromhex(
+    "77ff84905a91936367c01360803104f92432fcd904a43511876df5cdf3e7e548"
+)
+VECTOR_SALTED_SIG = bytes.fromhex(
+    "6834284b6b24c3204eb2fea824d82f88883a3d95e8b4a21b8c0ded553d17d17d"
+    "df9a8a7104b1258f30bed3787e6cb896fca78c58f8e03b5f18f14951a87d9a08"
+)
+
+
+class Probe(DatagramProtocol):
+    """A raw KRPC speaker: sends hand-made datagrams, records what comes back."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received.append(data)
+
+
+class Network:
+    def __init__(self, test: SynchronousTestCase, **config: object) -> None:
+        self.clock = Clock()
+        self.net = FakeNetwork(self.clock)
+        self.nodes: list[DHTNode] = []
+        self.config = config
+        test.addCleanup(self.stop)
+
+    def node(
+        self,
+        bootstrap: tuple[tuple[str, int], ...] = (),
+        node_id: bytes | None = None,
+        **config: object,
+    ) -> DHTNode:
+        settings = {**self.config, **config, "bootstrap": bootstrap}
+        node = DHTNode(DHTConfig(**settings), self.clock, node_id=node_id)  # type: ignore[arg-type]
+        self.net.attach(node.krpc)
+        node.start()
+        self.net.settle()
+        self.nodes.append(node)
+        return node
+
+    def chain(self, count: int, **config: object) -> list[DHTNode]:
+        first = self.node(**config)
+        nodes = [first]
+        for _ in range(count - 1):
+            nodes.append(self.node(bootstrap=(("127.0.0.1", first.port),), **config))
+        return nodes
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+            node.krpc.stopProtocol()
+
+
+class ServingTests(SynchronousTestCase):
+    """Each KRPC handler answers with Node's exact shape (reference/dht.md §3, §9)."""
+
+    def setUp(self) -> None:
+        self.network = Network(self)
+        self.node = self.network.node(node_id=b"B" * 20)
+        self.probe = Probe()
+        self.probe_port = self.network.net.attach(self.probe)
+
+    def ask(self, message: dict[str, object]) -> dict[bytes, object] | None:
+        self.probe.received.clear()
+        self.probe.transport.write(bencode2.bencode(message), ("127.0.0.1", self.node.port))
+        self.network.net.settle()
+        if not self.probe.received:
+            return None
+        self.assertEqual(len(self.probe.received), 1)
+        return bencode2.bdecode(self.probe.received[0])
+
+    def query(self, q: str, **args: object) -> dict[bytes, object] | None:
+        return self.ask({"t": b"\x00\x07", "y": "q", "q": q, "a": {"id": b"A" * 20, **args}})
+
+    def token(self) -> bytes:
+        reply = self.query("get_peers", info_hash=b"rpc_test")
+        assert reply is not None
+        return reply[b"r"][b"token"]  # type: ignore[index]
+
+    def test_ping(self) -> None:
+        self.probe.transport.write(
+            b"d1:ad2:id20:" + b"A" * 20 + b"e1:q4:ping1:t2:\x00\x071:y1:qe",
+            ("127.0.0.1", self.node.port),
+        )
+        self.network.net.settle()
+        self.assertEqual(
+            self.probe.received, [b"d1:rd2:id20:" + b"B" * 20 + b"e1:t2:\x00\x071:y1:re"]
+        )
+
+    def test_find_node_lists_whole_table_including_querier(self) -> None:
+        reply = self.query("find_node", target=b"A" * 20)
+        assert reply is not None
+        nodes = decode_nodes(reply[b"r"][b"nodes"])  # type: ignore[index]
+        self.assertEqual(nodes, [(b"A" * 20, ("127.0.0.1", self.probe_port))])
+        self.assertEqual(sorted(reply[b"r"]), [b"id", b"nodes"])  # type: ignore[arg-type]
+
+    def test_find_node_without_target(self) -> None:
+        reply = self.query("find_node")
+        self.assertEqual(
+            reply,
+            {
+                b"e": [203, b"`find_node` missing required `a.target` field"],
+                b"t": b"\x00\x07",
+                b"y": b"e",
+            },
+        )
+
+    def test_get_peers_without_info_hash(self) -> None:
+        reply = self.query("get_peers")
+        self.assertEqual(reply[b"e"], [203, b"`get_peers` missing required `a.info_hash` field"])  # type: ignore[index]
+
+    def test_get_peers_with_values_has_token_and_no_nodes(self) -> None:
+        token = self.token()
+        ack = self.query(
+            "announce_peer", info_hash=b"rpc_test", port=1337, token=token, implied_port=0
+        )
+        self.assertEqual(ack, {b"r": {b"id": b"B" * 20}, b"t": b"\x00\x07", b"y": b"r"})
+        reply = self.query("get_peers", info_hash=b"rpc_test")
+        self.assertEqual(
+            reply,
+            {
+                b"r": {b"id": b"B" * 20, b"token": token, b"values": [b"\x7f\x00\x00\x01\x059"]},
+                b"t": b"\x00\x07",
+                b"y": b"r",
+            },
+        )
+
+    def test_announce_implied_port_uses_source_port(self) -> None:
+        token = self.token()
+        self.query("announce_peer", info_hash=b"x", port=1, token=token, implied_port=1)
+        reply = self.query("get_peers", info_hash=b"x")
+        self.assertEqual(reply[b"r"][b"values"], [encode_peer("127.0.0.1", self.probe_port)])  # type: ignore[index]
+
+    def test_announce_bad_token(self) -> None:
+        reply = self.query("announce_peer", info_hash=b"x", port=1337, token=b"T" * 20)
+        self.assertEqual(reply[b"e"], [203, b"cannot `announce_peer` with bad token"])  # type: ignore[index]
+
+    def test_silent_drops(self) -> None:
+        token = self.token()
+        for port in (0, 70000, -1, b"1337"):
+            self.assertIsNone(self.query("announce_peer", info_hash=b"x", port=port, token=token))
+        self.assertIsNone(self.query("announce_peer", info_hash=b"x", token=token))
+        self.assertIsNone(self.query("announce_peer", info_hash=b"x", port=1337))
+        self.assertIsNone(self.query("get"))
+        self.assertIsNone(self.query("sample_infohashes", target=b"x"))
+        self.assertIsNone(self.query("put", token=token))
+        self.assertIsNone(self.ask({"t": b"\x00\x07", "y": "q", "q": "ping"}))
+        self.assertIsNone(self.ask({"t": b"\x00\x07", "y": "q", "a": {"id": b"A" * 20}}))
+        # Still serving.
+        self.assertIsNotNone(self.query("ping"))
+
+    def test_garbage_leaves_node_serving(self) -> None:
+        for garbage in (
+            b"",
+            b"garbage",
+            b"d1:ti1ee",
+            b"l1:ae",
+            b"d1:y1:q1:t2:ab1:ai5ee",
+            b"\xff" * 300,
+        ):
+            self.probe.transport.write(garbage, ("127.0.0.1", self.node.port))
+        self.network.net.settle()
+        self.assertIsNotNone(self.query("ping"))
+
+    def test_immutable_put_and_get(self) -> None:
+        token = self.token()
+        self.assertEqual(self.query("put", token=token, v=b"hello world")[b"r"], {b"id": b"B" * 20})  # type: ignore[index]
+        target = bytes.fromhex("6d33adc2b6b2c14c3036feefb7fedbca1a880527")
+        reply = self.query("get", target=target)
+        self.assertEqual(reply[b"r"], {b"id": b"B" * 20, b"token": token, b"v": b"hello world"})  # type: ignore[index]
+
+    def test_put_too_large(self) -> None:
+        token = self.token()
+        self.assertEqual(
+            self.query("put", token=token, v=b"x" * 1001)[b"e"],  # type: ignore[index]
+            [205, b"data payload too large"],
+        )
+        self.assertEqual(self.query("put", token=token, v=b"x" * 1000)[b"r"], {b"id": b"B" * 20})  # type: ignore[index]
+
+    def test_mutable_put_vector_then_sequence_and_cas_errors(self) -> None:
+        token = self.token()
+        args = dict(
+            token=token,
+            v=b"Hello World!",
+            k=VECTOR_PUBLIC_KEY,
+            sig=VECTOR_SALTED_SIG,
+            seq=1,
+            salt=b"foobar",
+        )
+        self.assertEqual(self.query("put", **args)[b"r"], {b"id": b"B" * 20})  # type: ignore[index]
+        self.assertEqual(
+            self.query("put", **args)[b"e"],  # type: ignore[index]
+            [302, b"sequence number less than current"],
+        )
+        self.assertEqual(
+            self.query("put", cas=5, **args)[b"e"],  # type: ignore[index]
+            [301, b"CAS mismatch, re-read and try again"],
+        )
+        target = bytes.fromhex("411eba73b6f087ca51a3795d9c8c938d365e32c1")
+        reply = self.query("get", target=target)
+        self.assertEqual(
+            reply[b"r"],
+            {
+                b"id": b"B" * 20,
+                b"k": VECTOR_PUBLIC_KEY,
+                b"seq": 1,  # type: ignore[index]
+                b"sig": VECTOR_SALTED_SIG,
+                b"token": token,
+                b"v": b"Hello World!",
+            },
+        )
+
+    def test_mutable_put_bad_signature_dropped(self) -> None:
+        token = self.token()
+        bad = bytes(64)
+        self.assertIsNone(
+            self.query(
+                "put",
+                token=token,
+                v=b"Hello World!",
+                k=VECTOR_PUBLIC_KEY,
+                sig=bad,
+                seq=1,
+                salt=b"foobar",
+            )
+        )
+
+    def test_mutable_put_refused_without_verification(self) -> None:
+        node = self.network.node(verify_mutable=False)
+        self.probe.received.clear()
+        self.probe.transport.write(
+            bencode2.bencode(
+                {"t": b"ab", "y": "q", "q": "get_peers", "a": {"id": b"A" * 20, "info_hash": b"x"}}
+            ),
+            ("127.0.0.1", node.port),
+        )
+        self.network.net.settle()
+        token = bencode2.bdecode(self.probe.received[0])[b"r"][b"token"]
+        self.probe.received.clear()
+        self.probe.transport.write(
+            bencode2.bencode(
+                {
+                    "t": b"ab",
+                    "y": "q",
+                    "q": "put",
+                    "a": {
+                        "id": b"A" * 20,
+                        "token": token,
+                        "v": b"Hello World!",
+                        "k": VECTOR_PUBLIC_KEY,
+                        "sig": VECTOR_SALTED_SIG,
+                        "seq": 1,
+                        "salt": b"foobar",
+                    },
+                }
+            ),
+            ("127.0.0.1", node.port),
+        )
+        self.network.net.settle()
+        self.assertEqual(
+            bencode2.bdecode(self.probe.received[0])[b"e"], [400, b"verification not supported"]
+        )
+
+
+class FlowTests(SynchronousTestCase):
+    """Announce, lookup, put and get across nodes."""
+
+    def test_lone_node_keeps_its_own_announce(self) -> None:
+        network = Network(self)
+        node = network.node()
+        self.assertEqual(result_of(network.net, node.announce(b"rpc_test", 1337)), 1)
+        self.assertEqual(result_of(network.net, node.lookup(b"rpc_test")), ["127.0.0.1:1337"])
+
+    def test_lone_node_put_and_get(self) -> None:
+        network = Network(self)
+        node = network.node()
+        put = result_of(network.net, node.put(bep44.Item(v=b"hello world")))
+        self.assertEqual(put.key.hex(), "6d33adc2b6b2c14c3036feefb7fedbca1a880527")
+        found = result_of(network.net, node.get(put.key))
+        self.assertEqual(found.item.v, b"hello world")
+        self.assertIsNone(found.token)
+
+    def test_announce_on_one_lookup_on_other(self) -> None:
+        network = Network(self)
+        first, second = network.chain(2)
+        self.assertEqual(result_of(network.net, first.announce(b"rest:util:net", 1337)), 1)
+        self.assertEqual(
+            result_of(network.net, second.lookup(b"rest:util:net")), ["127.0.0.1:1337"]
+        )
+
+    def test_announce_port_zero_is_dht_port(self) -> None:
+        network = Network(self)
+        first, second = network.chain(2)
+        result_of(network.net, first.announce(b"svc", 0))
+        self.assertEqual(result_of(network.net, second.lookup(b"svc")), [f"127.0.0.1:{first.port}"])
+
+    def test_outdated_services_expire(self) -> None:
+        network = Network(self, peer_max_age=120.0)
+        first, second = network.chain(2)
+        result_of(network.net, first.announce(b"svc", 1337))
+        self.assertEqual(result_of(network.net, second.lookup(b"svc")), ["127.0.0.1:1337"])
+        network.net.run(79)
+        self.assertEqual(result_of(network.net, second.lookup(b"svc")), ["127.0.0.1:1337"])
+        network.net.run(90)
+        self.assertEqual(result_of(network.net, second.lookup(b"svc")), [])
+        self.assertEqual(result_of(network.net, first.lookup(b"svc")), [])
+
+    def test_reannounced_service_stays(self) -> None:
+        network = Network(self, peer_max_age=1.0)
+        first, second = network.chain(2)
+        for _ in range(10):
+            result_of(network.net, first.announce(b"svc", 2000))
+            network.net.run(0.5)
+        self.assertEqual(result_of(network.net, second.lookup(b"svc")), ["127.0.0.1:2000"])
+
+    def test_hundred_nodes_one_byte_key(self) -> None:
+        network = Network(self)
+        nodes = network.chain(100)
+        self.assertGreater(result_of(network.net, nodes[1].announce(b"B", 2000)), 0)
+        self.assertEqual(result_of(network.net, nodes[2].lookup(b"B")), ["127.0.0.1:2000"])
+        self.assertEqual(result_of(network.net, nodes[3].lookup(b"B")), ["127.0.0.1:2000"])
+
+    def test_immutable_put_get_across_nodes(self) -> None:
+        network = Network(self)
+        first, _second, third = network.chain(3)
+        put = result_of(network.net, first.put(bep44.Item(v=b"hello world")))
+        self.assertEqual(put.hits, 2)
+        found = result_of(network.net, third.get(put.key, cache=False))
+        self.assertEqual(found.item.v, b"hello world")
+        self.assertIsNotNone(found.token)
+        self.assertNotEqual(found.responder, third.node_id)
+
+    def test_mutable_put_get_and_sequence_errors(self) -> None:
+        network = Network(self)
+        first, second, third = network.chain(3)
+        private = bep44.generate_private_key()
+        public = bep44.public_key_of(private)
+
+        def item(seq: int, value: bytes) -> bep44.Item:
+            buf = bep44.signature_buffer(value, seq, b"salt")
+            return bep44.Item(
+                v=value, k=public, sig=bep44.sign(private, buf), seq=seq, salt=b"salt"
+            )
+
+        put = result_of(network.net, first.put(item(1, b"one")))
+        self.assertEqual(put.key, bep44.mutable_key(public, b"salt"))
+        found = result_of(network.net, third.get(put.key, salt=b"salt"))
+        self.assertEqual((found.item.v, found.item.seq), (b"one", 1))
+        result_of(network.net, first.put(item(2, b"two")))
+        found = result_of(network.net, second.get(put.key, salt=b"salt", cache=False))
+        self.assertEqual((found.item.v, found.item.seq), (b"two", 2))
+        error = self.assertRaises(KRPCError, result_of, network.net, first.put(item(2, b"again")))
+        self.assertEqual(error.message, "302 sequence number less than current")
+        error = self.assertRaises(
+            KRPCError, result_of, network.net, first.put(item(3, b"x"), cas=1)
+        )
+        self.assertEqual(error.code, 301)
+
+    def test_put_validation(self) -> None:
+        network = Network(self)
+        node = network.node()
+        cases = [
+            (bep44.Item(v=None), "opts.v not given"),
+            (bep44.Item(v=b"x" * 1000), "v must be less than 1000 bytes in put()"),
+            (
+                bep44.Item(v=b"x", k=b"k" * 31, sig=b"s" * 64, seq=1),
+                "opts.k ed25519 public key must be 32 bytes",
+            ),
+            (
+                bep44.Item(v=b"x", k=b"k" * 32, seq=1),
+                "opts.sign function or options.sig signature is required for mutable put",
+            ),
+            (
+                bep44.Item(v=b"x", k=b"k" * 32, sig=b"s" * 64),
+                "opts.seq not provided for a mutable update",
+            ),
+            (
+                bep44.Item(v=b"x", k=b"k" * 32, sig=b"s" * 64, seq=1, salt=b"s" * 65),
+                "opts.salt is > 64 bytes long",
+            ),
+        ]
+        for item, message in cases:
+            error = self.assertRaises(InvalidPut, result_of, network.net, node.put(item))
+            self.assertEqual(error.message, message)
+
+    def test_put_all_queries_failed(self) -> None:
+        network = Network(self)
+        first, _second = network.chain(2, verify_mutable=False)
+        private = bep44.generate_private_key()
+        buf = bep44.signature_buffer(b"v", 1)
+        item = bep44.Item(
+            v=b"v", k=bep44.public_key_of(private), sig=bep44.sign(private, buf), seq=1
+        )
+        self.assertRaises(AllQueriesFailed, result_of, network.net, first.put(item))
+
+    def test_dead_node_leaves_routing_table_after_lookup_timeout(self) -> None:
+        network = Network(self)
+        first, second, third = network.chain(3)
+        self.assertIsNotNone(first.routing.get(third.node_id))
+        network.net.detach(("127.0.0.1", third.port))
+        result_of(network.net, first.lookup(b"anything"), within=10)
+        self.assertIsNone(first.routing.get(third.node_id))
+        self.assertIsNotNone(first.routing.get(second.node_id))
+
+    def test_lookups_of_one_key_share_a_walk(self) -> None:
+        network = Network(self)
+        first, _second = network.chain(2)
+        before = len(network.net.sent)
+        d1, d2 = first.lookup(b"svc"), first.lookup(b"svc")
+        network.net.settle()
+        self.assertEqual(self.successResultOf(d1), self.successResultOf(d2))
+        queries = [d for s, _, d in network.net.sent[before:] if s == ("127.0.0.1", first.port)]
+        self.assertEqual(len(queries), 1)
