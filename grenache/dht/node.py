@@ -130,7 +130,7 @@ class DHTNode:
         )
         self.tokens = TokenSecrets(clock)
         self._lookups: dict[bytes, Deferred[list[str]]] = {}
-        self._last_change = self.clock.seconds()
+        self._last_change = self.clock.seconds()  # type: ignore[misc]
         self._liveness_call: Any = None
         self._evicting = False
         self._eviction_queue: tuple[list[Contact], Contact] | None = None

@@ -751,6 +751,154 @@ async def start_node_grape_cli(
 
 
 # --------------------------------------------------------------------------------------
+# Python grapes (in-process) and helpers common to both kinds
+# --------------------------------------------------------------------------------------
+
+
+def _address(entry: BootstrapSpec) -> tuple[str, int]:
+    if isinstance(entry, int):
+        return (LOCALHOST, entry)
+    if isinstance(entry, tuple):
+        return (entry[0], int(entry[1]))
+    host, _, port = entry.rpartition(":")
+    return (host, int(port))
+
+
+@dataclass
+class PyGrape:
+    """A Python grape (grenache.grape.service.Grape) running in this process."""
+
+    grape: Any
+    kind: str = "py"
+
+    @property
+    def dht_port(self) -> int:
+        """The DHT (UDP) port."""
+        return int(self.grape.dht_port)
+
+    @property
+    def api_port(self) -> int:
+        """The HTTP API port."""
+        return int(self.grape.api_port)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the HTTP API."""
+        return f"http://{LOCALHOST}:{self.api_port}"
+
+    @property
+    def node_id(self) -> str:
+        """The DHT node id, hex."""
+        return str(self.grape.node.node_id.hex())
+
+    @property
+    def dht_address(self) -> tuple[str, int]:
+        """(host, port) of the DHT socket, for bootstrap lists."""
+        return (LOCALHOST, self.dht_port)
+
+    def stop(self) -> defer.Deferred[Any]:
+        """Stop the grape (idempotent)."""
+        if not self.grape.running:
+            return defer.succeed(None)
+        return defer.maybeDeferred(self.grape.stop)
+
+
+async def start_python_grape(
+    case: unittest.TestCase | None,
+    bootstrap: Iterable[BootstrapSpec] = (),
+    *,
+    reactor: Any | None = None,
+    **config: Any,
+) -> PyGrape:
+    """
+    Start an in-process Python grape on OS-picked ports (``dht_port=0``, ``api_port=0``),
+    bootstrapping to ``bootstrap``; returns once its bootstrap walk ended. ``config`` are
+    further :class:`grenache.grape.service.GrapeConfig` fields (``peer_max_age``, ``host``...).
+    The grape is stopped in ``case``'s cleanups.
+    """
+    from grenache.grape.service import Grape, GrapeConfig
+
+    reactor = reactor if reactor is not None else _reactor()
+    cfg = GrapeConfig(
+        **{
+            "dht_port": 0,
+            "api_port": 0,
+            "ws_port": None,
+            "bootstrap": tuple(_address(b) for b in bootstrap),
+            **config,
+        }
+    )
+    grape = PyGrape(Grape(cfg, reactor=reactor))
+    started = grape.grape.start()
+    if case is not None:
+        case.addCleanup(grape.stop)
+    await started
+    return grape
+
+
+def http_pool(case: unittest.TestCase, reactor: Any | None = None) -> HTTPConnectionPool:
+    """A persistent treq/Agent connection pool, closed in ``case``'s cleanups."""
+    pool = HTTPConnectionPool(reactor if reactor is not None else _reactor(), persistent=True)
+    case.addCleanup(pool.closeCachedConnections)
+    return pool
+
+
+class Reannouncer:
+    """
+    Announce ``name``:``port`` through a grape API every ``interval`` seconds (a
+    ``LoopingCall`` that waits for each announce to finish), like the Node suite's
+    ``startAnnouncing`` helper. Replies are counted; the last one is kept.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        port: int,
+        interval: float = 0.02,
+        pool: HTTPConnectionPool | None = None,
+        reactor: Any | None = None,
+    ) -> None:
+        from twisted.internet.task import LoopingCall
+
+        self.url = url
+        self.name = name
+        self.port = port
+        self.pool = pool
+        self.replies = 0
+        self.last: Any = None
+        self._loop = LoopingCall(self._announce)
+        self._loop.clock = reactor if reactor is not None else _reactor()
+        self._interval = interval
+        self._done: defer.Deferred[Any] | None = None
+
+    async def _announce_async(self) -> None:
+        try:
+            self.last = await grape_request(
+                self.url, "announce", [self.name, self.port], pool=self.pool
+            )
+        except Exception as exc:
+            self.last = f"<{type(exc).__name__}: {exc}>"
+        self.replies += 1
+
+    def _announce(self) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._announce_async())
+
+    def start(self, case: unittest.TestCase | None = None) -> Reannouncer:
+        """Start announcing (first announce now); stopped in ``case``'s cleanups."""
+        self._done = self._loop.start(self._interval, now=True)
+        if case is not None:
+            case.addCleanup(self.stop)
+        return self
+
+    def stop(self) -> defer.Deferred[Any]:
+        """Stop; fires once the announce in flight (if any) finished."""
+        if self._loop.running:
+            self._loop.stop()
+        return self._done if self._done is not None else defer.succeed(None)
+
+
+# --------------------------------------------------------------------------------------
 # The Node link (grenache-nodejs-link) as a client
 # --------------------------------------------------------------------------------------
 
@@ -834,12 +982,15 @@ __all__ = [
     "NodeGrape",
     "NodeProcess",
     "ProcessFailed",
+    "PyGrape",
+    "Reannouncer",
     "WaitTimeout",
     "announce_until_acknowledged",
     "async_test",
     "bootstrap_list",
     "free_port",
     "grape_request",
+    "http_pool",
     "interop_required",
     "live_processes",
     "logs_of",
@@ -851,6 +1002,7 @@ __all__ = [
     "start_link_session",
     "start_node_grape",
     "start_node_grape_cli",
+    "start_python_grape",
     "unavailable",
     "wait_until",
 ]
