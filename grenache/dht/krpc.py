@@ -1,0 +1,557 @@
+"""KRPC over UDP, byte-compatible with Node's k-rpc 5.1.0 / k-rpc-socket 1.11.1.
+
+One :class:`KRPCProtocol` is the DHT's single UDP socket: it sends our queries, answers the
+queries other nodes send us, and matches their responses to our pending requests.  What it does
+on the wire follows ``reference/dht.md`` sections 1 and 3.7:
+
+* Outgoing messages are canonical bencode (sorted keys, ``None`` omitted) with exactly the
+  top-level keys ``a,q,t,y`` / ``r,t,y`` / ``e,t,y`` and no ``v``, so they are byte-identical to
+  what a Node grape sends.
+* Our transaction ids are a 2-byte big-endian counter (1..65535, never 0), like Node's.  Incoming
+  ``t`` values are echoed verbatim whatever their length.
+* A response matches a request by the first two bytes of ``t`` and by the source **IP** (the
+  port is not checked, as in Node).
+* Timeouts work like k-rpc-socket's: no timer per request, but one sweep every ``timeout / 4``
+  seconds, and a request fails on the fifth sweep after it was sent (2.0 to 2.5 s by default).
+  Sweeps are numbered from the clock, so a late timer (or a test's ``Clock.advance(5)``) counts
+  every sweep period that passed, not just one.
+* At most ``concurrency`` (16) requests are in flight; further queries wait in a FIFO.
+* Nothing a remote sends can raise out of :meth:`KRPCProtocol.datagramReceived`: bad input is
+  logged at debug level and dropped, and handler errors are logged.
+
+Decoding uses ``bencode2`` (strict and fast).  Node's decoder is lenient (unsorted or duplicate
+keys, leading zeros and trailing bytes are accepted), so a message ``bencode2`` refuses is retried
+with a small lenient decoder before it is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import bencode2
+from twisted.internet.abstract import isIPAddress
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from grenache.errors import KRPCClosed, KRPCError, KRPCTimeout, KRPCUnexpectedNode
+
+__all__ = [
+    "Address",
+    "KRPCProtocol",
+    "QueryHandler",
+    "Response",
+    "decode_message",
+    "encode_error",
+    "encode_query",
+    "encode_response",
+]
+
+Address = tuple[str, int]
+"""An IPv4 address as Twisted's UDP transport uses it: ``(dotted quad, port)``."""
+
+QueryHandler = Callable[[str, dict[str, Any], Address], "dict[str, Any] | KRPCError | None"]
+"""Answers one incoming query.
+
+Called with the query name (``"get_peers"``), the ``a`` dict (str keys, values as decoded) and
+the source address.  Returns the ``r`` dict to send (without ``id``: the protocol adds its own),
+a :class:`KRPCError` to send as a ``y=e`` error, or ``None`` to send nothing (Node's silent
+drops).  Raising :class:`KRPCError` is the same as returning it; any other exception is logged
+and nothing is sent.
+"""
+
+NodeSeen = Callable[[bytes, Address], None]
+"""Told about every valid 20-byte node id that sent us a query or a response."""
+
+#: Keys that a Node grape reads as byte strings and dies on when they are not (dht.md section 8).
+_MUST_BE_BYTES = ("target", "info_hash")
+
+#: Deepest nesting the lenient decoder follows; KRPC messages nest three or four levels.
+_MAX_DEPTH = 64
+
+_TID_LIMIT = 0xFFFF
+
+#: Sweeps a request survives; it fails on the next one (k-rpc-socket's ``ttl: 4``).
+_TTL = 4
+
+#: Slack when turning clock time into a sweep number, against float rounding.
+_EPSILON = 1e-6
+
+
+@attrs.frozen
+class Response:
+    """A successful (``y=r``) reply to one of our queries."""
+
+    r: dict[str, Any]
+    """The ``r`` dict with str keys; values as decoded (bytes, int, list, dict)."""
+
+    addr: Address
+    """The address the reply came from (same IP as the query's; the port may differ)."""
+
+
+# --- encoding -----------------------------------------------------------------------------
+
+
+def _strip_none(value: Any) -> Any:
+    """Drop ``None`` dict values and list items, recursively, as Node's bencode encoder does."""
+    if isinstance(value, dict):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_strip_none(v) for v in value if v is not None]
+    return value
+
+
+def _bstring(data: bytes) -> bytes:
+    return b"%d:%s" % (len(data), data)
+
+
+def _check_query_args(a: dict[str, Any]) -> None:
+    """Refuse arguments that would crash a Node 10.0.0 grape (dht.md section 3.2, 3.3, 8)."""
+    for key in _MUST_BE_BYTES:
+        if key in a and not isinstance(a[key], bytes):
+            raise ValueError(f"KRPC argument {key!r} must be bytes, not {type(a[key]).__name__}")
+
+
+def _encode_args(a: dict[str, Any]) -> bytes:
+    """Validate and bencode a query's ``a`` dict (``None`` values dropped)."""
+    stripped = _strip_none(a)
+    _check_query_args(stripped)
+    try:
+        return bencode2.bencode(stripped)
+    except Exception as e:  # bencode2 raises TypeError / BencodeEncodeError
+        raise ValueError(f"cannot bencode KRPC arguments: {e}") from e
+
+
+def _frame_query(t: bytes, q: bytes, encoded_a: bytes) -> bytes:
+    # a < q < t < y: splicing the pre-encoded ``a`` keeps the message canonical.
+    return b"d1:a" + encoded_a + b"1:q" + _bstring(q) + b"1:t" + _bstring(t) + b"1:y1:qe"
+
+
+def encode_query(t: bytes, q: str, a: dict[str, Any]) -> bytes:
+    """Bencode a query exactly as Node does: ``{a, q, t, y: "q"}``.
+
+    ``a`` is sent as given (it must already hold ``id``); ``None`` values are omitted.  Raises
+    ``ValueError`` for arguments that cannot be encoded or that would crash a Node grape.
+    """
+    return _frame_query(t, q.encode("utf-8"), _encode_args(a))
+
+
+def encode_response(t: bytes, r: dict[str, Any]) -> bytes:
+    """Bencode a response ``{r, t, y: "r"}`` (``r`` must already hold ``id``)."""
+    return bencode2.bencode({"r": _strip_none(r), "t": t, "y": b"r"})
+
+
+def encode_error(t: bytes, code: int, text: str) -> bytes:
+    """Bencode an error ``{e: [code, text], t, y: "e"}``."""
+    return bencode2.bencode({"e": [code, text.encode("utf-8")], "t": t, "y": b"e"})
+
+
+# --- decoding -----------------------------------------------------------------------------
+
+
+def _lenient_string(data: bytes, i: int) -> tuple[bytes, int]:
+    colon = data.index(b":", i)
+    digits = data[i:colon]
+    if not digits.isdigit():
+        raise ValueError(f"bad string length at {i}")
+    start = colon + 1
+    end = start + int(digits)
+    if end > len(data):
+        raise ValueError("truncated string")
+    return data[start:end], end
+
+
+def _lenient_value(data: bytes, i: int, depth: int) -> tuple[Any, int]:
+    if depth > _MAX_DEPTH:
+        raise ValueError("nested too deeply")
+    c = data[i : i + 1]
+    if c == b"i":
+        end = data.index(b"e", i)
+        digits = data[i + 1 : end]
+        if not digits.lstrip(b"-").isdigit():
+            raise ValueError(f"bad integer at {i}")
+        return int(digits), end + 1
+    if c == b"l":
+        i += 1
+        items: list[Any] = []
+        while data[i : i + 1] != b"e":
+            if i >= len(data):
+                raise ValueError("truncated list")
+            item, i = _lenient_value(data, i, depth + 1)
+            items.append(item)
+        return items, i + 1
+    if c == b"d":
+        i += 1
+        d: dict[bytes, Any] = {}
+        while data[i : i + 1] != b"e":
+            if i >= len(data):
+                raise ValueError("truncated dict")
+            key, i = _lenient_string(data, i)
+            d[key], i = _lenient_value(data, i, depth + 1)
+        return d, i + 1
+    return _lenient_string(data, i)
+
+
+def decode_message(data: bytes) -> Any:
+    """Decode one datagram as Node's ``bencode.decode`` would accept it.
+
+    Canonical input goes through ``bencode2``.  Anything it refuses is retried leniently:
+    unsorted and duplicate keys (the last wins), leading zeros and trailing bytes are accepted,
+    as they are by Node.  Truncated or malformed input raises ``ValueError``.  Dict keys stay
+    ``bytes``.
+    """
+    try:
+        return bencode2.bdecode(data)
+    except Exception:
+        pass
+    value, _ = _lenient_value(data, 0, 0)
+    return value
+
+
+def _str_keys(d: dict[Any, Any]) -> dict[str, Any]:
+    """Top-level keys as str (UTF-8, bad bytes replaced), as Node turns Buffer keys into strings."""
+    return {
+        (k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)): v for k, v in d.items()
+    }
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _error_from(e: Any) -> KRPCError:
+    """Build the error for a ``y=e`` reply, tolerating malformed ``e`` like k-rpc-socket does.
+
+    Node uses ``e[0]`` as the code when it is a number (else 0) and joins the list with spaces for
+    the message (``"Unknown error"`` when ``e`` is not a list).
+    """
+    if not isinstance(e, list):
+        return KRPCError(0, "Unknown error")
+    if e and isinstance(e[0], int) and not isinstance(e[0], bool):
+        return KRPCError(e[0], " ".join(_text(x) for x in e[1:]))
+    return KRPCError(0, " ".join(_text(x) for x in e))
+
+
+# --- the protocol ---------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Request:
+    """One query of ours: queued (``tid == 0``) or in flight."""
+
+    addr: Address
+    q: bytes
+    encoded_a: bytes
+    node_id: bytes | None
+    deferred: Deferred[Response]
+    tid: int = 0
+    born: int = 0
+    """Number of the last sweep before the request was sent."""
+
+
+class KRPCProtocol(DatagramProtocol):
+    """The DHT's UDP socket: KRPC queries out, answers in, and a server for incoming queries.
+
+    ``clock`` drives timeouts (a ``Clock`` in tests).  ``handle_query`` answers incoming queries
+    (see :data:`QueryHandler`); ``on_node_seen`` hears about every node that talks to us with a
+    valid 20-byte id, which is how Node feeds its routing table.  Both are public attributes and
+    may be replaced after construction.
+
+    Listen with ``maxPacketSize=65535``: Node's replies can be far larger than Twisted's default
+    8192 bytes (dht.md section 1.1).
+    """
+
+    noisy = False
+    log = Logger()
+
+    def __init__(
+        self,
+        node_id: bytes,
+        clock: IReactorTime,
+        handle_query: QueryHandler,
+        on_node_seen: NodeSeen | None = None,
+        timeout: float = 2.0,
+        concurrency: int = 16,
+    ) -> None:
+        if not 1 <= concurrency < _TID_LIMIT:
+            raise ValueError("concurrency must be between 1 and 65534")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.node_id = node_id
+        self.clock = clock
+        # Bound once; also keeps mypy (without the zope plugin) from misreading the interface.
+        self._call_later: Callable[..., IDelayedCall] = clock.callLater
+        self._seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]
+        self.handle_query = handle_query
+        self.on_node_seen = on_node_seen
+        self.timeout = timeout
+        self.concurrency = concurrency
+        self._tick = 0
+        self._outstanding: dict[int, _Request] = {}
+        self._queue: deque[_Request] = deque()
+        self._period = timeout / 4
+        self._sweep_call: IDelayedCall | None = None
+        self._epoch = 0.0  # clock time of sweep number 0 (sweeps run only while busy)
+        self._next_sweep = 1  # number of the sweep _sweep_call is scheduled for
+        self._running = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def startProtocol(self) -> None:
+        """The socket is open: queries may be sent."""
+        self._running = True
+
+    def stopProtocol(self) -> None:
+        """The socket closed: fail every pending and queued query with :class:`KRPCClosed`."""
+        self._running = False
+        self._stop_sweep()
+        requests = [*self._outstanding.values(), *self._queue]
+        self._outstanding.clear()
+        self._queue.clear()
+        for req in requests:
+            req.deferred.errback(KRPCClosed())
+
+    # -- client side ------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Queries sent and still waiting for a reply or a timeout."""
+        return len(self._outstanding)
+
+    @property
+    def queued(self) -> int:
+        """Queries waiting for a free in-flight slot."""
+        return len(self._queue)
+
+    def query(
+        self, addr: Address, q: str, args: dict[str, Any], node_id: bytes | None = None
+    ) -> Deferred[Response]:
+        """Send query ``q`` with arguments ``args`` to ``addr``.
+
+        ``args`` need not hold ``id``: our node id is added (a given ``id`` is kept, as k-rpc
+        does).  ``None`` values are omitted.  When ``node_id`` is given, the reply must come from
+        that node.
+
+        The Deferred fires with a :class:`Response`, or fails with :class:`KRPCError` (the node
+        answered ``y=e``), :class:`KRPCTimeout`, :class:`KRPCUnexpectedNode` or
+        :class:`KRPCClosed`.  Cancelling it withdraws the query and frees its slot.
+
+        Raises ``ValueError`` at once when ``addr`` is not an IPv4 address and port, or when
+        ``args`` cannot be encoded or would crash a Node grape (a non-bytes ``target`` or
+        ``info_hash``).
+        """
+        host, port = addr
+        if not isIPAddress(host) or not 0 < port <= 0xFFFF:
+            raise ValueError(f"KRPC peers are IPv4 address and port, not {addr!r}")
+        a = dict(args)
+        a.setdefault("id", self.node_id)
+        encoded_a = _encode_args(a)
+        if not self._running:
+            return fail(KRPCClosed())
+
+        req: _Request
+
+        def cancel(d: Deferred[Response]) -> None:
+            self._withdraw(req)
+
+        req = _Request(addr, q.encode("utf-8"), encoded_a, node_id, Deferred(cancel))
+        if len(self._outstanding) < self.concurrency and not self._queue:
+            self._send(req)
+        else:
+            self._queue.append(req)
+        return req.deferred
+
+    def _next_tid(self) -> int:
+        """Next 2-byte transaction id: 1..65535, wrapping, skipping ids still outstanding."""
+        while True:
+            self._tick = self._tick % _TID_LIMIT + 1
+            if self._tick not in self._outstanding:
+                return self._tick
+
+    def _send(self, req: _Request) -> None:
+        req.tid = self._next_tid()
+        if self._sweep_call is None:
+            self._epoch = self._seconds()
+            self._schedule_sweep(1)
+        req.born = self._sweep_number()
+        self._outstanding[req.tid] = req
+        data = _frame_query(req.tid.to_bytes(2, "big"), req.q, req.encoded_a)
+        # A failed send is logged and left to time out, as in Node (its send callback is a no-op).
+        self._write(data, req.addr)
+
+    def _drain(self) -> None:
+        """Send queued queries while in-flight slots are free."""
+        while self._queue and self._running and len(self._outstanding) < self.concurrency:
+            self._send(self._queue.popleft())
+
+    def _finish(self, req: _Request) -> None:
+        """Take an in-flight request off the books and let the queue move."""
+        del self._outstanding[req.tid]
+        if not self._outstanding:
+            self._stop_sweep()
+        self._drain()
+
+    def _withdraw(self, req: _Request) -> None:
+        """Canceller: forget a queued or in-flight query."""
+        if self._outstanding.get(req.tid) is req:
+            self._finish(req)
+        else:
+            try:
+                self._queue.remove(req)
+            except ValueError:
+                pass
+
+    def _stop_sweep(self) -> None:
+        # The sweep clears _sweep_call when it runs, so a stored call is always still active.
+        if self._sweep_call is not None:
+            self._sweep_call.cancel()  # type: ignore[misc]  # zope method, no mypy-zope
+            self._sweep_call = None
+
+    def _sweep_number(self) -> int:
+        """How many sweep periods have passed since the sweeps (re)started."""
+        return int((self._seconds() - self._epoch) / self._period + _EPSILON)
+
+    def _schedule_sweep(self, number: int) -> None:
+        self._next_sweep = number
+        delay = self._epoch + number * self._period - self._seconds()
+        self._sweep_call = self._call_later(max(delay, 0.0), self._sweep)
+
+    def _sweep(self) -> None:
+        """k-rpc-socket's ``check``: fail the requests that have lived through ``_TTL`` sweeps.
+
+        State is settled (expired requests removed, next sweep scheduled, queue drained) before
+        any Deferred fires, so callbacks may query or cancel freely.
+        """
+        self._sweep_call = None
+        number = max(self._next_sweep, self._sweep_number())
+        expired = [r for r in self._outstanding.values() if number - r.born > _TTL]
+        for req in expired:
+            del self._outstanding[req.tid]
+        if self._running and (self._outstanding or self._queue):
+            self._schedule_sweep(number + 1)
+            self._drain()
+        for req in expired:
+            req.deferred.errback(KRPCTimeout())
+
+    # -- wire -----------------------------------------------------------------------------
+
+    def _write(self, data: bytes, addr: Address) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        try:
+            transport.write(data, addr)  # type: ignore  # zope interface; no mypy-zope
+        except Exception as e:  # EMSGSIZE, EHOSTUNREACH, ...: never fatal for the socket
+            self.log.warn(
+                "KRPC send of {size} bytes to {addr} failed: {error!r}",
+                size=len(data),
+                addr=addr,
+                error=e,
+            )
+
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        """Dispatch one datagram; never raises (bad input is logged at debug level and dropped)."""
+        try:
+            self._received(datagram, addr)
+        except Exception:
+            self.log.failure("Unexpected error handling a KRPC datagram from {addr}", addr=addr)
+
+    def _received(self, datagram: bytes, addr: Address) -> None:
+        if not addr[1]:
+            return
+        try:
+            message = decode_message(datagram)
+        except Exception as e:
+            self.log.debug("Undecodable KRPC datagram from {addr}: {error}", addr=addr, error=e)
+            return
+        if not isinstance(message, dict):
+            self.log.debug("KRPC datagram from {addr} is not a dict", addr=addr)
+            return
+        y = message.get(b"y")
+        t = message.get(b"t")
+        if not isinstance(t, bytes):
+            self.log.debug("KRPC message from {addr} has no byte-string t", addr=addr)
+            return
+        if y == b"q":
+            self._on_query(message, t, addr)
+        elif y == b"r" or y == b"e":
+            self._on_response(message, y, t, addr)
+        else:
+            self.log.debug("KRPC message from {addr} has unknown y={y!r}", addr=addr, y=y)
+
+    def _node_seen(self, node_id: Any, addr: Address) -> None:
+        if (
+            self.on_node_seen is not None
+            and isinstance(node_id, bytes)
+            and len(node_id) == 20
+            and node_id != self.node_id
+        ):
+            try:
+                self.on_node_seen(node_id, addr)
+            except Exception:
+                self.log.failure("on_node_seen failed for {addr}", addr=addr)
+
+    def _on_query(self, message: dict[bytes, Any], t: bytes, addr: Address) -> None:
+        q = message.get(b"q")
+        a = message.get(b"a")
+        if not isinstance(q, bytes) or not isinstance(a, dict):
+            self.log.debug("KRPC query from {addr} without q or a dict a; dropped", addr=addr)
+            return
+        # Before dispatch, as Node does: a find_node reply then already includes the asker.
+        self._node_seen(a.get(b"id"), addr)
+        name = q.decode("utf-8", "replace")
+        try:
+            result = self.handle_query(name, _str_keys(a), addr)
+        except KRPCError as e:
+            result = e
+        except Exception:
+            self.log.failure("KRPC handler failed on {query} from {addr}", query=name, addr=addr)
+            return
+        if result is None:
+            return
+        if isinstance(result, KRPCError):
+            data = encode_error(t, result.code, result.text)
+        elif isinstance(result, dict):
+            r = dict(result)
+            r.setdefault("id", self.node_id)
+            try:
+                data = encode_response(t, r)
+            except Exception:
+                self.log.failure("KRPC reply to {query} is not encodable", query=name)
+                return
+        else:
+            self.log.error(
+                "KRPC handler for {query} returned {kind}, not a dict, KRPCError or None",
+                query=name,
+                kind=type(result).__name__,
+            )
+            return
+        self._write(data, addr)
+
+    def _on_response(self, message: dict[bytes, Any], y: bytes, t: bytes, addr: Address) -> None:
+        r = message.get(b"r")
+        if isinstance(r, dict):
+            # Also for late or unexpected replies (dht.md section 3.7).
+            self._node_seen(r.get(b"id"), addr)
+        if len(t) < 2:
+            self.log.debug("KRPC response from {addr} with short t; dropped", addr=addr)
+            return
+        req = self._outstanding.get(int.from_bytes(t[:2], "big"))
+        if req is None or req.addr[0] != addr[0]:
+            self.log.debug("Unexpected KRPC response from {addr}; dropped", addr=addr)
+            return
+        self._finish(req)
+        if y == b"e":
+            req.deferred.errback(_error_from(message.get(b"e")))
+            return
+        r_str = _str_keys(r) if isinstance(r, dict) else {}
+        if req.node_id is not None and r_str.get("id") != req.node_id:
+            req.deferred.errback(KRPCUnexpectedNode())
+            return
+        req.deferred.callback(Response(r_str, addr))
