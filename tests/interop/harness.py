@@ -524,6 +524,7 @@ async def grape_request(
         f"{url.rstrip('/')}/{op}",
         data=body,
         headers={b"Content-Type": [b"application/json"]},
+        allow_redirects=False,
         pool=pool,
         timeout=timeout,
         reactor=reactor,
