@@ -40,10 +40,13 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run a Grenache grape: a DHT node (UDP) with an HTTP API for links, compatible with "
-        "Node.js grenache-grape 1.0.0, and optionally a WebSocket API.\n\n"
-        "Example, a two-grape network on one machine:\n"
+        "Node.js grenache-grape 1.0.0, and optionally a WebSocket API. Times are in ms."
+    )
+    examples = (
+        "Examples:\n"
+        "  twistd -n grape                        a standalone grape on 20001/30001\n"
         "  twistd -n grape --dp 20001 --aph 30001 --bn 127.0.0.1:20002\n"
-        "  twistd -n --pidfile grape2.pid grape --dp 20002 --aph 40001 --bn 127.0.0.1:20001"
+        "  twistd -n --pidfile g2.pid grape --dp 20002 --aph 40001 --bn 127.0.0.1:20001\n"
     )
 
     optParameters = [
@@ -51,7 +54,7 @@ class Options(usage.Options):
         ["aph", None, 30001, "HTTP API TCP port (Node: --api_port).", _port],
         ["apw", None, None, "WebSocket API TCP port (off unless given).", _port],
         ["bn", None, "", "Bootstrap nodes, comma-separated host:port (Node: --bootstrap)."],
-        ["b", "b", None, "Address the APIs bind to and announces are stored under (Node: --bind)."],
+        ["bind", "b", None, "Address the APIs bind to and announces are stored under."],
         [
             "dpa",
             None,
@@ -87,7 +90,6 @@ class Options(usage.Options):
         "api_port": "aph",
         "api_port_ws": "apw",
         "bootstrap": "bn",
-        "bind": "b",
         "dht_peer_maxAge": "dpa",
         "dht_nodeLiveness": "dnl",
         "dht_concurrency": "dc",
@@ -95,18 +97,18 @@ class Options(usage.Options):
 
     compData = usage.Completions(
         optActions={
-            "b": usage.CompleteHostnames(),
+            "bind": usage.CompleteHostnames(),
             "bn": usage.CompleteUserAtHost(descr="host:port,..."),
         }
     )
 
-    def __init__(self) -> None:
-        super().__init__()
-        for alias, name in self._aliases.items():
-            self.synonyms[alias] = name
-            self.longOpt.append(f"{alias}=")
+    def getUsage(self, width: int | None = None) -> str:
+        return super().getUsage(width) + "\n" + self.examples
 
     def postOptions(self) -> None:
+        for alias, name in self._aliases.items():
+            if self[alias] is not None:
+                self[name] = self[alias]
         try:
             self["bootstrap_nodes"] = parse_bootstrap(self["bn"] or "")
         except ValueError as error:
@@ -117,7 +119,7 @@ class Options(usage.Options):
             dht_port=self["dp"],
             api_port=self["aph"],
             ws_port=self["apw"],
-            host=self["b"],
+            host=self["bind"],
             bootstrap=self["bootstrap_nodes"],
             peer_max_age=self["dpa"] / 1000.0,
             node_liveness=self["dnl"] / 1000.0,
@@ -126,6 +128,19 @@ class Options(usage.Options):
             max_payload_size=self["check_maxPayloadSize"] or None,
             verify_mutable=not self["no-verify"],
         )
+
+
+def _node_spellings(options: type[Options]) -> list[list[object]]:
+    """Node's long spellings, each its own parameter (so ``--help`` lists it), copied into the
+    short one by ``postOptions``."""
+    coercers = {p[0]: (p[4] if len(p) > 4 else None) for p in options.optParameters}
+    return [
+        [alias, None, None, f"Same as --{name}.", coercers[name]]
+        for alias, name in options._aliases.items()
+    ]
+
+
+Options.optParameters = Options.optParameters + _node_spellings(Options)
 
 
 def makeService(options: Options) -> IService:
