@@ -170,3 +170,19 @@ class RequestParseError(GrenacheError):
     """A peer could not parse the request it was sent."""
 
     wire = "ERR_REQUEST_PARSE"
+
+
+class RemoteError(GrenacheError):
+    """The remote handler answered with an error; ``message`` is its string as sent."""
+
+
+class DestinationUnreachable(GrenacheError):
+    """No connection could be made to the chosen destination (refused, reset, no route)."""
+
+    wire = "ERR_REQUEST_GENERIC"
+
+
+class RequestTooLarge(GrenacheError):
+    """A request or reply body exceeded the configured limit."""
+
+    wire = "ERR_REQUEST_TOO_LARGE"
