@@ -120,7 +120,7 @@ class DHTNode:
         self.peers = RecordCache(clock, config.peer_max_age, config.max_peers, rng=self._rng)
         # Grape's own lookup cache (`_mem`): half the peer age, like Node's.
         self.seen_peers = RecordCache(
-            clock, math.ceil(config.peer_max_age / 2), 5000, rng=self._rng
+            clock, math.ceil(config.peer_max_age * 1000 / 2) / 1000, 5000, rng=self._rng
         )
         # Announces of a lone node, answered to local lookups only (never to other nodes).
         self.own_peers = RecordCache(clock, config.peer_max_age, config.max_peers, rng=self._rng)

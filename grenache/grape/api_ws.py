@@ -61,6 +61,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -138,6 +139,14 @@ class GrapeWebSocketProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         """Start with no request in flight."""
         self.in_flight = 0
+
+    def connectionMade(self) -> None:
+        self._grape_factory.connections.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._grape_factory.connections.discard(self)
+        super().connectionLost(reason)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """Answer a bad frame at once, or dispatch the request and answer when it finishes."""
@@ -224,6 +233,7 @@ class GrapeWebSocketFactory(WebSocketServerFactory):
             raise ValueError("max_in_flight must be positive")
         super().__init__(url=url, reactor=reactor)
         self.dispatch = dispatch
+        self.connections: set[GrapeWebSocketProtocol] = set()
         self.max_message_size = max_message_size
         self.max_in_flight = max_in_flight
         self.hard_limit = hard_message_limit(max_message_size)
@@ -238,6 +248,12 @@ class GrapeWebSocketFactory(WebSocketServerFactory):
             # TCP connection silently, so the client learns why.
             failByDrop=False,
         )
+
+    def closeConnections(self) -> None:
+        """Drop every open socket, e.g. when the grape stops (stopping the port does not)."""
+        for proto in list(self.connections):
+            if proto.transport is not None:
+                proto.transport.abortConnection()
 
 
 def grape_ws_factory(

@@ -97,6 +97,8 @@ class Grape(Service):
         self._udp: IListeningPort | None = None
         self._api: IListeningPort | None = None
         self._ws: IListeningPort | None = None
+        self._http_factory: Any = None
+        self._ws_factory: Any = None
 
     @property
     def dht_port(self) -> int:
@@ -137,7 +139,9 @@ class Grape(Service):
             lambda: self.reactor.listenUDP(config.dht_port, self.node.krpc, maxPacketSize=65535),
         )
         dispatch = make_dispatch(self.node)
-        http = grape_http_factory(dispatch, self.reactor, max_body_size=config.max_payload_size)
+        self._http_factory = http = grape_http_factory(
+            dispatch, self.reactor, max_body_size=config.max_payload_size
+        )
         self._api = self._listen(
             "HTTP API (TCP)",
             config.api_port,
@@ -146,7 +150,7 @@ class Grape(Service):
         if config.ws_port is not None:
             ws_port = config.ws_port
             size = config.max_payload_size or 1 << 20
-            ws = grape_ws_factory(dispatch, max_message_size=size)
+            self._ws_factory = ws = grape_ws_factory(dispatch, max_message_size=size)
             self._ws = self._listen(
                 "WebSocket API (TCP)",
                 ws_port,
@@ -169,7 +173,11 @@ class Grape(Service):
     def stopService(self) -> Deferred[Any]:  # type: ignore[override]
         super().stopService()
         self.node.stop()
-        return self._close_ports()
+        closing = self._close_ports()
+        for factory in (self._http_factory, self._ws_factory):
+            if factory is not None:
+                factory.closeConnections()
+        return closing
 
     def _close_ports(self) -> Deferred[Any]:
         ports, self._ports = self._ports, []

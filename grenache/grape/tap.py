@@ -7,6 +7,8 @@ the command line are in milliseconds, as Node's.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.application.service import IService
 from twisted.python import usage
 
@@ -130,10 +132,11 @@ class Options(usage.Options):
         )
 
 
-def _node_spellings(options: type[Options]) -> list[list[object]]:
+def _node_spellings(options: type[Options]) -> list[list[Any]]:
     """Node's long spellings, each its own parameter (so ``--help`` lists it), copied into the
     short one by ``postOptions``."""
-    coercers = {p[0]: (p[4] if len(p) > 4 else None) for p in options.optParameters}
+    parameters: list[list[Any]] = options.optParameters
+    coercers = {p[0]: (p[4] if len(p) > 4 else None) for p in parameters}
     return [
         [alias, None, None, f"Same as --{name}.", coercers[name]]
         for alias, name in options._aliases.items()
