@@ -135,7 +135,7 @@ class Options(usage.Options):
 def _node_spellings(options: type[Options]) -> list[list[Any]]:
     """Node's long spellings, each its own parameter (so ``--help`` lists it), copied into the
     short one by ``postOptions``."""
-    parameters: list[list[Any]] = options.optParameters
+    parameters: list[Any] = list(options.optParameters)
     coercers = {p[0]: (p[4] if len(p) > 4 else None) for p in parameters}
     return [
         [alias, None, None, f"Same as --{name}.", coercers[name]]
