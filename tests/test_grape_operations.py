@@ -132,7 +132,7 @@ class OperationTests(SynchronousTestCase):
         self.assertEqual(
             (error.code, error.message), (302, "302 sequence number less than current")
         )
-        error = self.fails(KRPCError, "put", {**data, "seq": 2, "cas": 5})
+        error = self.fails(KRPCError, "put", {**data, "cas": 5})
         self.assertEqual(error.code, 301)
 
     def test_get_checks(self) -> None:
