@@ -427,3 +427,55 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d1), self.successResultOf(d2))
         queries = [d for s, _, d in network.net.sent[before:] if s == ("127.0.0.1", first.port)]
         self.assertEqual(len(queries), 1)
+
+
+class RoutingUpkeepTests(SynchronousTestCase):
+    """Liveness sweep and ping-before-evict (reference/dht.md §4.1)."""
+
+    def test_liveness_sweep_removes_a_dead_contact(self) -> None:
+        network = Network(self, node_liveness=300.0)
+        first, second, third = network.chain(3)
+        self.assertEqual(len(first.routing), 2)
+        network.net.detach(("127.0.0.1", third.port))
+        network.net.detach(("127.0.0.1", second.port))
+        # Sweeps run every 30-90 s, but ping only after 300 s without a routing change; each
+        # sweep removes at most the first contact that does not answer.
+        network.net.run(200, step=5)
+        self.assertEqual(len(first.routing), 2)
+        network.net.run(400, step=5)
+        self.assertEqual(len(first.routing), 0)
+
+    def test_liveness_sweep_keeps_live_contacts(self) -> None:
+        network = Network(self, node_liveness=300.0)
+        first, _second = network.chain(2)
+        network.net.run(1000, step=5)
+        self.assertEqual(len(first.routing), 1)
+
+    def test_full_bucket_evicts_a_dead_contact_for_a_newcomer(self) -> None:
+        network = Network(self)
+        hub = network.node(node_id=b"\x00" * 20)
+        # Ids whose first bit is 1 all land in the far bucket, which never splits: 20 fill it.
+        far = [network.node(node_id=b"\x80" + bytes([i]) * 19) for i in range(20)]
+        for node in far:
+            result_of(network.net, node.add_node(("127.0.0.1", hub.port)))
+        self.assertEqual(len(hub.routing), 20)
+        network.net.detach(("127.0.0.1", far[5].port))
+        network.net.run(11)  # contacts are only pinged once they are 10 s old
+        newcomer = network.node(node_id=b"\xff" * 20)
+        result_of(network.net, newcomer.add_node(("127.0.0.1", hub.port)))
+        network.net.run(5)
+        self.assertIsNone(hub.routing.get(far[5].node_id))
+        self.assertIsNotNone(hub.routing.get(newcomer.node_id))
+
+    def test_full_bucket_of_live_contacts_drops_the_newcomer(self) -> None:
+        network = Network(self)
+        hub = network.node(node_id=b"\x00" * 20)
+        far = [network.node(node_id=b"\x80" + bytes([i]) * 19) for i in range(20)]
+        for node in far:
+            result_of(network.net, node.add_node(("127.0.0.1", hub.port)))
+        network.net.run(11)
+        newcomer = network.node(node_id=b"\xff" * 20)
+        result_of(network.net, newcomer.add_node(("127.0.0.1", hub.port)))
+        network.net.run(5)
+        self.assertIsNone(hub.routing.get(newcomer.node_id))
+        self.assertEqual(len(hub.routing), 20)
