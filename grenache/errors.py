@@ -186,3 +186,28 @@ class RequestTooLarge(GrenacheError):
     """A request or reply body exceeded the configured limit."""
 
     wire = "ERR_REQUEST_TOO_LARGE"
+
+
+class GrapeReplyError(LinkError):
+    """A grape answered a link request with an error string instead of the operation's result.
+
+    Two shapes reach the link (reference/protocol.md §3.7): a non-2xx HTTP reply, whose body
+    (JSON-decoded when it parses, raw text otherwise) is the message, e.g. status 302 and
+    ``"302 sequence number less than current"``; and a 2xx reply whose JSON result has the wrong
+    type for the operation, e.g. ``"No nodes to query"`` or ``"ERR_GRAPE_SERVICE_PORT"`` where an
+    announce count was expected. ``message`` (and ``wire``) is the grape's string as sent;
+    ``status`` is the HTTP status, or ``None`` when the reply came over the WebSocket API.
+    """
+
+    wire = "ERR_GRAPE_REPLY"
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.wire = message
+        self.status = status
+
+
+class LinkStopped(LinkError):
+    """The link was stopped while the request was waiting for its reply."""
+
+    wire = "ERR_LINK_STOPPED"
