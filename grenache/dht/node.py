@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 import bencode2
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,6 +33,7 @@ from grenache.dht.routing import Contact, KBucket
 from grenache.dht.store import LRUCache, RecordCache, TokenSecrets
 from grenache.errors import (
     AllQueriesFailed,
+    DHTError,
     InvalidPut,
     KRPCError,
     NoNodesToQuery,
@@ -206,7 +207,21 @@ class DHTNode:
                 self._evicting = True
                 self._run_evictions()
 
+    async def _first_dead(self, contacts: list[Contact]) -> Contact | None:
+        """Ping ``contacts`` one at a time; remove and return the first that does not answer."""
+        for contact in contacts:
+            if not self._running:
+                return None
+            try:
+                await self.krpc.query(contact.addr, "ping", {}, node_id=contact.id)
+            except DHTError:
+                self.routing.remove(contact.id)
+                return contact
+            contact.seen = self._last_change = self.clock.seconds()
+        return None
+
     def _run_evictions(self) -> None:
+        """Settle the latest full-bucket newcomer: replace the first stale contact that is dead."""
         if self._eviction_queue is None or not self._running:
             self._evicting = False
             self._eviction_queue = None
@@ -218,26 +233,12 @@ class DHTNode:
             c for c in reversed(oldest[:PINGS_BEFORE_EVICT]) if now - c.seen >= STALE_CONTACT_AGE
         ]
 
-        def check(remaining: list[Contact]) -> None:
-            if not remaining:
-                self._run_evictions()
-                return
-            contact = remaining[0]
-            d = self.krpc.query(contact.addr, "ping", {}, node_id=contact.id)
-
-            def alive(_: Response) -> None:
-                contact.seen = self.clock.seconds()
-                self._last_change = contact.seen
-                check(remaining[1:])
-
-            def dead(_: Failure) -> None:
-                self.routing.remove(contact.id)
+        def settle(dead: Contact | None) -> None:
+            if dead is not None:
                 self.routing.add(newcomer)
-                self._run_evictions()
+            self._run_evictions()
 
-            d.addCallbacks(alive, dead)
-
-        check(stale)
+        ensureDeferred(self._first_dead(stale)).addCallback(settle)
 
     def _schedule_liveness(self) -> None:
         if not self._running:
@@ -246,34 +247,19 @@ class DHTNode:
         self._liveness_call = self.clock.callLater(delay, self._liveness_sweep)
 
     def _liveness_sweep(self) -> None:
+        """After ``node_liveness`` without change, ping everyone until the first dead one."""
         self._liveness_call = None
         if self.clock.seconds() - self._last_change < self.config.node_liveness:
             self._schedule_liveness()
             return
+
+        def swept(dead: Contact | None) -> None:
+            if dead is not None and len(self.routing) == 0:
+                self.bootstrap()
+            self._schedule_liveness()
+
         contacts = list(reversed(self.routing.to_list()))
-
-        def ping_next(remaining: list[Contact]) -> None:
-            if not self._running:
-                return
-            if not remaining:
-                self._schedule_liveness()
-                return
-            contact = remaining[0]
-
-            def alive(_: Response) -> None:
-                contact.seen = self.clock.seconds()
-                self._last_change = contact.seen
-                ping_next(remaining[1:])
-
-            def dead(_: Failure) -> None:
-                self.routing.remove(contact.id)
-                if len(self.routing) == 0:
-                    self.bootstrap()
-                self._schedule_liveness()
-
-            self.krpc.query(contact.addr, "ping", {}, node_id=contact.id).addCallbacks(alive, dead)
-
-        ping_next(contacts)
+        ensureDeferred(self._first_dead(contacts)).addCallback(swept)
 
     def _drop_timed_out(self, contact: Contact) -> None:
         known = self.routing.get(contact.id)
