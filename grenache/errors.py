@@ -211,3 +211,10 @@ class LinkStopped(LinkError):
     """The link was stopped while the request was waiting for its reply."""
 
     wire = "ERR_LINK_STOPPED"
+
+
+class TLSHandshakeError(DestinationUnreachable):
+    """The TLS handshake with the destination failed (untrusted or refused certificate).
+
+    A kind of :class:`DestinationUnreachable`: the request never reached a handler.
+    """
