@@ -547,13 +547,16 @@ class _Subscription:
         self.closed = False
 
     async def connect_once(self, avoid: str | None) -> None:
-        """Look the name up and connect to one publisher, trying each until one accepts."""
+        """Look the name up and connect to a publisher, trying each until one accepts."""
         peer = self.peer
         dests: list[str] = await peer.link.lookup(self.name)
         if not dests:
             raise errors.LookupEmpty()
-        candidates = [d for d in dests if d != avoid] or list(dests)
+        # Other publishers first (in random order), the one just lost last.
+        candidates = [d for d in dests if d != avoid]
         peer._rng.shuffle(candidates)
+        if avoid is not None and avoid in dests:
+            candidates.append(avoid)
         last: BaseException | None = None
         for dest in candidates:
             if self.closed:

@@ -20,12 +20,16 @@ translates one to one. The defaults differ where Node's are unsafe:
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from typing import Any, cast
 
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
+from service_identity import CertificateError, VerificationError
+from service_identity.cryptography import extract_patterns
+from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLContextFactory
 from twisted.web.iweb import IPolicyForHTTPS
@@ -162,16 +166,57 @@ class ServerTLS:
         return cast(IOpenSSLContextFactory, factory)
 
 
+def _name_checker(host: str) -> Any:
+    """An OpenSSL verify callback: the chain must verify and the leaf must name ``host``.
+
+    Written here rather than taken from ``optionsForClientTLS`` because Twisted's callback
+    only catches ``VerificationError``: a certificate without any subjectAltName raises
+    ``CertificateError`` there, which is logged and the connection is **accepted**.
+    """
+    ip = _is_ip(host)
+    svcid: Any = IPAddress_ID(host) if ip else DNS_ID(host)
+
+    def verify(conn: Any, cert: crypto.X509, err: int, depth: int, ok: int) -> bool:
+        if not ok:
+            return False
+        if depth != 0:
+            return True
+        try:
+            verify_service_identity(extract_patterns(cert.to_cryptography()), [svcid], [])
+        except (VerificationError, CertificateError):
+            return False
+        return True
+
+    return verify
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 @implementer(IOpenSSLClientConnectionCreator)
 class _ClientCreator:
-    """Builds client connections with a fixed context: no hostname check."""
+    """Builds client connections from a fixed context, checking the name when asked."""
 
-    def __init__(self, context: SSL.Context) -> None:
+    def __init__(self, context: SSL.Context, host: str, check_hostname: bool) -> None:
         self._context = context
+        self._host = host
+        self._check = check_hostname
+        self._sni = None if _is_ip(host) else host.encode("idna")
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         conn = SSL.Connection(self._context, None)
         conn.set_app_data(tlsProtocol)
+        if self._sni is not None:
+            conn.set_tlsext_host_name(self._sni)
+        if self._check:
+            conn.set_verify(
+                SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _name_checker(self._host)
+            )
         return conn
 
 
@@ -213,13 +258,6 @@ class ClientTLS:
             check_hostname=check_hostname,
         )
 
-    def _client_certificate(self) -> ssl.PrivateCertificate | None:
-        if self.cert is None:
-            return None
-        if self.key is None:
-            raise ValueError("ClientTLS: cert given without key")
-        return ssl.PrivateCertificate.loadPEM(self.cert + b"\n" + self.key)
-
     def _context(self) -> SSL.Context:
         options: dict[str, Any] = {}
         if self.cert is not None:
@@ -241,20 +279,10 @@ class ClientTLS:
         """The connection creator for a connection to ``host`` (cached per host)."""
         creator: Any = self._creators.get(host)
         if creator is None:
-            if self.verify and self.check_hostname:
-                trust = (
-                    ssl.trustRootFromCertificates(
-                        [ssl.Certificate(c) for c in _load_chain(self.ca)]
-                    )
-                    if self.ca
-                    else ssl.platformTrust()
-                )
-                client_cert = self._client_certificate()
-                creator = ssl.optionsForClientTLS(
-                    host, trustRoot=trust, clientCertificate=client_cert
-                )
-            else:
-                creator = _ClientCreator(self._context())
+            context = self._creators.get("")
+            if context is None:
+                context = self._creators[""] = self._context()
+            creator = _ClientCreator(context, host, self.verify and self.check_hostname)
             self._creators[host] = creator
         return cast(IOpenSSLClientConnectionCreator, creator)
 

@@ -248,7 +248,7 @@ class HTTPServerTransport:
             return self.factory
         context = self.tls.context_factory() if isinstance(self.tls, ServerTLS) else self.tls
         http_factory: Any = self.factory
-        wrapped = TLSMemoryBIOFactory(context, False, http_factory)
+        wrapped = TLSMemoryBIOFactory(context, False, http_factory, clock=self.reactor)
         wrapped.noisy = False
         return wrapped
 
@@ -689,7 +689,9 @@ class _Pool:
         wrapped: protocol.ClientFactory = factory
         if owner.tls is not None:
             inner: Any = factory
-            tls = TLSMemoryBIOFactory(owner.tls.creator_for(self.host), True, inner)
+            tls = TLSMemoryBIOFactory(
+                owner.tls.creator_for(self.host), True, inner, clock=owner.reactor
+            )
             tls.noisy = False
             wrapped = tls  # type: ignore[assignment]
         factory.connector = owner.reactor.connectTCP(

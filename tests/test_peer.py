@@ -1,0 +1,554 @@
+"""Tests for grenache.peer: transport-neutral RPC client/server and pub/sub.
+
+A fake link and fake transports stand in for the grape and the network; time is a Clock.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from grenache import errors
+from grenache.peer import (
+    OutgoingRequest,
+    PeerPub,
+    PeerRPCClient,
+    PeerRPCServer,
+    PeerSub,
+    Request,
+    call_handler,
+    error_message,
+)
+
+
+class FakeLink:
+    """Answers lookups from a dict and records announcing."""
+
+    def __init__(self, services: dict[str, list[str]] | None = None) -> None:
+        self.services = services or {}
+        self.announcing: list[tuple[str, int]] = []
+        self.stopped: list[tuple[str, int]] = []
+        self.lookups = 0
+
+    def lookup(self, name: str) -> Deferred[list[str]]:
+        self.lookups += 1
+        dests = self.services.get(name)
+        if not dests:
+            return fail(errors.LookupEmpty())
+        return succeed(list(dests))
+
+    def start_announcing(self, name: str, port: int) -> Deferred[int]:
+        self.announcing.append((name, port))
+        return succeed(1)
+
+    def stop_announcing(self, name: str, port: int) -> None:
+        self.stopped.append((name, port))
+
+    def stop(self) -> None:
+        pass
+
+
+Behaviour = Callable[[OutgoingRequest], "Deferred[Any]"]
+
+
+class FakeClientTransport:
+    """Per-destination behaviour: a callable returning a Deferred, or a Deferred to hold."""
+
+    def __init__(self, behaviours: dict[str, Behaviour] | None = None) -> None:
+        self.behaviours = behaviours or {}
+        self.sent: list[tuple[str, OutgoingRequest]] = []
+        self.held: list[tuple[str, OutgoingRequest, Deferred[Any]]] = []
+        self.stopped = False
+
+    def request(self, dest: str, request: OutgoingRequest) -> Deferred[Any]:
+        self.sent.append((dest, request))
+        behaviour = self.behaviours.get(dest)
+        if behaviour is None:
+            d: Deferred[Any] = Deferred()
+            self.held.append((dest, request, d))
+            return d
+        return behaviour(request)
+
+    def stop(self) -> Deferred[None]:
+        self.stopped = True
+        return succeed(None)
+
+
+def answers(value: Any) -> Behaviour:
+    return lambda request: succeed(value)
+
+
+def echo(dest: str) -> Behaviour:
+    return lambda request: succeed([dest, request.payload])
+
+
+def refuses(request: OutgoingRequest) -> Deferred[Any]:
+    return fail(errors.DestinationUnreachable("ERR_REQUEST_GENERIC: refused"))
+
+
+def raises(message: str) -> Behaviour:
+    return lambda request: fail(errors.RemoteError(message))
+
+
+class ErrorMessageTests(SynchronousTestCase):
+    def test_messages(self) -> None:
+        self.assertEqual(error_message(ValueError("bad input")), "bad input")
+        self.assertEqual(error_message(errors.RequestTimeout()), "ERR_TIMEOUT")
+        self.assertEqual(error_message(errors.RemoteError("remote said")), "remote said")
+        # An empty message would read as success on a Node client.
+        self.assertEqual(error_message(KeyError.__new__(KeyError)), "KeyError")
+        self.assertEqual(error_message(RuntimeError("")), "RuntimeError")
+        try:
+            raise ValueError("from failure")
+        except ValueError:
+            from twisted.python.failure import Failure
+
+            self.assertEqual(error_message(Failure()), "from failure")
+
+
+class CallHandlerTests(SynchronousTestCase):
+    request = Request("rid", "key", {"a": 1})
+
+    def test_value(self) -> None:
+        self.assertEqual(
+            self.successResultOf(call_handler(lambda r: r.payload, self.request)), {"a": 1}
+        )
+
+    def test_deferred(self) -> None:
+        d: Deferred[Any] = Deferred()
+        result = call_handler(lambda r: d, self.request)
+        self.assertNoResult(result)
+        d.callback("later")
+        self.assertEqual(self.successResultOf(result), "later")
+
+    def test_coroutine(self) -> None:
+        gate: Deferred[str] = Deferred()
+
+        async def handler(r: Request) -> str:
+            return (await gate) + r.key
+
+        result = call_handler(handler, self.request)
+        self.assertNoResult(result)
+        gate.callback("async:")
+        self.assertEqual(self.successResultOf(result), "async:key")
+
+    def test_raises(self) -> None:
+        def handler(r: Request) -> Any:
+            raise ValueError("nope")
+
+        self.failureResultOf(call_handler(handler, self.request), ValueError)
+
+    def test_async_raises(self) -> None:
+        async def handler(r: Request) -> Any:
+            raise errors.RemoteError("async nope")
+
+        f = self.failureResultOf(call_handler(handler, self.request), errors.RemoteError)
+        self.assertEqual(error_message(f), "async nope")
+
+
+class FakeServerTransport:
+    def __init__(self) -> None:
+        self.serve: Any = None
+        self.port = 0
+        self.stopped = False
+
+    def listen(self, port: int, serve: Any) -> Deferred[int]:
+        self.serve = serve
+        self.port = port or 40123
+        return succeed(self.port)
+
+    def stop(self) -> Deferred[None]:
+        self.stopped = True
+        return succeed(None)
+
+
+class PeerRPCServerTests(SynchronousTestCase):
+    def test_listen_serve_announce_stop(self) -> None:
+        link = FakeLink()
+        transport = FakeServerTransport()
+        server = PeerRPCServer(link, transport, lambda r: {"echo": r.payload, "key": r.key})
+        self.assertRaises(RuntimeError, lambda: server.port)
+        self.assertEqual(self.successResultOf(server.listen()), 40123)
+        self.assertEqual(server.port, 40123)
+        result = transport.serve(Request("r", "svc", 5))
+        self.assertEqual(self.successResultOf(result), {"echo": 5, "key": "svc"})
+        self.assertEqual(self.successResultOf(server.announce("svc")), 1)
+        self.assertEqual(link.announcing, [("svc", 40123)])
+        self.successResultOf(server.stop())
+        self.assertEqual(link.stopped, [("svc", 40123)])
+        self.assertTrue(transport.stopped)
+        self.successResultOf(server.stop())  # idempotent
+        self.assertEqual(link.stopped, [("svc", 40123)])
+
+    def test_handler_failure_reaches_transport(self) -> None:
+        transport = FakeServerTransport()
+
+        def handler(r: Request) -> Any:
+            raise ValueError("handler broke")
+
+        server = PeerRPCServer(None, transport, handler)
+        self.successResultOf(server.listen(1234))
+        f = self.failureResultOf(transport.serve(Request("r", "k", None)))
+        self.assertEqual(error_message(f), "handler broke")
+        self.failureResultOf(server.announce("x"), RuntimeError)
+
+
+class PeerRPCClientTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.link = FakeLink({"svc": ["a:1", "b:2", "c:3"]})
+        self.transport = FakeClientTransport(
+            {"a:1": echo("a:1"), "b:2": echo("b:2"), "c:3": echo("c:3")}
+        )
+
+    def client(self, **kwargs: Any) -> PeerRPCClient:
+        kwargs.setdefault("rng", random.Random(1))
+        return PeerRPCClient(self.link, self.transport, reactor=self.clock, **kwargs)
+
+    def test_request(self) -> None:
+        """A request goes to a looked-up dest with a fresh uuid4 rid and the default timeout."""
+        client = self.client()
+        dest, payload = self.successResultOf(client.request("svc", {"x": 1}))
+        self.assertIn(dest, ["a:1", "b:2", "c:3"])
+        self.assertEqual(payload, {"x": 1})
+        ((sent_dest, sent),) = self.transport.sent
+        self.assertEqual(sent_dest, dest)
+        self.assertEqual(sent.key, "svc")
+        self.assertEqual(sent.timeout, 10.0)
+        self.assertFalse(sent.compress)
+        self.assertEqual(uuid.UUID(sent.rid).version, 4)
+        self.assertEqual(str(uuid.UUID(sent.rid)), sent.rid)
+
+    def test_options_passed(self) -> None:
+        client = self.client(timeout=3.0)
+        self.successResultOf(client.request("svc", 1, compress=True))
+        self.successResultOf(client.request("svc", 1, timeout=0.5))
+        self.assertEqual(
+            [(r.timeout, r.compress) for _, r in self.transport.sent], [(3.0, True), (0.5, False)]
+        )
+        self.assertNotEqual(self.transport.sent[0][1].rid, self.transport.sent[1][1].rid)
+        self.failureResultOf(client.request("svc", 1, timeout=0), ValueError)
+        self.assertRaises(
+            ValueError, PeerRPCClient, self.link, self.transport, timeout=0, reactor=self.clock
+        )
+
+    def test_random_choice(self) -> None:
+        """Every destination gets chosen, at random."""
+        client = self.client()
+        for _ in range(60):
+            self.successResultOf(client.request("svc", None))
+        counts = {
+            d: sum(1 for s, _ in self.transport.sent if s == d) for d in ["a:1", "b:2", "c:3"]
+        }
+        self.assertTrue(all(n >= 8 for n in counts.values()), counts)
+
+    def test_lookup_failure(self) -> None:
+        self.failureResultOf(self.client().request("nothing", 1), errors.LookupEmpty)
+        self.assertEqual(self.transport.sent, [])
+
+    def test_unreachable_set_aside(self) -> None:
+        """A refusing dest is left out for the backoff and the call goes elsewhere at once."""
+        self.transport.behaviours["a:1"] = refuses
+        client = self.client(unreachable_backoff=10.0)
+        # Force the first choice to be a:1.
+        client._rng = random.Random()
+        client._rng.choice = lambda seq: "a:1" if "a:1" in seq else seq[0]  # type: ignore[method-assign]
+        dest, _ = self.successResultOf(client.request("svc", "p", retry=1))
+        self.assertEqual(dest, "b:2")
+        self.assertEqual([d for d, _ in self.transport.sent], ["a:1", "b:2"])
+        self.assertTrue(client.is_set_aside("a:1"))
+        # While set aside, a:1 is not chosen.
+        self.transport.sent.clear()
+        for _ in range(5):
+            self.successResultOf(client.request("svc", "p"))
+        self.assertNotIn("a:1", [d for d, _ in self.transport.sent])
+        # After the backoff it is eligible again.
+        self.clock.advance(10.0)
+        self.assertFalse(client.is_set_aside("a:1"))
+        self.transport.sent.clear()
+        self.successResultOf(client.request("svc", "p"))
+        self.assertEqual([d for d, _ in self.transport.sent], ["a:1", "b:2"])
+
+    def test_all_unreachable(self) -> None:
+        for dest in ["a:1", "b:2", "c:3"]:
+            self.transport.behaviours[dest] = refuses
+        client = self.client()
+        self.failureResultOf(client.request("svc", 1, retry=5), errors.DestinationUnreachable)
+        self.assertEqual(sorted(d for d, _ in self.transport.sent), ["a:1", "b:2", "c:3"])
+        # All set aside: the next call still tries (everyone is eligible when all are aside).
+        self.transport.sent.clear()
+        self.failureResultOf(client.request("svc", 1), errors.DestinationUnreachable)
+        self.assertEqual(len(self.transport.sent), 3)
+
+    def test_retry(self) -> None:
+        """Remote errors use up attempts; each attempt has a new rid."""
+        for dest in ["a:1", "b:2", "c:3"]:
+            self.transport.behaviours[dest] = raises("ERR_BUSY")
+        client = self.client()
+        f = self.failureResultOf(client.request("svc", 1), errors.RemoteError)
+        self.assertEqual(f.value.message, "ERR_BUSY")
+        self.assertEqual(len(self.transport.sent), 1)
+        self.transport.sent.clear()
+        self.failureResultOf(client.request("svc", 1, retry=3), errors.RemoteError)
+        self.assertEqual(len(self.transport.sent), 3)
+        self.assertEqual(len({r.rid for _, r in self.transport.sent}), 3)
+
+    def test_retry_then_success(self) -> None:
+        calls = []
+
+        def flaky(request: OutgoingRequest) -> Deferred[Any]:
+            calls.append(request)
+            if len(calls) == 1:
+                return fail(errors.RequestTimeout())
+            return succeed("ok")
+
+        self.link.services["flaky"] = ["f:1"]
+        self.transport.behaviours["f:1"] = flaky
+        self.assertEqual(self.successResultOf(self.client().request("flaky", 1, retry=2)), "ok")
+
+    def test_pending_until_reply(self) -> None:
+        self.link.services["slow"] = ["s:1"]
+        client = self.client()
+        d = client.request("slow", 1)
+        self.assertNoResult(d)
+        ((_, _, held),) = self.transport.held
+        held.callback("done")
+        self.assertEqual(self.successResultOf(d), "done")
+
+    def test_map_order(self) -> None:
+        """Results come in destination order, whatever order the replies arrive in."""
+        self.link.services["m"] = ["x:1", "y:2", "z:3"]
+        client = self.client()
+        d = client.map("m", "p")
+        held = {dest: rd for dest, _, rd in self.transport.held}
+        self.assertEqual(sorted(held), ["x:1", "y:2", "z:3"])
+        held["z:3"].callback("Z")
+        held["x:1"].callback("X")
+        self.assertNoResult(d)
+        held["y:2"].callback("Y")
+        self.assertEqual(self.successResultOf(d), ["X", "Y", "Z"])
+
+    def test_map_first_error(self) -> None:
+        self.link.services["m"] = ["x:1", "y:2", "z:3"]
+        client = self.client()
+        d = client.map("m", "p")
+        held = {dest: rd for dest, _, rd in self.transport.held}
+        held["x:1"].callback("X")
+        held["y:2"].errback(errors.RemoteError("ERR_Y"))
+        f = self.failureResultOf(d, errors.RemoteError)
+        self.assertEqual(f.value.message, "ERR_Y")
+        held["z:3"].errback(errors.RemoteError("ERR_Z"))  # consumed: no unhandled error
+
+    def test_map_limit(self) -> None:
+        client = self.client()
+        result = self.successResultOf(client.map("svc", "p", limit=2))
+        self.assertEqual(len(result), 2)
+        self.assertEqual(len({dest for dest, _ in result}), 2)
+        self.assertEqual(len(self.successResultOf(client.map("svc", "p", limit=10))), 3)
+
+    def test_map_skips_set_aside(self) -> None:
+        self.transport.behaviours["a:1"] = refuses
+        client = self.client()
+        self.failureResultOf(client.map("svc", "p"), errors.DestinationUnreachable)
+        self.assertTrue(client.is_set_aside("a:1"))
+        result = self.successResultOf(client.map("svc", "p"))
+        self.assertEqual(sorted(d for d, _ in result), ["b:2", "c:3"])
+
+    def test_stop(self) -> None:
+        client = self.client()
+        self.successResultOf(client.stop())
+        self.assertTrue(self.transport.stopped)
+        self.failureResultOf(client.request("svc", 1), errors.TransportClosed)
+        self.failureResultOf(client.map("svc", 1), errors.TransportClosed)
+
+
+class FakePubTransport:
+    def __init__(self) -> None:
+        self.published: list[str | bytes] = []
+        self.stopped = False
+
+    def listen(self, port: int) -> Deferred[int]:
+        return succeed(port or 5555)
+
+    def publish(self, message: str | bytes) -> int:
+        self.published.append(message)
+        return 2
+
+    def stop(self) -> Deferred[None]:
+        self.stopped = True
+        return succeed(None)
+
+
+class PeerPubTests(SynchronousTestCase):
+    def test_pub(self) -> None:
+        link = FakeLink()
+        transport = FakePubTransport()
+        pub = PeerPub(link, transport)
+        self.assertEqual(self.successResultOf(pub.listen()), 5555)
+        self.successResultOf(pub.announce("feed"))
+        self.assertEqual(link.announcing, [("feed", 5555)])
+        self.assertEqual(pub.pub("hello"), 2)
+        self.assertEqual(pub.pub(b"\x00bin"), 2)
+        self.assertEqual(transport.published, ["hello", b"\x00bin"])
+        self.successResultOf(pub.stop())
+        self.assertEqual(link.stopped, [("feed", 5555)])
+        self.assertTrue(transport.stopped)
+
+
+class FakeConnection:
+    def __init__(
+        self, transport: FakeSubTransport, dest: str, on_message: Any, on_close: Any
+    ) -> None:
+        self.transport = transport
+        self.dest = dest
+        self.on_message = on_message
+        self.on_close = on_close
+        self.open = True
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self.on_close()
+
+
+class FakeSubTransport:
+    def __init__(self, refusing: set[str] | None = None) -> None:
+        self.refusing = refusing if refusing is not None else set()
+        self.connections: list[FakeConnection] = []
+        self.attempts: list[str] = []
+        self.stopped = False
+
+    def connect(self, dest: str, on_message: Any, on_close: Any) -> Deferred[Any]:
+        self.attempts.append(dest)
+        if dest in self.refusing:
+            return fail(errors.DestinationUnreachable("refused"))
+        conn = FakeConnection(self, dest, on_message, on_close)
+        self.connections.append(conn)
+        return succeed(conn)
+
+    def stop(self) -> Deferred[None]:
+        self.stopped = True
+        for conn in self.connections:
+            conn.close()
+        return succeed(None)
+
+
+class PeerSubTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.link = FakeLink({"feed": ["p:1", "q:2"]})
+        self.transport = FakeSubTransport()
+        self.events: list[tuple[Any, ...]] = []
+
+    def peer(self, **kwargs: Any) -> PeerSub:
+        sub = PeerSub(self.link, self.transport, reactor=self.clock, rng=random.Random(3), **kwargs)
+        sub.add_listener("message", lambda m: self.events.append(("message", m)))
+        sub.add_listener("connected", lambda n, d: self.events.append(("connected", n, d)))
+        sub.add_listener("disconnected", lambda n, d: self.events.append(("disconnected", n, d)))
+        return sub
+
+    def test_sub_and_messages(self) -> None:
+        sub = self.peer()
+        received: list[Any] = []
+        sub.on_message = received.append
+        self.successResultOf(sub.sub("feed"))
+        (conn,) = self.transport.connections
+        self.assertEqual(self.events, [("connected", "feed", conn.dest)])
+        self.assertEqual(sub.subscriptions, {"feed": conn.dest})
+        conn.on_message("one")
+        conn.on_message(b"two")
+        self.assertEqual(received, ["one", b"two"])
+        self.assertEqual(self.events[1:], [("message", "one"), ("message", b"two")])
+        self.successResultOf(sub.sub("feed"))  # already subscribed
+        self.assertEqual(len(self.transport.connections), 1)
+
+    def test_resubscribe_elsewhere(self) -> None:
+        """A lost publisher is replaced after the backoff, preferring another publisher."""
+        sub = self.peer(backoff_initial=0.5)
+        self.successResultOf(sub.sub("feed"))
+        (first,) = self.transport.connections
+        first.close()
+        self.assertEqual(self.events[-1], ("disconnected", "feed", first.dest))
+        self.clock.advance(0.4)
+        self.assertEqual(len(self.transport.connections), 1)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.transport.connections), 2)
+        second = self.transport.connections[1]
+        self.assertNotEqual(second.dest, first.dest)
+        self.assertEqual(self.events[-1], ("connected", "feed", second.dest))
+
+    def test_backoff_grows_and_resets(self) -> None:
+        sub = self.peer(backoff_initial=0.1, backoff_max=0.4)
+        self.successResultOf(sub.sub("feed"))
+        (first,) = self.transport.connections
+        self.transport.refusing.update(["p:1", "q:2"])
+        first.close()
+        attempts = []
+        for step in [0.1, 0.2, 0.4, 0.4]:
+            before = len(self.transport.attempts)
+            self.clock.advance(step - 0.001)
+            self.assertEqual(len(self.transport.attempts), before)
+            self.clock.advance(0.001)
+            attempts.append(len(self.transport.attempts) - before)
+        self.assertEqual(attempts, [2, 2, 2, 2])  # both publishers each time
+        self.transport.refusing.clear()
+        self.clock.advance(0.4)
+        self.assertEqual(sub.subscriptions["feed"] is not None, True)
+        # Reset: the next loss waits the initial backoff again.
+        self.transport.connections[-1].close()
+        before = len(self.transport.attempts)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.transport.attempts), before + 1)
+
+    def test_no_resubscribe(self) -> None:
+        sub = self.peer(resubscribe=False)
+        self.successResultOf(sub.sub("feed"))
+        self.transport.connections[0].close()
+        self.clock.advance(100)
+        self.assertEqual(len(self.transport.attempts), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_first_sub_fails(self) -> None:
+        self.transport.refusing.update(["p:1", "q:2"])
+        sub = self.peer()
+        self.failureResultOf(sub.sub("feed"), errors.DestinationUnreachable)
+        self.assertEqual(sorted(self.transport.attempts), ["p:1", "q:2"])
+        self.assertEqual(sub.subscriptions, {})
+        self.failureResultOf(sub.sub("nothing"), errors.LookupEmpty)
+
+    def test_stop(self) -> None:
+        sub = self.peer()
+        self.successResultOf(sub.sub("feed"))
+        self.transport.connections[0].close()  # a reconnect is now scheduled
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.successResultOf(sub.stop())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertTrue(self.transport.stopped)
+        self.failureResultOf(sub.sub("feed"), errors.TransportClosed)
+
+    def test_stop_closes_without_resubscribing(self) -> None:
+        sub = self.peer()
+        self.successResultOf(sub.sub("feed"))
+        self.successResultOf(sub.stop())
+        self.assertFalse(self.transport.connections[0].open)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_listener_errors_logged(self) -> None:
+        sub = self.peer()
+
+        def broken(message: Any) -> None:
+            raise RuntimeError("listener bug")
+
+        sub.add_listener("message", broken)
+        self.successResultOf(sub.sub("feed"))
+        self.transport.connections[0].on_message("m")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIn(("message", "m"), self.events)
+        sub.remove_listener("message", broken)
+        self.assertRaises(ValueError, sub.add_listener, "nope", broken)
