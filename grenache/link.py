@@ -284,6 +284,8 @@ class Link:
             raise ValueError("announce_interval must be positive")
         self.grape = grape.rstrip("/") if scheme in ("http", "https") else grape
         self.websocket = scheme in ("ws", "wss")
+        #: GrapeReplyError.status for a result of the wrong type (HTTP answers those with 200)
+        self._ok_status: int | None = None if self.websocket else 200
         self.reactor = reactor
         self.request_timeout = request_timeout
         self.announce_interval = announce_interval
@@ -358,13 +360,13 @@ class Link:
         (a fresh answer still refreshes the cache).
         """
         d = self._call("lookup", name, retry, cache)
-        return d.addCallback(_lookup_result)
+        return d.addCallback(_lookup_result, self._ok_status)
 
     def announce(self, name: str, port: int, *, retry: int = 3) -> Deferred[int]:
         """Announce ``name`` at ``port`` on this grape's DHT; fires with the number of DHT
         nodes that stored it (GrapeReplyError for "No nodes to query" and the like)."""
         d = self._call("announce", [name, port], retry, False)
-        return d.addCallback(_announce_result)
+        return d.addCallback(_announce_result, self._ok_status)
 
     def put(
         self,
@@ -408,14 +410,14 @@ class Link:
             if cas is not None:
                 data["cas"] = cas
         d = self._call("put", data, retry, False)
-        return d.addCallback(_put_result)
+        return d.addCallback(_put_result, self._ok_status)
 
     def get(self, key: str, *, salt: str | None = None, retry: int = 1) -> Deferred[Item | None]:
         """The item stored under the 40-hex ``key`` (with ``salt`` for a salted mutable item),
         or None when the grape finds none."""
         data: Any = {"hash": key, "salt": salt} if salt else key
         d = self._call("get", data, retry, False)
-        return d.addCallback(_get_result)
+        return d.addCallback(_get_result, self._ok_status)
 
     # --- announcing loops -------------------------------------------------------------------
 
@@ -428,7 +430,8 @@ class Link:
 
         Fires with the first announce's result (or its error); the loop keeps going either way
         until :meth:`stop_announcing` or :meth:`stop`. A failed re-announce is logged and the
-        next tick tries again. If ``name``:``port`` is already announcing, no second loop is
+        next tick tries again. Stopping the loop before its first announce finished fails the
+        Deferred with LinkStopped. If ``name``:``port`` is already announcing, no second loop is
         started and the Deferred follows the running loop's first announce.
         """
         period = self.announce_interval if interval is None else interval
@@ -583,11 +586,35 @@ class Link:
     def _ws_request(self, type_: str, payload: Any) -> Deferred[Any]:
         connection = self._ws
         if connection is not None and not connection.closed:
-            return connection.request(type_, payload)
-        connection = self._ws = _WSConnection(self, self.grape)
+            waited = self.reactor.seconds() - connection.started
+            if connection.is_open or waited < self.request_timeout:
+                return connection.request(type_, payload)
+            # An attempt that has not opened within a request timeout is given up (a grape
+            # that accepts nothing would otherwise hold requests until the TCP timeout); the
+            # requests queued on it, never sent, move to the new attempt.
+            stale = connection
+            connection = self._ws = _WSConnection(self, self.grape)
+            stale.hand_over(connection)
+            self._closing_ws(stale)
+        else:
+            connection = self._ws = _WSConnection(self, self.grape)
         d = connection.request(type_, payload)
         connection.connect(self._ws_agent)
         return d
+
+    def _ws_cancel(self, rid: str) -> None:
+        """A WebSocket request was cancelled (timeout, stop, no caller left)."""
+        if self._ws is not None:
+            self._ws.forget(rid)
+
+    def _closing_ws(self, connection: _WSConnection) -> None:
+        """Close ``connection``; :meth:`stop` waits for it if it is still closing then."""
+        closed = connection.close()
+        if not closed.called:
+            self._closing.append(closed)
+            closed.addBoth(
+                lambda _: self._closing.remove(closed) if closed in self._closing else None
+            )
 
     def _ws_finished(self, connection: _WSConnection) -> None:
         """A connection ended; the next request opens a new one."""
@@ -609,32 +636,32 @@ def _http_result(status: int, raw: bytes) -> Any:
     return result
 
 
-def _unexpected(result: Any) -> GrapeReplyError:
-    return GrapeReplyError(_text_of(result), 200)
+def _unexpected(result: Any, status: int | None) -> GrapeReplyError:
+    return GrapeReplyError(_text_of(result), status)
 
 
-def _lookup_result(result: Any) -> list[str]:
+def _lookup_result(result: Any, status: int | None) -> list[str]:
     if isinstance(result, list):
         if not result:
             raise LookupEmpty()
         if all(isinstance(peer, str) for peer in result):
             return result
-    raise _unexpected(result)
+    raise _unexpected(result, status)
 
 
-def _announce_result(result: Any) -> int:
+def _announce_result(result: Any, status: int | None) -> int:
     if _is_int(result):
         return int(result)
-    raise _unexpected(result)
+    raise _unexpected(result, status)
 
 
-def _put_result(result: Any) -> str:
+def _put_result(result: Any, status: int | None) -> str:
     if isinstance(result, str) and _KEY_RE.match(result):
         return result
-    raise _unexpected(result)
+    raise _unexpected(result, status)
 
 
-def _get_result(result: Any) -> Item | None:
+def _get_result(result: Any, status: int | None) -> Item | None:
     if result is None or result == "":
         return None
     if isinstance(result, dict):
@@ -642,7 +669,7 @@ def _get_result(result: Any) -> Item | None:
             return Item.from_json(result)
         except ValueError:
             pass
-    raise _unexpected(result)
+    raise _unexpected(result, status)
 
 
 class _AnnounceLoop:
@@ -695,6 +722,8 @@ class _AnnounceLoop:
 
     def _done(self, outcome: Any) -> None:
         self.in_flight = None
+        if not self.running and isinstance(outcome, Failure) and outcome.check(CancelledError):
+            outcome = Failure(LinkStopped())
         if not self._first_done:
             self._first_done = True
             self._first = outcome
@@ -748,6 +777,7 @@ class _WSConnection:
     def __init__(self, link: Link, url: str) -> None:
         self.link = link
         self.url = url
+        self.started: float = link.reactor.seconds()
         self.protocol: _GrapeWSClient | None = None
         self.is_open = False
         self.closed = False
@@ -776,17 +806,27 @@ class _WSConnection:
         rid = str(uuid.uuid4())
         frame = json_dumps([rid, type_, payload])
 
-        def cancel(_: Deferred[Any]) -> None:
-            self.pending.pop(rid, None)
-            self.queue = [(r, f) for r, f in self.queue if r != rid]
-
-        d: Deferred[Any] = Deferred(cancel)
+        d: Deferred[Any] = Deferred(lambda _: self.link._ws_cancel(rid))
         self.pending[rid] = d
         if self.is_open:
             self._send(rid, frame)
         else:
             self.queue.append((rid, frame))
         return d
+
+    def forget(self, rid: str) -> None:
+        """Drop a request: a reply for it will be ignored, and it is not sent if queued."""
+        self.pending.pop(rid, None)
+        self.queue = [(r, f) for r, f in self.queue if r != rid]
+
+    def hand_over(self, other: _WSConnection) -> None:
+        """Move the requests queued here (never sent) to ``other``."""
+        for rid, frame in self.queue:
+            d = self.pending.pop(rid, None)
+            if d is not None:
+                other.pending[rid] = d
+                other.queue.append((rid, frame))
+        self.queue = []
 
     def _send(self, rid: str, frame: bytes) -> None:
         assert self.protocol is not None

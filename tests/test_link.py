@@ -652,7 +652,7 @@ class AnnounceLoopTests(HTTPCase):
         d = link.start_announcing("svc", 1)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the request timeout
         link.stop_announcing("svc", 1)
-        self.failureResultOf(d, CancelledError)
+        self.failureResultOf(d, errors.LinkStopped)
         self.assertNoTimers()
 
     def test_stop_stops_every_loop(self) -> None:
@@ -740,6 +740,18 @@ class RefusingAgent:
         return fail(ConnectionRefusedError("111: Connection refused"))
 
 
+class HangingAgent:
+    """An agent whose connection attempts end only when the test says so."""
+
+    def __init__(self) -> None:
+        self.attempts: list[Deferred[Any]] = []
+
+    def open(self, url: str, options: dict[str, Any], protocol_class: Any = None) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.attempts.append(d)
+        return d
+
+
 class WebSocketTests(unittest.TestCase):
     def setUp(self) -> None:
         self.reactor = MemoryReactorClockResolver()
@@ -818,6 +830,11 @@ class WebSocketTests(unittest.TestCase):
         self.failureResultOf(d2, errors.LookupEmpty)
         error = self.failureResultOf(d3, errors.GrapeReplyError).value
         self.assertEqual(error.message, "302 sequence number less than current")
+        d4 = self.link.announce("x", 2)
+        self.flush()
+        self.complete(3, "not a count")
+        error = self.failureResultOf(d4, errors.GrapeReplyError).value
+        self.assertEqual((error.message, error.status), ("not a count", None))
         self.successResultOf(self.stop())
 
     def test_coalescing_and_cache(self) -> None:
@@ -911,3 +928,50 @@ class WebSocketTests(unittest.TestCase):
         self.assertEqual(uuid.UUID(rid).version, 4)
         self.assertEqual(frame, codec.json_dumps([rid, "lookup", "svc"]))
         self.successResultOf(self.stop())
+
+    def test_connection_attempt_that_never_opens(self) -> None:
+        """Requests time out; after a request timeout the attempt is given up, the next
+        request starts a new one and the queued requests move to it; stop waits for the
+        given-up attempts to end."""
+        agent = HangingAgent()
+        link = Link("ws://127.0.0.1:1", reactor=self.reactor, ws_agent=agent)
+        d = link.lookup("svc", retry=1)
+        self.reactor.advance(1.0)
+        d2 = link.put("x")
+        self.assertEqual(len(agent.attempts), 1, "a young attempt is shared")
+        self.reactor.advance(1.5)
+        self.failureResultOf(d, errors.RequestTimeout)
+        d3 = link.put("y")
+        self.assertEqual(len(agent.attempts), 2)
+        self.assertNoResult(d2)  # moved to the new attempt
+        stopped = link.stop()
+        self.failureResultOf(d2, errors.LinkStopped)
+        self.failureResultOf(d3, errors.LinkStopped)
+        self.assertNoResult(stopped)
+        agent.attempts[0].errback(TimeoutError("TCP connect timed out"))
+        self.assertNoResult(stopped)
+        agent.attempts[1].errback(TimeoutError("TCP connect timed out"))
+        self.successResultOf(stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_queued_requests_move_to_the_new_attempt(self) -> None:
+        hanging = HangingAgent()
+        link = Link("ws://127.0.0.1:30002/", reactor=self.reactor, ws_agent=hanging)
+        d1 = link.put("x", retry=1)
+        self.reactor.advance(2.0)
+        d2 = link.lookup("svc", retry=1)
+        self.reactor.advance(0.5)
+        self.failureResultOf(d1, errors.RequestTimeout)
+        # The next request gives the old attempt up; this one connects for real.
+        link._ws_agent = create_memory_agent(self.reactor, self.pumper, self.build_server)
+        d3 = link.announce("svc", 1)
+        self.flush()
+        self.assertEqual([op for op, _, _ in self.dispatch.calls], ["lookup", "announce"])
+        self.complete(0, ["127.0.0.1:1"])
+        self.complete(1, 1)
+        self.assertEqual(self.successResultOf(d2), ["127.0.0.1:1"])
+        self.assertEqual(self.successResultOf(d3), 1)
+        hanging.attempts[0].errback(ConnectionRefusedError())
+        stopped = link.stop()
+        self.flush()
+        self.successResultOf(stopped)
