@@ -6,3 +6,10 @@ grape = ServiceMaker(
     "A Grenache grape: a DHT node with HTTP and WebSocket APIs",
     "grape",
 )
+
+grenache_service = ServiceMaker(
+    "grenache-service",
+    "grenache.service_tap",
+    "A Grenache RPC service: a handler served on HTTP or WebSocket and announced to a grape",
+    "grenache-service",
+)

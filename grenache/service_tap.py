@@ -1,0 +1,373 @@
+"""``twistd grenache-service``: run a request handler as an announced Grenache service.
+
+::
+
+    twistd -n grenache-service --name fibonacci_worker --transport http --port 1337 \\
+        --handler examples.fibonacci_service:fibonacci --grape http://127.0.0.1:30001
+
+listens on the port with the chosen RPC transport, announces each name through the grape
+(again and again, until shutdown), and answers each request with the handler's result.
+``grenache serve NAME ...`` runs the same :class:`GrenacheService` with the same options.
+
+A handler is named ``pkg.module:function`` (see :mod:`grenache.handlers`) and is called with
+one :class:`grenache.peer.Request` (``rid``, ``key``, ``payload``, ``peer_certificate``); it
+returns the reply's value, a Deferred or a coroutine, and an exception it raises becomes the
+reply's error string.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, cast
+
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from grenache.handlers import HandlerError, load_handler
+from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE, Link
+from grenache.peer import Handler, PeerRPCServer, error_message
+
+__all__ = [
+    "RPC_TRANSPORTS",
+    "GrenacheService",
+    "ListenError",
+    "Options",
+    "ServiceConfig",
+    "TransportUnavailable",
+    "available_transports",
+    "client_transport",
+    "describe_failure",
+    "load_class",
+    "makeService",
+    "server_transport",
+]
+
+log = Logger()
+
+#: RPC transports: name -> (module, server class, client class).
+RPC_TRANSPORTS: dict[str, tuple[str, str, str]] = {
+    "http": ("grenache.transports.http", "HTTPServerTransport", "HTTPClientTransport"),
+    "ws": ("grenache.transports.ws", "WSServerTransport", "WSClientTransport"),
+    "zmq": ("grenache.transports.zmq", "ZMQServerTransport", "ZMQClientTransport"),
+}
+
+
+class TransportUnavailable(ValueError):
+    """The transport's module is not part of this installation (yet)."""
+
+
+def load_class(transport: str, module_name: str, class_name: str) -> Any:
+    """``module_name.class_name``, imported now; TransportUnavailable if it is missing."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise TransportUnavailable(f"the {transport} transport is not available") from None
+    try:
+        return getattr(module, class_name)
+    except AttributeError:
+        raise TransportUnavailable(f"the {transport} transport has no {class_name}") from None
+
+
+def _transport_class(transport: str, which: int) -> Any:
+    try:
+        module_name, *classes = RPC_TRANSPORTS[transport]
+    except KeyError:
+        names = ", ".join(available_transports())
+        raise TransportUnavailable(f"unknown transport {transport!r} (use {names})") from None
+    return load_class(transport, module_name, classes[which])
+
+
+def available_transports() -> list[str]:
+    """The RPC transports whose module can be imported, in preference order."""
+    names = []
+    for name, (module_name, *_) in RPC_TRANSPORTS.items():
+        try:
+            importlib.import_module(module_name)
+        except ImportError:
+            continue
+        names.append(name)
+    return names
+
+
+def server_transport(transport: str, reactor: Any, *, interface: str | None = None) -> Any:
+    """A new server transport of kind ``transport`` (``http``, ``ws``, ``zmq``) on ``reactor``."""
+    cls = _transport_class(transport, 0)
+    if interface:
+        return cls(reactor, interface=interface)
+    return cls(reactor)
+
+
+def client_transport(transport: str, reactor: Any) -> Any:
+    """A new client transport of kind ``transport`` on ``reactor``."""
+    return _transport_class(transport, 1)(reactor)
+
+
+class ListenError(Exception):
+    """The service port could not be bound; the message names the port and the reason."""
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{value} is not a port number (0-65535)")
+    return port
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"{value} must be a positive number")
+    return number
+
+
+class Options(usage.Options):
+    """Options of ``twistd grenache-service`` (and of ``grenache serve``)."""
+
+    synopsis = "--name NAME --handler pkg.module:function [options]"
+    longdesc = (
+        "Run a Grenache RPC service: listen on --port with --transport, announce each --name "
+        "through the grape at --grape until shutdown, and answer each request with the "
+        "--handler function. The handler gets one request object (rid, key, payload, "
+        "peer_certificate) and returns a value, a Deferred or a coroutine; an exception it "
+        "raises becomes the reply's error string. Modules are imported from the current "
+        "directory first."
+    )
+    examples = (
+        "Examples:\n"
+        "  twistd -n grenache-service --name fibonacci_worker --port 1337 \\\n"
+        "      --handler examples.fibonacci_service:fibonacci\n"
+        "  twistd -n grenache-service --name rpc_ws --transport ws --port 1338 \\\n"
+        "      --handler mypkg.handlers:answer --grape http://127.0.0.1:40001\n"
+    )
+
+    optParameters = [
+        ["transport", "t", "http", "RPC transport: http or ws."],
+        ["port", "p", 0, "TCP port to listen on; 0 = any free port.", _port],
+        ["handler", None, None, "The request handler, as pkg.module:function."],
+        ["grape", "g", DEFAULT_GRAPE, "URL of the grape's API to announce through."],
+        ["bind", "b", None, "Address to listen on (default: every IPv4 interface)."],
+        [
+            "announce-interval",
+            None,
+            DEFAULT_ANNOUNCE_INTERVAL,
+            "Seconds between announces (each gap jittered to 0.5-1.5 times this).",
+            _positive,
+        ],
+    ]
+
+    compData = usage.Completions(
+        optActions={
+            "transport": usage.CompleteList(["http", "ws"]),
+            "grape": usage.CompleteList([DEFAULT_GRAPE], descr="grape URL"),
+            "bind": usage.CompleteHostnames(),
+            "name": usage.Completer(descr="service name", repeat=True),
+            "handler": usage.Completer(descr="pkg.module:function"),
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["names"] = []
+
+    def opt_name(self, name: str) -> None:
+        """Service name to announce (may be given more than once)."""
+        self["names"].append(name)
+
+    opt_n = opt_name
+
+    def getUsage(self, width: int | None = None) -> str:
+        return super().getUsage(width) + "\n" + self.examples
+
+    def postOptions(self) -> None:
+        if not self["names"]:
+            raise usage.UsageError("give the service a name with --name NAME")
+        if any(not name for name in self["names"]):
+            raise usage.UsageError("a service name must not be empty")
+        if not self["handler"]:
+            raise usage.UsageError("give the request handler with --handler pkg.module:function")
+        if self["transport"] not in RPC_TRANSPORTS:
+            raise usage.UsageError(
+                f"unknown transport {self['transport']!r} (use {', '.join(available_transports())})"
+            )
+
+    def config(self) -> ServiceConfig:
+        """The service this command line describes."""
+        return ServiceConfig(
+            names=tuple(self["names"]),
+            handler=self["handler"],
+            transport=self["transport"],
+            port=self["port"],
+            grape=self["grape"],
+            interface=self["bind"],
+            announce_interval=self["announce-interval"],
+        )
+
+
+class ServiceConfig:
+    """What a :class:`GrenacheService` runs: names, handler spec, transport, port, grape."""
+
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        handler: str | Handler,
+        transport: str = "http",
+        port: int = 0,
+        grape: str = DEFAULT_GRAPE,
+        interface: str | None = None,
+        announce_interval: float = DEFAULT_ANNOUNCE_INTERVAL,
+    ) -> None:
+        self.names = names
+        self.handler = handler
+        self.transport = transport
+        self.port = port
+        self.grape = grape
+        self.interface = interface
+        self.announce_interval = announce_interval
+
+
+class GrenacheService(Service):
+    """A handler served on a transport and announced through a grape, as a Twisted Service.
+
+    :meth:`listen` binds the port (fires with it, or fails with :class:`ListenError`);
+    :meth:`announce` starts the announcing loops and fires with each name's first result (a
+    node count, or the error's text). ``startService`` does both, and ``stopService`` stops
+    announcing, closes the port and the service's connections, and stops the link.
+
+    Raises :class:`~grenache.handlers.HandlerError` when the handler cannot be loaded, and
+    :class:`TransportUnavailable` for a transport this installation does not have.
+    """
+
+    name = "grenache-service"
+
+    def __init__(self, config: ServiceConfig, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        handler = config.handler
+        self.handler: Handler = load_handler(handler) if isinstance(handler, str) else handler
+        self.link = Link(config.grape, reactor=reactor, announce_interval=config.announce_interval)
+        self.transport = server_transport(config.transport, reactor, interface=config.interface)
+        self.server = PeerRPCServer(self.link, self.transport, self.handler)
+        self._listening = False
+        self.port: int | None = None
+        #: Set by ``startService``: fires with :meth:`announce`'s results once announced.
+        self.started: Deferred[dict[str, int | str] | None] | None = None
+
+    def listen(self) -> Deferred[int]:
+        """Bind the service port; fires with the port bound or fails with ListenError."""
+        if self._listening:
+            return fail(RuntimeError("GrenacheService.listen() was already called"))
+        self._listening = True
+        requested = self.config.port
+
+        def bound(port: int) -> int:
+            self.port = port
+            log.info(
+                "Serving {names} with {handler} over {transport} on port {port}",
+                names=", ".join(repr(n) for n in self.config.names),
+                handler=_handler_name(self.config.handler),
+                transport=self.config.transport,
+                port=port,
+            )
+            return port
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(CannotListenError):
+                error: Any = failure.value
+                reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+                raise ListenError(f"cannot listen on TCP port {requested}: {reason}")
+            return failure
+
+        return self.server.listen(requested).addCallbacks(bound, failed)
+
+    def announce(self) -> Deferred[dict[str, int | str]]:
+        """Start announcing every name (after :meth:`listen`); fires with ``{name: first
+        result}``, a result being the number of DHT nodes that stored the announce or the
+        error's text. The loops go on either way until ``stopService``."""
+        return ensureDeferred(self._announce_all())
+
+    async def _announce_all(self) -> dict[str, int | str]:
+        names = self.config.names
+        results = await DeferredList(
+            [self.server.announce(name) for name in names], consumeErrors=True
+        )
+        outcome: dict[str, int | str] = {}
+        for name, (ok, value) in zip(names, results, strict=True):
+            value = cast(Any, value)
+            if ok:
+                outcome[name] = value
+                log.info(
+                    "Announced {name!r} on port {port} through {grape} ({count} nodes)",
+                    name=name,
+                    port=self.port,
+                    grape=self.config.grape,
+                    count=value,
+                )
+            else:
+                outcome[name] = describe_failure(value)
+                log.warn(
+                    "Announcing {name!r} through {grape} failed: {error}; will retry",
+                    name=name,
+                    grape=self.config.grape,
+                    error=outcome[name],
+                )
+        return outcome
+
+    async def _start(self) -> dict[str, int | str]:
+        if self.port is None:
+            await self.listen()
+        return await self.announce()
+
+    def startService(self) -> None:
+        """Listen (unless :meth:`listen` already ran) and start announcing."""
+        super().startService()
+        self.started = ensureDeferred(self._start())
+        self.started.addErrback(self._fatal)
+
+    def _fatal(self, failure: Failure) -> None:
+        log.critical("{error}", error=describe_failure(failure))
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """Stop announcing, close the port and connections, stop the link."""
+        super().stopService()
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        try:
+            await self.server.stop()
+        finally:
+            await self.link.stop()
+
+
+def _handler_name(handler: str | Handler) -> str:
+    if isinstance(handler, str):
+        return handler
+    module = getattr(handler, "__module__", "?")
+    return f"{module}:{getattr(handler, '__qualname__', repr(handler))}"
+
+
+def describe_failure(failure: Failure | BaseException) -> str:
+    """A one-line text for an error (the message of Grenache errors)."""
+    return error_message(failure)
+
+
+def makeService(options: Options) -> IService:
+    """Load the handler and bind the port now, so a bad handler or a taken port is a one-line
+    error before twistd daemonizes."""
+    from twisted.internet import reactor
+
+    try:
+        service = GrenacheService(options.config(), reactor)
+    except (HandlerError, TransportUnavailable) as error:
+        raise SystemExit(f"twistd grenache-service: {error}") from None
+    outcome: list[Any] = []
+    service.listen().addBoth(outcome.append)
+    if outcome and isinstance(outcome[0], Failure):
+        failure = outcome[0]
+        raise SystemExit(f"twistd grenache-service: {describe_failure(failure)}")
+    return service  # type: ignore[return-value]
