@@ -479,3 +479,29 @@ class RoutingUpkeepTests(SynchronousTestCase):
         network.net.run(5)
         self.assertIsNone(hub.routing.get(newcomer.node_id))
         self.assertEqual(len(hub.routing), 20)
+
+
+class LoneNodeMutableTests(SynchronousTestCase):
+    """A lone node applies to its own mutable puts the rules a remote node would."""
+
+    def test_sequence_cas_and_signature_rules(self) -> None:
+        network = Network(self)
+        node = network.node()
+        private = bep44.generate_private_key()
+        public = bep44.public_key_of(private)
+
+        def item(seq: int, value: bytes) -> bep44.Item:
+            buf = bep44.signature_buffer(value, seq)
+            return bep44.Item(v=value, k=public, sig=bep44.sign(private, buf), seq=seq)
+
+        self.assertEqual(result_of(network.net, node.put(item(1, b"one"))).hits, 1)
+        error = self.assertRaises(KRPCError, result_of, network.net, node.put(item(1, b"one")))
+        self.assertEqual(error.code, 302)
+        error = self.assertRaises(
+            KRPCError, result_of, network.net, node.put(item(2, b"two"), cas=5)
+        )
+        self.assertEqual(error.code, 301)
+        result_of(network.net, node.put(item(2, b"two"), cas=1))
+        forged = bep44.Item(v=b"x", k=public, sig=bytes(64), seq=3)
+        self.assertRaises(AllQueriesFailed, result_of, network.net, node.put(forged))
+        self.assertEqual(result_of(network.net, node.get(bep44.mutable_key(public))).item.v, b"two")

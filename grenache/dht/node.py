@@ -374,16 +374,22 @@ class DHTNode:
         item = bep44.Item(v=v, k=k, sig=sig, seq=seq, salt=salt or None)
         if not item.signature_valid():
             return None
+        cas = a.get("cas")
+        refusal = self._store_mutable(item, cas if isinstance(cas, int) else None)
+        return {} if refusal is None else refusal
+
+    def _store_mutable(self, item: bep44.Item, cas: int | None) -> KRPCError | None:
+        """Store a verified mutable item unless CAS or sequence rules refuse it (301, 302)."""
         key = item.key()
         previous = self.values.peek(key)
-        cas = a.get("cas")
         if previous is not None:
-            if isinstance(cas, int) and cas != previous.seq:
+            if cas is not None and cas != previous.seq:
                 return KRPCError(301, "CAS mismatch, re-read and try again")
+            seq = item.seq
             if isinstance(previous.seq, int) and not (isinstance(seq, int) and seq > previous.seq):
                 return KRPCError(302, "sequence number less than current")
         self.values.set(key, item)
-        return {}
+        return None
 
     # --- client operations --------------------------------------------------------------------
 
@@ -523,7 +529,11 @@ class DHTNode:
         def alone(failure: Failure) -> PutResult:
             failure.trap(NoNodesToQuery)
             if item.mutable:
-                self.values.set(key, item)
+                if not item.signature_valid():
+                    raise AllQueriesFailed()
+                refusal = self._store_mutable(item, cas)
+                if refusal is not None:
+                    raise refusal
             return PutResult(key=key, hits=1 if stored_here or item.mutable else 0)
 
         return d.addCallbacks(done, alone)
