@@ -316,6 +316,7 @@ class _Connector:
     ) -> Deferred[Any]:
         factory = WebSocketClientFactory(url=transport_config, reactor=self._reactor)
         factory.protocol = protocol_class
+        factory.noisy = False
         host, port = factory.host, factory.port
         endpoint: Any
         if isIPAddress(host):
