@@ -651,7 +651,8 @@ class _Session:
             return f"cannot reach the grape at {grape}: is it running? ({error.message})"
         if isinstance(error, errors.RequestTimeout):
             seconds = f"{self.timeout:g} s"
-            if self.watched is None or self.watched.lookup_failed:
+            watched = self.watched if self.verb in ("request", "map", "sub") else None
+            if watched is None or watched.lookup_failed:
                 return f"the grape at {grape} did not answer within {seconds} ({error.wire})"
             return f"{target} did not answer within {seconds} ({error.wire})"
         if isinstance(error, errors.GrapeReplyError):
@@ -787,9 +788,9 @@ async def _map(session: _Session) -> None:
 
 async def _serve(session: _Session) -> None:
     options = session.options
-    _begin_logging()
     service = GrenacheService(options.config(), session.reactor)
     port = await service.listen()
+    _begin_logging()  # events logged so far are replayed
     service.startService()
     assert service.started is not None
     announced = await service.started
