@@ -811,3 +811,29 @@ class RoundTripTests(SynchronousTestCase):
         )
         self.failureResultOf(rt.call(1), errors.DestinationUnreachable)
         self.assertEqual(rt.requests, [])
+
+    def test_tls_stop_closes_connections(self) -> None:
+        """Stopping a TLS server closes its keep-alive connections (not at the idle sweep)."""
+        pki = make_pki()
+        rt = RoundTrip(
+            server_tls=ServerTLS(pki.server.key, pki.server.cert),
+            client_tls=ClientTLS(pki.ca.cert),
+        )
+        self.successResultOf(rt.call(1))
+        stopped = rt.server.stop()
+        rt.run()
+        self.successResultOf(stopped)
+        self.assertEqual(rt.client.pools, {})
+
+    def test_stop_aborts_after_grace(self) -> None:
+        """A connection that does not close within stop_grace is aborted."""
+        rt = RoundTrip()
+        self.successResultOf(rt.call(1))
+        (proto,) = rt.server_transport.factory.connections
+        proto._lose_connection = lambda: None  # a close that never completes
+        stopped = rt.server.stop()
+        rt.run()
+        self.assertNoResult(stopped)
+        rt.reactor.advance(5)
+        rt.run()
+        self.successResultOf(stopped)

@@ -49,7 +49,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from grenache import errors
@@ -206,13 +206,39 @@ class _RPCServerFactory(HTTPServerFactory):
         return d
 
 
+class _ServerTLSProtocol(TLSMemoryBIOProtocol):
+    """TLS that can finish closing a connection whose reading the HTTP protocol paused.
+
+    The lean HTTP protocol pauses reading before it closes a connection; plain TCP closes
+    anyway, but a TLS shutdown waits for the peer's close_notify (or FIN), which a paused
+    transport never reads, so the connection would linger until the idle sweep.
+    """
+
+    def loseConnection(self) -> None:
+        super().loseConnection()
+        transport: Any = self.transport
+        if self.disconnecting and transport is not None:
+            resume = getattr(transport, "resumeProducing", None)
+            if resume is not None:
+                try:
+                    resume()
+                except Exception:
+                    pass  # already disconnected
+
+
+class _ServerTLSFactory(TLSMemoryBIOFactory):
+    protocol = _ServerTLSProtocol
+    noisy = False
+
+
 class HTTPServerTransport:
     """Serves Grenache RPC over HTTP(S) on the lean HTTP server (a ``ServerTransport``).
 
     ``tls`` is a :class:`~grenache.tls.ServerTLS` or any ``IOpenSSLContextFactory``.
     ``max_body_size`` limits request bodies (bytes, before and after gunzip);
     ``idle_timeout`` closes keep-alive connections idle that many seconds; ``interface``
-    is the address to bind (all interfaces by default, as Node).
+    is the address to bind (all interfaces by default, as Node). :meth:`stop` closes open
+    connections and aborts those still open ``stop_grace`` seconds later.
     """
 
     def __init__(
@@ -224,8 +250,10 @@ class HTTPServerTransport:
         idle_timeout: float = DEFAULT_SERVER_IDLE_TIMEOUT,
         interface: str = "",
         max_header_size: int = 16384,
+        stop_grace: float = 5.0,
     ) -> None:
         self.reactor = reactor
+        self.stop_grace = stop_grace
         self.tls = tls
         self.max_body_size = max_body_size
         self.idle_timeout = idle_timeout
@@ -248,9 +276,7 @@ class HTTPServerTransport:
             return self.factory
         context = self.tls.context_factory() if isinstance(self.tls, ServerTLS) else self.tls
         http_factory: Any = self.factory
-        wrapped = TLSMemoryBIOFactory(context, False, http_factory, clock=self.reactor)
-        wrapped.noisy = False
-        return wrapped
+        return _ServerTLSFactory(context, False, http_factory, clock=self.reactor)
 
     def listen(self, port: int, serve: Callable[[Request], Deferred[Any]]) -> Deferred[int]:
         """Listen on ``port`` (0: any) and fire with the bound port."""
@@ -268,18 +294,28 @@ class HTTPServerTransport:
         return succeed(getattr(bound, "port", port) or port)
 
     def stop(self) -> Deferred[None]:
-        """Stop listening, close open connections; fires when both are done."""
+        """Stop listening, close open connections; fires when both are done.
+
+        Connections still open after ``stop_grace`` seconds (a TLS peer that never answers
+        the close) are aborted.
+        """
         port: Any = self._port
         self._port = None
         stopped: Deferred[Any] = succeed(None)
         if port is not None:
             stopped = Deferred.fromCoroutine(_maybe_await(port.stopListening()))
-        self.factory.closeConnections()
-        drained = self.factory.when_drained()
+        factory = self.factory
+        factory.closeConnections()
+        drained = factory.when_drained()
+        timer = None
+        if not drained.called:
+            timer = self.reactor.callLater(self.stop_grace, factory.closeConnections, True)
 
         async def both() -> None:
             await stopped
             await drained
+            if timer is not None and timer.active():
+                timer.cancel()
 
         return Deferred.fromCoroutine(both())
 
