@@ -165,7 +165,7 @@ class Options(usage.Options):
             "grape": usage.CompleteList([DEFAULT_GRAPE], descr="grape URL"),
             "bind": usage.CompleteHostnames(),
             "name": usage.Completer(descr="service name", repeat=True),
-            "handler": usage.Completer(descr="pkg.module:function"),
+            "handler": usage.Completer(descr="request handler"),
         }
     )
 
@@ -176,8 +176,6 @@ class Options(usage.Options):
     def opt_name(self, name: str) -> None:
         """Service name to announce (may be given more than once)."""
         self["names"].append(name)
-
-    opt_n = opt_name
 
     def getUsage(self, width: int | None = None) -> str:
         return super().getUsage(width) + "\n" + self.examples
