@@ -55,6 +55,7 @@ from grenache.transports.ws import (
     WSPubTransport,
     WSServerTransport,
     WSSubTransport,
+    _xor_mask,
     fingerprint_whitelist,
 )
 
@@ -393,6 +394,16 @@ class RPCMemoryTests(unittest.TestCase):
         self.net.flush()
         self.assertEqual(self.successResultOf(d), {"ok": True})
 
+    def test_frame_lengths(self) -> None:
+        """7-bit, 16-bit and 64-bit payload lengths, masked and not, both ways."""
+        for size in (0, 125, 126, 65535, 65536, 200_000):
+            d = self.request(f"r{size}", "x" * size)
+            request, answer = self.serve.calls[-1]
+            self.assertEqual(request.payload, "x" * size)
+            answer.callback("y" * size)
+            self.net.flush()
+            self.assertEqual(self.successResultOf(d), "y" * size)
+
     def test_many_concurrent_out_of_order(self) -> None:
         """200 requests share one socket; replies in reverse order reach the right callers."""
         ds = [self.client.request(DEST, req(f"r{i}", i)) for i in range(200)]
@@ -543,6 +554,13 @@ class RPCMemoryTests(unittest.TestCase):
         self.failureResultOf(d, DestinationUnreachable)
         self.assertEqual(seen, [None])
         self.assertEqual(self.serve.calls, [])
+
+
+class MaskTests(unittest.TestCase):
+    @given(st.binary(max_size=300), st.binary(min_size=4, max_size=4))
+    def test_xor_mask(self, data: bytes, key: bytes) -> None:
+        """The big-integer XOR equals RFC 6455's byte-by-byte masking."""
+        self.assertEqual(_xor_mask(data, key), mask(data, key))
 
 
 class RefusedTests(unittest.TestCase):
