@@ -1,0 +1,233 @@
+"""``grenache serve``, ``twistd grenache-service`` and the other verbs with Node.js Grenache.
+
+- Node clients (grenache-nodejs-link 1.0.2 with the PeerRPCClient of grenache-nodejs-http
+  1.0.2 or grenache-nodejs-ws 1.0.0, ``node/cli_client.js``) request services run by
+  ``grenache serve`` and by ``twistd -n grenache-service``;
+- on a network of Node grapes (grenache-grape 1.0.0): a service announced through one grape
+  is found and called through the other, and ``grenache lookup/put/get`` talk to Node grapes;
+- ``grenache pub`` feeds a Node ``PeerSub`` and a Node ``PeerPub`` feeds ``grenache sub``
+  (``node/cli_pubsub.js``).
+
+Skipped without Node unless ``GRENACHE_INTEROP=required``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from twisted.trial import unittest
+
+from grenache.dht import bep44
+from tests.interop import harness
+from tests.interop.harness import async_test
+from tests.test_cli import TWISTD, Proc, grenache, run_cli, spawn
+
+
+async def node_request(
+    case: unittest.TestCase,
+    url: str,
+    name: str,
+    payload: Any,
+    transport: str = "http",
+    timeout_ms: int = 10000,
+) -> dict[str, Any]:
+    """Run cli_client.js once; its outcome line."""
+    proc = harness.spawn_node(
+        case,
+        "cli_client.js",
+        [url, name, json.dumps(payload), transport, str(timeout_ms)],
+        name=f"node-{transport}-client",
+    )
+    outcome: dict[str, Any] = await proc.ready
+    return outcome
+
+
+async def serve(case: unittest.TestCase, *args: str) -> tuple[Proc, dict[str, Any]]:
+    """``grenache serve ARGS...``; the process and its ready line."""
+    proc = grenache(case, "serve", *args)
+    ready: dict[str, Any] = json.loads(await proc.line(0))
+    return proc, ready
+
+
+class NodeClientTests(unittest.TestCase):
+    """Node clients calling Python services through an in-process Python grape."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        harness.node_modules_dir()  # skip early without Node
+
+    @async_test
+    async def test_serve_answers_node_http_client(self) -> None:
+        grape = await harness.start_python_grape(self)
+        await serve(self, "cli_node_echo", "--handler", "tests.test_cli:echo", "-g", grape.url)
+        payload = {"text": "héllo ✓", "n": [1, 2.5, None]}
+        outcome = await node_request(self, grape.url, "cli_node_echo", payload)
+        self.assertTrue(outcome["ok"], outcome)
+        self.assertEqual(outcome["result"]["payload"], payload)
+        self.assertEqual(outcome["result"]["key"], "cli_node_echo")
+        # The Node client sends a UUID rid; the handler saw it.
+        self.assertEqual(len(outcome["result"]["rid"]), 36)
+
+    @async_test
+    async def test_handler_error_reaches_node(self) -> None:
+        grape = await harness.start_python_grape(self)
+        await serve(self, "cli_node_broken", "--handler", "tests.test_cli:broken", "-g", grape.url)
+        outcome = await node_request(self, grape.url, "cli_node_broken", 1)
+        self.assertEqual(outcome, {"ok": False, "error": "ERR_BROKEN: no can do"})
+
+    @async_test
+    async def test_serve_ws_answers_node_ws_client(self) -> None:
+        grape = await harness.start_python_grape(self)
+        await serve(
+            self,
+            "cli_node_ws",
+            "--transport",
+            "ws",
+            "--handler",
+            "tests.test_cli:coroutine_double",
+            "-g",
+            grape.url,
+        )
+        outcome = await node_request(self, grape.url, "cli_node_ws", "ab", transport="ws")
+        self.assertEqual(outcome, {"ok": True, "result": "abab"})
+
+    @async_test
+    async def test_twistd_service_answers_node_client(self) -> None:
+        grape = await harness.start_python_grape(self)
+        twistd = spawn(
+            self,
+            (
+                *TWISTD,
+                "-n",
+                "--pidfile=",
+                "grenache-service",
+                "--name",
+                "cli_node_twistd",
+                "--handler",
+                "examples.fibonacci_service:fibonacci",
+                "--grape",
+                grape.url,
+            ),
+        )
+        await twistd.wait_for(
+            lambda p: b"Announced 'cli_node_twistd'" in p.out + p.err, "the announce log line"
+        )
+        outcome = await node_request(self, grape.url, "cli_node_twistd", {"length": 6})
+        self.assertEqual(outcome, {"ok": True, "result": [1, 1, 2, 3, 5, 8]})
+        outcome = await node_request(self, grape.url, "cli_node_twistd", {"length": "x"})
+        self.assertFalse(outcome["ok"])
+        self.assertTrue(outcome["error"].startswith("ERR_BAD_LENGTH"), outcome)
+        ended = await twistd.stop()
+        self.assertIn(b"Server Shut Down", ended.out + ended.err, ended.describe())
+
+
+class NodeGrapeTests(unittest.TestCase):
+    """The command line on a network of two Node grapes."""
+
+    timeout = 240
+
+    async def node_grapes(self, verify: bool = False) -> tuple[Any, Any]:
+        first = await harness.start_node_grape(self, verify=verify)
+        second = await harness.start_node_grape(self, [first.dht_address], verify=verify)
+        return first, second
+
+    @async_test
+    async def test_service_announced_on_one_grape_called_through_the_other(self) -> None:
+        first, second = await self.node_grapes()
+        _, ready = await serve(
+            self,
+            "cli_fib_net",
+            "--handler",
+            "examples.fibonacci_service:fibonacci",
+            "-g",
+            first.url,
+        )
+        self.assertIsInstance(ready["announced"]["cli_fib_net"], int)
+        dest = f"127.0.0.1:{ready['port']}"
+        await harness.lookup_until(
+            second.url, "cli_fib_net", lambda peers: dest in peers, f"finds {dest}"
+        )
+        outcome = await node_request(self, second.url, "cli_fib_net", {"length": 4})
+        self.assertEqual(outcome, {"ok": True, "result": [1, 1, 2, 3]})
+        result = await run_cli(self, "lookup", "cli_fib_net", "-g", second.url)
+        self.assertEqual(result.json(), [dest], result.describe())
+        result = await run_cli(self, "request", "cli_fib_net", '{"length":3}', "-g", second.url)
+        self.assertEqual(result.json(), [1, 1, 2], result.describe())
+        result = await run_cli(self, "map", "cli_fib_net", '{"length":2}', "-g", second.url)
+        self.assertEqual(result.json(), [[1, 1]], result.describe())
+
+    @async_test
+    async def test_lookup_empty_and_announce_on_node_grapes(self) -> None:
+        first, second = await self.node_grapes()
+        result = await run_cli(self, "lookup", "cli_nobody", "-g", first.url)
+        self.assertEqual(result.code, 1, result.describe())
+        self.assertIn(b"no peer is announced as 'cli_nobody'", result.err)
+        result = await run_cli(self, "announce", "cli_announced", "4444", "-g", first.url)
+        self.assertEqual(result.code, 0, result.describe())
+        self.assertGreaterEqual(result.json(), 1)
+        await harness.lookup_until(
+            second.url, "cli_announced", lambda p: "127.0.0.1:4444" in p, "finds the announce"
+        )
+
+    @async_test
+    async def test_put_and_get_on_node_grapes(self) -> None:
+        first, second = await self.node_grapes(verify=True)
+        result = await run_cli(self, "put", "stored by the Python CLI", "-g", first.url)
+        self.assertEqual(result.code, 0, result.describe())
+        key = result.json()
+        self.assertEqual(key, bep44.immutable_key(b"stored by the Python CLI").hex())
+        result = await run_cli(self, "get", key, "--value", "-g", second.url)
+        self.assertEqual(result.json(), "stored by the Python CLI", result.describe())
+        key_file = str(Path(self.mktemp()).resolve())
+        self.assertEqual((await run_cli(self, "keygen", key_file)).code, 0)
+        put = ("--key", key_file, "--salt", "node", "-g", first.url)
+        result = await run_cli(self, "put", "mutable 1", *put, "--seq", "1")
+        self.assertEqual(result.code, 0, result.describe())
+        mutable_key = result.json()
+        result = await run_cli(self, "get", mutable_key, "--salt", "node", "-g", second.url)
+        item = result.json()
+        self.assertEqual((item["v"], item["seq"]), ("mutable 1", 1), result.describe())
+        stale = await run_cli(self, "put", "mutable 0", *put, "--seq", "0")
+        self.assertEqual(stale.code, 1, stale.describe())
+        self.assertIn(b"(HTTP 302)", stale.err)
+        self.assertIn(b"sequence number less than current", stale.err)
+
+
+class NodePubSubTests(unittest.TestCase):
+    timeout = 180
+
+    def setUp(self) -> None:
+        harness.node_modules_dir()
+
+    @async_test
+    async def test_grenache_pub_to_node_sub(self) -> None:
+        grape = await harness.start_python_grape(self)
+        pub = grenache(self, "pub", "cli_to_node", "-g", grape.url)
+        await pub.line(0)
+        sub = harness.spawn_node(
+            self, "cli_pubsub.js", ["sub", grape.url, "cli_to_node", "2"], name="node-sub"
+        )
+        self.assertEqual(await sub.ready, {"ready": True})
+        pub.write("hello node ✓\nsecond\n".encode())
+        self.assertEqual(await sub.next_message(), {"message": "hello node ✓"})
+        self.assertEqual(await sub.next_message(), {"message": "second"})
+        pub.close_stdin()
+        self.assertEqual((await pub.finish()).code, 0)
+
+    @async_test
+    async def test_node_pub_to_grenache_sub(self) -> None:
+        grape = await harness.start_python_grape(self)
+        pub = harness.spawn_node(
+            self, "cli_pubsub.js", ["pub", grape.url, "node_to_cli"], name="node-pub"
+        )
+        await pub.ready
+        await harness.lookup_until(grape.url, "node_to_cli", bool, "finds the Node publisher")
+        sub = grenache(self, "sub", "node_to_cli", "--count", "2", "-g", grape.url)
+        self.assertEqual(await pub.next_message(), {"event": "connection"})
+        pub.transport.write("from node ✓\nagain\n".encode())  # type: ignore[union-attr]
+        result = await sub.finish()
+        self.assertEqual(result.code, 0, result.describe())
+        self.assertEqual(result.out.decode(), "from node ✓\nagain\n")
