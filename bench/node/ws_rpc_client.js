@@ -1,0 +1,44 @@
+#!/usr/bin/env node
+'use strict'
+
+// Benchmark: a grenache-nodejs-ws 1.0.0 PeerRPCClient keeping C requests in flight.
+//
+//   node ws_rpc_client.js '{"dest":"127.0.0.1:P","seconds":S,"warmup":W,"concurrency":C,
+//                           "payload":X}'
+//
+// The link is a stub whose lookup answers [dest] at once, so only the peer and the transport
+// are measured (Node's pool: up to 3 sockets per destination). Each of the C workers sends
+// its next request when the previous one is answered. Completions during the W warm-up
+// seconds are not counted; prints {"count":N,"seconds":S,"rate":R,"errors":E} and exits.
+
+const { PeerRPCClient } = require('grenache-nodejs-ws')
+
+const c = JSON.parse(process.argv[2])
+const link = { lookup: (key, opts, cb) => cb(null, [c.dest]) }
+const peer = new PeerRPCClient(link, {})
+peer.init()
+
+const start = Date.now()
+const measureFrom = start + c.warmup * 1000
+const end = measureFrom + c.seconds * 1000
+let count = 0
+let errors = 0
+let running = c.concurrency
+
+function worker () {
+  peer.request('bench', c.payload, { timeout: 10000 }, (err) => {
+    const now = Date.now()
+    if (err) errors++
+    else if (now >= measureFrom) count++
+    if (now < end) worker()
+    else if (--running === 0) finish()
+  })
+}
+
+function finish () {
+  const seconds = c.seconds
+  process.stdout.write(JSON.stringify({ count, seconds, rate: count / seconds, errors }) + '\n')
+  process.exit(0)
+}
+
+for (let i = 0; i < c.concurrency; i++) worker()

@@ -1,0 +1,428 @@
+#!/usr/bin/env python3
+"""WebSocket transport benchmark: this project's peers side by side with grenache-nodejs-ws 1.0.0.
+
+    python bench/ws.py [--seconds N] [--concurrency C] [--payload-size B]
+                       [--subscribers S] [--messages M] [--message-size B] [--burst K]
+
+Two phases, each one run per pairing, all on 127.0.0.1 with ports the OS picks:
+
+- **RPC**: a client keeps C requests in flight (each worker sends its next request when the
+  previous one is answered) against an echo server, for N seconds after a 1 s warm-up; the
+  payload is one JSON object of about B bytes. Python is ``PeerRPCClient`` +
+  ``WSClientTransport`` against ``PeerRPCServer`` + ``WSServerTransport`` (one socket,
+  multiplexed); Node is ``PeerRPCClient``/``PeerRPCServer`` of grenache-nodejs-ws (its pool opens
+  up to 3 sockets). Both clients use a stub link that answers the lookup at once, so only peer
+  and transport are measured. Pairings: node->node, python->python, and the two crossings
+  (which show which side limits a Python pairing).
+- **Pub/sub fan-out**: S subscriber sockets in one process; the publisher sends M text
+  messages of B bytes, K per reactor turn; the rate is messages delivered (M x S) per second,
+  from the moment the publisher is told to start to the last message received (wall clock,
+  both processes on this machine). Pairings as above.
+
+Fairness: servers and publishers are pinned to CPU 0, clients and subscribers to CPU 1 (when
+the machine has two CPUs or more), every process is its own process group, killed in a
+``finally``. Every run has a hard deadline, so the whole benchmark ends in bounded time
+(about 2 x (N + 1) x 4 seconds plus start-up). Node packages come from the interop harness's
+install (``.cache/interop-node``, installed on first use); Node pairings are skipped when Node
+is missing.
+
+The roles (``rpc-server``, ``rpc-client``, ``pub``, ``sub``) are subcommands of this file; the
+default command runs everything and prints a table with rates and Python/Node ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+NODE_DIR = REPO / "bench" / "node"
+LOCALHOST = "127.0.0.1"
+SERVER_CPU = 0
+CLIENT_CPU = 1
+WARMUP = 1.0
+
+
+def make_payload(size: int) -> dict[str, Any]:
+    """A JSON object of about ``size`` bytes once encoded."""
+    return {"op": "echo", "n": 12345, "pad": "x" * max(0, size - 30)}
+
+
+def make_message(i: int, size: int) -> str:
+    """The i-th published message: the same text the Node publisher sends."""
+    head = f'{{"seq":{i},"pad":"'
+    return head + "x" * max(0, size - len(head) - 2) + '"}'
+
+
+def _emit(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+# --- Python roles (each runs its own reactor) -----------------------------------------------
+
+
+class _StubLink:
+    """A link whose lookup answers one destination at once."""
+
+    def __init__(self, dest: str) -> None:
+        self.dest = dest
+
+    def lookup(self, name: str) -> Any:
+        from twisted.internet.defer import succeed
+
+        return succeed([self.dest])
+
+
+def role_rpc_server(args: argparse.Namespace) -> None:
+    from twisted.internet import reactor
+
+    from grenache.peer import PeerRPCServer
+    from grenache.transports.ws import WSServerTransport
+
+    server = PeerRPCServer(None, WSServerTransport(reactor), lambda request: request.payload)
+    server.listen(0).addCallback(lambda port: _emit({"port": port}))
+    reactor.run()  # type: ignore[attr-defined,misc]
+
+
+def role_rpc_client(args: argparse.Namespace) -> None:
+    from twisted.internet import reactor, task
+    from twisted.internet.defer import ensureDeferred
+
+    from grenache.peer import PeerRPCClient
+    from grenache.transports.ws import WSClientTransport
+
+    clock: Any = reactor
+    conf = json.loads(args.conf)
+    client = PeerRPCClient(
+        _StubLink(conf["dest"]), WSClientTransport(reactor), timeout=10.0, reactor=reactor
+    )
+    payload = conf["payload"]
+    start = clock.seconds()
+    measure_from = start + conf["warmup"]
+    end = measure_from + conf["seconds"]
+    state = {"count": 0, "errors": 0}
+
+    async def worker() -> None:
+        while True:
+            try:
+                await client.request("bench", payload)
+            except Exception:
+                state["errors"] += 1
+            now = clock.seconds()
+            if now >= measure_from:
+                state["count"] += 1
+            if now >= end:
+                return
+
+    async def main(_: Any) -> None:
+        from twisted.internet.defer import gatherResults
+
+        await gatherResults([ensureDeferred(worker()) for _ in range(conf["concurrency"])])
+        seconds = conf["seconds"]
+        _emit({**state, "seconds": seconds, "rate": state["count"] / seconds})
+        await client.stop()
+
+    task.react(lambda r: ensureDeferred(main(r)))
+
+
+def role_pub(args: argparse.Namespace) -> None:
+    from twisted.internet import reactor, task
+
+    from grenache.transports.ws import WSPubTransport
+
+    conf = json.loads(args.conf)
+    pub = WSPubTransport(reactor)
+    messages = [make_message(i, conf["size"]) for i in range(conf["messages"])]
+
+    def publish(start: int = 0) -> None:
+        stop = min(len(messages), start + conf["burst"])
+        for i in range(start, stop):
+            pub.publish(messages[i])
+        if stop < len(messages):
+            task.deferLater(reactor, 0, publish, stop)
+        else:
+            _emit({"published": len(messages), "subscribers": pub.subscribers})
+
+    class Stdin:
+        def __init__(self) -> None:
+            from twisted.internet import stdio
+            from twisted.protocols.basic import LineReceiver
+
+            outer = self
+
+            class Lines(LineReceiver):
+                delimiter = b"\n"
+
+                def lineReceived(self, line: bytes) -> None:
+                    if line.strip() == b"go":
+                        outer.go()
+
+            stdio.StandardIO(Lines())
+
+        def go(self) -> None:
+            publish()
+
+    pub.listen(0).addCallback(lambda port: _emit({"port": port}))
+    Stdin()
+    reactor.run()  # type: ignore[attr-defined,misc]
+
+
+def role_sub(args: argparse.Namespace) -> None:
+    from twisted.internet import reactor
+
+    from grenache.transports.ws import WSSubTransport
+
+    clock: Any = reactor
+    conf = json.loads(args.conf)
+    sub = WSSubTransport(reactor, heartbeat_interval=None)
+    expected = conf["subscribers"] * conf["messages"]
+    state: dict[str, Any] = {"connected": 0, "received": 0, "last": 0.0, "timer": None}
+
+    def done() -> None:
+        _emit({"received": state["received"], "last": state["last"]})
+        clock.stop()
+
+    def on_message(message: str | bytes) -> None:
+        state["received"] += 1
+        state["last"] = time.time()
+        if state["received"] == 1:
+            state["timer"] = clock.callLater(conf["timeout"], done)
+        if state["received"] == expected:
+            state["timer"].cancel()
+            done()
+
+    def connected(_: Any) -> None:
+        state["connected"] += 1
+        if state["connected"] == conf["subscribers"]:
+            _emit({"ready": True})
+
+    for _ in range(conf["subscribers"]):
+        sub.connect(conf["dest"], on_message, lambda: None).addCallback(connected)
+    reactor.run()  # type: ignore[attr-defined,misc]
+
+
+# --- orchestration --------------------------------------------------------------------------------
+
+
+class Proc:
+    """A benchmark process in its own process group, pinned to one CPU, read line by line."""
+
+    def __init__(self, argv: list[str], cpu: int | None, env: dict[str, str] | None = None) -> None:
+        def setup() -> None:
+            os.setsid()
+            if cpu is not None:
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(0, {cpu})
+
+        self.argv = argv
+        self.popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=setup,
+            env=env,
+            cwd=REPO,
+        )
+
+    def line(self, timeout: float) -> dict[str, Any]:
+        """The next JSON line on stdout, or RuntimeError after ``timeout`` seconds."""
+        import selectors
+
+        assert self.popen.stdout is not None
+        selector = selectors.DefaultSelector()
+        selector.register(self.popen.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        buffer = b""
+        fd = self.popen.stdout.fileno()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                raise RuntimeError(f"{self.argv[:3]} gave no output within {timeout} s")
+            byte = os.read(fd, 1)
+            if not byte:
+                err = self.popen.stderr.read().decode(errors="replace") if self.popen.stderr else ""
+                raise RuntimeError(f"{self.argv[:3]} exited: {err[-2000:]}")
+            if byte == b"\n":
+                text = buffer.strip()
+                buffer = b""
+                if text.startswith(b"{"):
+                    return dict(json.loads(text))
+            else:
+                buffer += byte
+
+    def send(self, text: str) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(text.encode() + b"\n")
+        self.popen.stdin.flush()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        multi = (os.cpu_count() or 1) >= 2
+        self.server_cpu = SERVER_CPU if multi else None
+        self.client_cpu = CLIENT_CPU if multi else None
+        self.node_env = self._node_env()
+
+    def _node_env(self) -> dict[str, str] | None:
+        try:
+            from tests.interop.harness import node_executable, node_modules_dir
+
+            modules = node_modules_dir()
+            self.node = node_executable()
+        except BaseException as e:  # SkipTest when Node or npm is missing
+            print(f"Node pairings skipped: {e}", file=sys.stderr)
+            return None
+        env = {k: v for k, v in os.environ.items() if k not in ("NODE_OPTIONS", "NODE_PATH")}
+        env["NODE_PATH"] = str(modules)
+        return env
+
+    def spawn(self, kind: str, role: str, conf: dict[str, Any], cpu: int | None) -> Proc:
+        if kind == "node":
+            script = {
+                "rpc-server": "ws_rpc_server.js",
+                "rpc-client": "ws_rpc_client.js",
+                "pub": "ws_pub.js",
+                "sub": "ws_sub.js",
+            }[role]
+            return Proc([self.node, str(NODE_DIR / script), json.dumps(conf)], cpu, self.node_env)
+        argv = [sys.executable, str(Path(__file__).resolve()), role, json.dumps(conf)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        return Proc(argv, cpu, env)
+
+    def kinds(self) -> list[tuple[str, str]]:
+        pairs = [("python", "python")]
+        if self.node_env is not None:
+            pairs = [("node", "node"), ("python", "python"), ("python", "node"), ("node", "python")]
+        return pairs
+
+    def rpc(self, client: str, server: str) -> dict[str, Any]:
+        a = self.args
+        procs: list[Proc] = []
+        try:
+            srv = self.spawn(server, "rpc-server", {}, self.server_cpu)
+            procs.append(srv)
+            port = srv.line(30.0)["port"]
+            conf = {
+                "dest": f"{LOCALHOST}:{port}",
+                "seconds": a.seconds,
+                "warmup": WARMUP,
+                "concurrency": a.concurrency,
+                "payload": make_payload(a.payload_size),
+            }
+            cli = self.spawn(client, "rpc-client", conf, self.client_cpu)
+            procs.append(cli)
+            return cli.line(a.seconds + WARMUP + 30.0)
+        finally:
+            for p in procs:
+                p.kill()
+
+    def pubsub(self, pub_kind: str, sub_kind: str) -> dict[str, Any]:
+        a = self.args
+        procs: list[Proc] = []
+        try:
+            pconf = {"messages": a.messages, "burst": a.burst, "size": a.message_size}
+            pub = self.spawn(pub_kind, "pub", pconf, self.server_cpu)
+            procs.append(pub)
+            port = pub.line(30.0)["port"]
+            sconf = {
+                "dest": f"{LOCALHOST}:{port}",
+                "subscribers": a.subscribers,
+                "messages": a.messages,
+                "timeout": 60.0,
+            }
+            sub = self.spawn(sub_kind, "sub", sconf, self.client_cpu)
+            procs.append(sub)
+            sub.line(30.0)  # every subscriber socket is open
+            go = time.time()
+            pub.send("go")
+            result = sub.line(90.0)
+            result["seconds"] = result["last"] - go
+            result["rate"] = result["received"] / result["seconds"]
+            return result
+        finally:
+            for p in procs:
+                p.kill()
+
+    def run(self) -> None:
+        a = self.args
+        print(
+            f"WebSocket RPC: {a.concurrency} requests in flight, payload ~{a.payload_size} B, "
+            f"{a.seconds:g} s after a {WARMUP:g} s warm-up; servers on CPU {self.server_cpu}, "
+            f"clients on CPU {self.client_cpu}"
+        )
+        rpc: dict[tuple[str, str], float] = {}
+        for client, server in self.kinds():
+            result = self.rpc(client, server)
+            rpc[(client, server)] = result["rate"]
+            errors = f"  ({result['errors']} errors)" if result.get("errors") else ""
+            print(
+                f"  {client:>6} client -> {server:<6} server  {result['rate']:10,.0f} req/s{errors}"
+            )
+        self._ratio(rpc)
+        print(
+            f"\nPub/sub fan-out: {a.subscribers} subscribers, {a.messages} text messages of "
+            f"{a.message_size} B, {a.burst} per reactor turn"
+        )
+        fan: dict[tuple[str, str], float] = {}
+        for sub, pub in self.kinds():
+            result = self.pubsub(pub, sub)
+            fan[(sub, pub)] = result["rate"]
+            short = result["received"] < a.messages * a.subscribers
+            note = f"  (only {result['received']} received)" if short else ""
+            rate = result["rate"]
+            print(f"  {pub:>6} pub    -> {sub:<6} subs    {rate:10,.0f} msg/s delivered{note}")
+        self._ratio(fan)
+
+    @staticmethod
+    def _ratio(rates: dict[tuple[str, str], float]) -> None:
+        py, node = rates.get(("python", "python")), rates.get(("node", "node"))
+        if py and node:
+            print(f"  python/node ratio: {py / node:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    for role in ("rpc-server", "rpc-client", "pub", "sub"):
+        p = sub.add_parser(role, help=f"(internal) run the Python {role}")
+        p.add_argument("conf", nargs="?", default="{}")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--payload-size", type=int, default=100)
+    parser.add_argument("--subscribers", type=int, default=10)
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--message-size", type=int, default=100)
+    parser.add_argument("--burst", type=int, default=100)
+    args = parser.parse_args()
+    roles = {
+        "rpc-server": role_rpc_server,
+        "rpc-client": role_rpc_client,
+        "pub": role_pub,
+        "sub": role_sub,
+    }
+    if args.command in roles:
+        roles[args.command](args)
+        return
+    sys.path.insert(0, str(REPO))
+    Bench(args).run()
+
+
+if __name__ == "__main__":
+    main()
