@@ -940,6 +940,10 @@ class FingerprintTests(unittest.TestCase):
         self.assertFalse(verify("00" + node[2:]))
         self.assertFalse(verify(None))
         self.assertFalse(fingerprint_whitelist([])(node))
+        with self.assertRaises(ValueError):
+            fingerprint_whitelist(["AB:CD"])
+        with self.assertRaises(ValueError):
+            fingerprint_whitelist([hashlib.sha256(b"x").hexdigest()])
 
     def test_whitelist_of_generated_certificate(self) -> None:
         identity = make_identity("client1")

@@ -88,6 +88,7 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from OpenSSL import SSL
 from twisted.internet import endpoints
 from twisted.internet.abstract import isIPAddress
 from twisted.internet.defer import (
@@ -161,11 +162,15 @@ def _normalise_fingerprint(fingerprint: str) -> str:
 def fingerprint_whitelist(fingerprints: Iterable[str]) -> VerifyClient:
     """A ``verify_client`` hook accepting exactly the clients whose certificate is listed.
 
-    Fingerprints are in Node's format (``E1:63:C1:...``); case and separators do not matter
-    (Ruby's lowercase colon-less form is accepted too). A client without a certificate is
-    refused.
+    Fingerprints are in Node's format (``E1:63:C1:...``, SHA-1); case and separators do not
+    matter (Ruby's lowercase colon-less form is accepted too). Anything that is not 20 bytes of
+    hex (a SHA-256 ``fingerprint256``, say) raises ValueError. A client without a certificate
+    (or on a plain ``ws`` server) is refused.
     """
     allowed = frozenset(_normalise_fingerprint(f) for f in fingerprints)
+    for entry in allowed:
+        if len(entry) != 59:
+            raise ValueError(f"not a SHA-1 certificate fingerprint: {entry!r}")
 
     def verify_client(fingerprint: str | None) -> bool:
         return fingerprint is not None and _normalise_fingerprint(fingerprint) in allowed
@@ -191,8 +196,6 @@ def _server_tls(tls: Any) -> Any:
         return tls.context_factory()
     get_context = getattr(tls, "getContext", None)
     if get_context is not None:
-        from OpenSSL import SSL
-
         context = get_context()
         if not context.get_verify_mode() & SSL.VERIFY_PEER:
             context.set_verify(SSL.VERIFY_PEER, _accept_any_certificate)
@@ -240,13 +243,6 @@ class _Sweeper:
             self._call.cancel()
         self._call = None
 
-    @property
-    def scheduled(self) -> float | None:
-        """When the timer fires next (clock time), or None."""
-        if self._call is not None and self._call.active():
-            return float(self._call.getTime())
-        return None
-
 
 def _js_truthy(value: Any) -> bool:
     """JavaScript truthiness (``[]`` and ``{}`` are true; ``0``, ``""``, ``null`` false)."""
@@ -284,8 +280,6 @@ def _unreachable(dest: str, reason: Any, detail: str | None = None) -> Destinati
         reason = reason.value
     if isinstance(reason, DestinationUnreachable):
         return reason
-    from OpenSSL import SSL
-
     if isinstance(reason, SSL.Error):
         return TLSHandshakeError(f"{DestinationUnreachable.wire}: TLS: {reason}")
     text = reason if isinstance(reason, str) else (str(reason) or type(reason).__name__)
@@ -301,17 +295,10 @@ class _Connector:
     the WebSocket handshake is then followed through the protocol's own callbacks.
     """
 
-    def __init__(
-        self,
-        reactor: Any,
-        tls: Any,
-        connect_timeout: float,
-        max_message_size: int,
-    ) -> None:
+    def __init__(self, reactor: Any, tls: Any, connect_timeout: float) -> None:
         self._reactor = reactor
         self._tls = tls
         self._connect_timeout = connect_timeout
-        self._max_message_size = max_message_size
 
     def open(
         self, transport_config: str, options: dict[str, Any], protocol_class: Any = None
@@ -842,9 +829,7 @@ class WSClientTransport:
         self.idle_timeout = idle_timeout
         self.max_message_size = max_message_size
         self._agent: _Agent = (
-            agent
-            if agent is not None
-            else _Connector(reactor, tls, connect_timeout, max_message_size)
+            agent if agent is not None else _Connector(reactor, tls, connect_timeout)
         )
         self._connections: dict[str, _ClientConnection] = {}
         self._protocols: set[_ClientProtocol] = set()
@@ -1203,9 +1188,7 @@ class WSSubTransport:
         self.heartbeat_interval = heartbeat_interval
         self.max_message_size = max_message_size
         self._agent: _Agent = (
-            agent
-            if agent is not None
-            else _Connector(reactor, tls, connect_timeout, max_message_size)
+            agent if agent is not None else _Connector(reactor, tls, connect_timeout)
         )
         self._subscriptions: set[_Subscription] = set()
         self._pending: set[_Subscription] = set()
