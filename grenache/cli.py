@@ -286,14 +286,15 @@ class PutOptions(_Verb):
     longdesc = (
         "Store VALUE (a string of at most 1000 bytes; - reads stdin) in the DHT and print its "
         "key as a JSON string. Without --key the item is immutable and its key is the SHA-1 of "
-        "the value; with --key it is mutable, signed with that key file (see grenache keygen), "
-        "keyed by the public key and salt, and replaced by puts with a higher --seq."
+        "the bencoded value (BEP 44); with --key it is mutable, signed with that key file (see "
+        "grenache keygen), keyed by the public key and salt, and replaced by puts with a "
+        "higher --seq (--cas: only if the stored seq is N)."
     )
     examples = (
         "Examples:\n"
         "  grenache put 'hello world'\n"
-        '  => "2aae6c35c94fcfb415dbe95f408b9ce91ee846ed"\n'
-        "  grenache put 'version 2' --key ~/.grenache/key.json --salt config --seq 2\n"
+        '  => "6d33adc2b6b2c14c3036feefb7fedbca1a880527"\n'
+        "  grenache put 'config v2' --key ~/.grenache/key.json --salt config --seq 2 --cas 1\n"
     )
     arguments = ("VALUE",)
     optParameters = [
@@ -335,7 +336,9 @@ class GetOptions(_Verb):
     )
     examples = (
         "Examples:\n"
-        "  grenache get 2aae6c35c94fcfb415dbe95f408b9ce91ee846ed\n"
+        "  grenache get 6d33adc2b6b2c14c3036feefb7fedbca1a880527\n"
+        '  => {"v":"hello world","id":"84844b6bf57e032f29b8bc37e3c9d364d50343bd"}\n'
+        "  grenache get 03ebddfbef4d04f0ba8d7927a2ca8fed62f12ee2 --salt config\n"
         "  grenache get --value $(grenache put 'hello world' | jq -r .)\n"
     )
     arguments = ("HASH",)

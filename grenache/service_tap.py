@@ -298,11 +298,13 @@ class GrenacheService(Service):
             if ok:
                 outcome[name] = value
                 log.info(
-                    "Announced {name!r} on port {port} through {grape} ({count} nodes)",
+                    "Announced {name!r} on port {port} through {grape} (stored by {count} DHT "
+                    "{nodes})",
                     name=name,
                     port=self.port,
                     grape=self.config.grape,
                     count=value,
+                    nodes="node" if value == 1 else "nodes",
                 )
             else:
                 outcome[name] = describe_failure(value)
@@ -340,6 +342,11 @@ class GrenacheService(Service):
             await self.server.stop()
         finally:
             await self.link.stop()
+        log.info(
+            "Stopped announcing {names} and closed port {port}",
+            names=", ".join(repr(n) for n in self.config.names),
+            port=self.port,
+        )
 
 
 def _handler_name(handler: str | Handler) -> str:

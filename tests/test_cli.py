@@ -719,6 +719,7 @@ class ServeTests(TestCase):
         ended = await serve.stop()
         self.assertIn(ended.code, (0, None), ended.describe())
         self.assertIn(b"Serving 'cli_served', 'cli_served_too'", ended.err)
+        self.assertIn(b"Stopped announcing 'cli_served', 'cli_served_too'", ended.err)
         # The port is closed: a request now cannot connect.
         gone = await run_cli(self, "request", "cli_served", "1", "-g", grape.url)
         self.assertEqual(gone.code, 1, gone.describe())
