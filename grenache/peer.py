@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import random
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -226,8 +226,16 @@ async def _await(awaitable: Awaitable[T]) -> T:
 
 
 def new_rid() -> str:
-    """A fresh request id: a lowercase, dashed UUID v4 string, as the Node libraries send."""
-    return str(uuid.uuid4())
+    """A fresh request id: a lowercase, dashed UUID v4 string, as the Node libraries send.
+
+    Built from ``os.urandom`` directly: the same bits as ``str(uuid.uuid4())`` at a third of
+    the cost, on the path of every request.
+    """
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _default_reactor() -> Any:
@@ -399,34 +407,70 @@ class PeerRPCClient:
         """
         if self._stopped:
             return fail(errors.TransportClosed("ERR_TRANSPORT_CLOSE: client stopped"))
-        return Deferred.fromCoroutine(
-            self._request(key, payload, timeout, max(1, int(retry)), compress)
+        t = self.timeout if timeout is None else timeout
+        if not t > 0:
+            return fail(ValueError("timeout must be a positive number of seconds"))
+        # Callbacks rather than a coroutine: this is the hot path of every call.
+        d: Deferred[Any] = self.link.lookup(key)
+        return d.addCallback(
+            self._first_attempt, key, payload, float(t), max(1, int(retry)), compress
         )
 
-    async def _request(
-        self, key: str, payload: Any, timeout: float | None, attempts: int, compress: bool
-    ) -> Any:
-        dests: list[str] = await self.link.lookup(key)
+    def _first_attempt(
+        self,
+        dests: list[str],
+        key: str,
+        payload: Any,
+        timeout: float,
+        attempts: int,
+        compress: bool,
+    ) -> Deferred[Any]:
         if not dests:
             raise errors.LookupEmpty()
-        refused: set[str] = set()
-        while True:
-            dest = self.choose(dests, refused)
-            try:
-                return await self.transport.request(
-                    dest, self._outgoing(key, payload, timeout, compress)
-                )
-            except errors.DestinationUnreachable:
-                self._set_dest_aside(dest)
-                refused.add(dest)
-                if len(refused) >= len(set(dests)):
-                    raise
-            except CancelledError:
-                raise
-            except Exception:
-                attempts -= 1
-                if attempts <= 0:
-                    raise
+        return self._attempt(dests, key, payload, timeout, attempts, compress, None)
+
+    def _attempt(
+        self,
+        dests: list[str],
+        key: str,
+        payload: Any,
+        timeout: float,
+        attempts: int,
+        compress: bool,
+        refused: set[str] | None,
+    ) -> Deferred[Any]:
+        dest = self.choose(dests, refused or frozenset())
+        d = self.transport.request(
+            dest, OutgoingRequest(new_rid(), key, payload, timeout, compress)
+        )
+        return d.addErrback(
+            self._attempt_failed, dest, dests, key, payload, timeout, attempts, compress, refused
+        )
+
+    def _attempt_failed(
+        self,
+        failure: Failure,
+        dest: str,
+        dests: list[str],
+        key: str,
+        payload: Any,
+        timeout: float,
+        attempts: int,
+        compress: bool,
+        refused: set[str] | None,
+    ) -> Any:
+        if failure.check(errors.DestinationUnreachable):
+            self._set_dest_aside(dest)
+            refused = {dest} if refused is None else refused | {dest}
+            if len(refused) >= len(set(dests)):
+                return failure
+        elif failure.check(CancelledError):
+            return failure
+        else:
+            attempts -= 1
+            if attempts <= 0:
+                return failure
+        return self._attempt(dests, key, payload, timeout, attempts, compress, refused)
 
     def map(
         self,

@@ -24,6 +24,7 @@ from grenache.peer import (
     Request,
     call_handler,
     error_message,
+    new_rid,
 )
 
 
@@ -110,6 +111,18 @@ class ErrorMessageTests(SynchronousTestCase):
             from twisted.python.failure import Failure
 
             self.assertEqual(error_message(Failure()), "from failure")
+
+
+class NewRidTests(SynchronousTestCase):
+    def test_uuid4_strings(self) -> None:
+        """Lowercase, dashed, version 4, RFC 4122 variant, all different."""
+        rids = {new_rid() for _ in range(2000)}
+        self.assertEqual(len(rids), 2000)
+        for rid in list(rids)[:200]:
+            parsed = uuid.UUID(rid)
+            self.assertEqual(str(parsed), rid)
+            self.assertEqual(parsed.version, 4)
+            self.assertEqual(parsed.variant, uuid.RFC_4122)
 
 
 class CallHandlerTests(SynchronousTestCase):

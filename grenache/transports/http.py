@@ -558,6 +558,13 @@ class _ClientProtocol(protocol.Protocol):
         self._framed = False
 
     def connectionMade(self) -> None:
+        # Requests are written whole: never let Nagle hold one back (Node's agent does the same).
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
         self.pool.connection_made(self)
 
     def send(self, call: _Call) -> None:
