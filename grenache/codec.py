@@ -40,18 +40,21 @@ def json_dumps(value: Any) -> bytes:
         return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode("utf-8")
 
 
+def _refuse_constant(token: str) -> Any:
+    raise ValueError(f"invalid JSON token {token}")
+
+
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def json_loads(data: bytes | str) -> Any:
     """Decode JSON text; raises ``ValueError`` (as ``json`` does) when it is not JSON.
 
     Python's ``NaN``/``Infinity`` extensions are refused, since ``JSON.parse`` refuses them.
     """
-
-    def _refuse(token: str) -> Any:
-        raise ValueError(f"invalid JSON token {token}")
-
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data).decode("utf-8")
-    return json.loads(data, parse_constant=_refuse)
+    return _decoder.decode(data)
 
 
 def msgpack_dumps(value: Any) -> bytes:
