@@ -22,9 +22,32 @@ DESIGN.md ("HTTP servers on the hot path are lean") explains why this exists ins
   (a :class:`~twisted.internet.task.LoopingCall` on the injected clock, running only while
   connections exist) that closes connections idle for ``idle_timeout`` seconds.
 
-Requests are delivered whole (``HTTPRequest.body`` is bytes). The parser callbacks keep the
-body path separate (:meth:`HTTPServerProtocol.bodyChunkReceived`) so a streaming subclass can
-hand chunks to a consumer instead of buffering them.
+Requests are delivered whole (``HTTPRequest.body`` is bytes), unless the factory's
+``stream_router`` claims them. It is called with the request's head (an
+:class:`HTTPStreamRequest`) as soon as the header section is complete; when it returns a
+:data:`StreamHandler`, that handler is called at once with the request and an
+:class:`HTTPStreamResponse`, and nothing is buffered:
+
+- the body is delivered as it arrives, the way ``twisted.web`` delivers a client response:
+  :meth:`HTTPStreamRequest.deliverBody` connects an ``IProtocol`` whose transport is the
+  request (an ``IPushProducer``: pausing it stops reading from the socket), which gets
+  ``dataReceived`` for each piece and then ``connectionLost`` with ``ConnectionDone`` (the
+  body is complete) or a :mod:`grenache.errors` exception (connection lost, body too large,
+  malformed chunks). Until ``deliverBody`` is called the socket is not read; once the
+  response is finished, a body nobody asked for is read and thrown away;
+- the response is an ``IConsumer`` (:class:`BodyWriter`): ``write`` raw bytes (sent chunked
+  on HTTP/1.1, raw until the close on HTTP/1.0), register a push or pull producer to follow
+  the socket's backpressure (or wait on :meth:`BodyWriter.drained`), then ``finish()``;
+  :meth:`HTTPStreamResponse.respond` sends a whole :class:`HTTPResponse` instead;
+- ``max_body_size`` does not apply; ``max_stream_size`` (unlimited by default) does;
+- a stream keeps its place in the pipeline: its writes are held (and its producer paused)
+  until the responses before it are out, and the request after it waits for it;
+- the idle sweep spares a stream while its handler has the turn (it holds the body, or the
+  body is complete and the response is not), but not while it waits for the client (the body
+  is still arriving, or the client does not read the response).
+
+When a connection closes, reading is resumed first: a TLS close waits for the peer's
+``close_notify``, which a paused socket would never read (input is discarded by then).
 
 TLS is not handled here: serve the factory through a TLS endpoint.
 """
@@ -39,22 +62,34 @@ from typing import Any
 import attrs
 import httptools
 from twisted.internet import protocol
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
+    IConsumer,
     IPushProducer,
     IReactorTime,
 )
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from grenache import errors
 
 __all__ = [
+    "BodyStream",
+    "BodyWriter",
     "HTTPRequest",
     "HTTPResponse",
     "HTTPServerFactory",
     "HTTPServerProtocol",
+    "HTTPStreamRequest",
+    "HTTPStreamResponse",
     "RequestHandler",
+    "StreamHandler",
+    "StreamRouter",
+    "read_body",
 ]
 
 log = Logger()
@@ -155,10 +190,547 @@ class _StopParsing(Exception):
     """Raised inside a parser callback to abandon the rest of the input."""
 
 
+# --- streamed bodies -------------------------------------------------------------------------
+
+
+def _body_done() -> Failure:
+    """The ``connectionLost`` reason of a body that arrived complete."""
+    return Failure(ConnectionDone("the body is complete"))
+
+
+@implementer(IPushProducer)
+class BodyStream:
+    """A message body delivered as it arrives, with flow control back to the socket.
+
+    The shape is ``twisted.web``'s ``IResponse.deliverBody``: :meth:`deliverBody` connects an
+    ``IProtocol`` whose ``transport`` is this object, an ``IPushProducer``
+    (``pauseProducing`` stops reading from the socket, ``resumeProducing`` starts again,
+    ``stopProducing`` drops the connection). The protocol gets ``dataReceived`` for each piece
+    of the body, in order, then one ``connectionLost``: with ``ConnectionDone`` when the body
+    is complete, with a :mod:`grenache.errors` exception when it is not
+    (:class:`~grenache.errors.TransportClosed`, :class:`~grenache.errors.RequestTooLarge`,
+    :class:`~grenache.errors.RequestParseError`, :class:`~grenache.errors.RequestTimeout`).
+
+    Nothing is read from the socket before :meth:`deliverBody`; pieces that were already on
+    their way when the protocol paused (one socket read at most) are held and delivered on
+    resume. ``received`` counts the body bytes so far.
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._protocol: Any = None  # the IProtocol (Any: mypy without the zope plugin)
+        self._queue: deque[bytes] = deque()
+        self._end: Failure | None = None  # how the body ended, once it has
+        self._end_delivered = False
+        self._paused = False
+        self._pumping = False
+        self._discarding = False  # nobody will read the rest
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body has arrived (delivered to the protocol or not)."""
+        return self._end is not None and self._end.check(ConnectionDone) is not None
+
+    @property
+    def holding(self) -> bool:
+        """Whether the socket must not be read for this body now."""
+        if self._end is not None or self._discarding:
+            return False
+        return self._protocol is None or self._paused or bool(self._queue)
+
+    def deliverBody(self, protocol: Any) -> None:
+        """Deliver the body to ``protocol``, an ``IProtocol`` (connected to this producer)."""
+        if self._protocol is not None or self._discarding:
+            raise RuntimeError("the body is already being delivered")
+        self._protocol = protocol
+        protocol.makeConnection(self)
+        self._pump()
+
+    # IPushProducer, for the protocol
+
+    def pauseProducing(self) -> None:
+        """Deliver nothing more until :meth:`resumeProducing`, and stop reading the socket."""
+        if self._paused:
+            return
+        self._paused = True
+        self._holding_changed()
+
+    def resumeProducing(self) -> None:
+        """Deliver what was held, then read the socket again."""
+        if not self._paused:
+            return
+        self._paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        """The consumer is gone: drop the rest of the body and the connection."""
+        if self._end_delivered:
+            return
+        self._discarding = True
+        self._queue.clear()
+        self._stop()
+        self._pump()
+
+    # the connection's side
+
+    def _feed(self, data: bytes) -> None:
+        """One piece of the body, as it came off the wire (de-chunked)."""
+        self.received += len(data)
+        if self._discarding:
+            return
+        protocol = self._protocol
+        if protocol is None or self._paused or self._queue or self._pumping:
+            self._queue.append(data)
+            self._holding_changed()
+        else:
+            protocol.dataReceived(data)
+
+    def _finish(self, reason: Failure) -> None:
+        """The body ended (``ConnectionDone``) or never will (an error)."""
+        if self._end is not None:
+            return
+        self._end = reason
+        self._pump()
+
+    def _discard(self) -> None:
+        """Read the rest and throw it away (nobody asked for it)."""
+        if self._protocol is not None or self._discarding:
+            return
+        self._discarding = True
+        self._queue.clear()
+        self._holding_changed()
+
+    def _pump(self) -> None:
+        protocol = self._protocol
+        if self._pumping or protocol is None:
+            return
+        self._pumping = True
+        try:
+            queue = self._queue
+            while queue and not self._paused and not self._discarding:
+                protocol.dataReceived(queue.popleft())
+            end = self._end
+            if end is not None and not self._end_delivered and (not queue or self._discarding):
+                self._end_delivered = True
+                queue.clear()
+                protocol.connectionLost(end)
+        finally:
+            self._pumping = False
+        self._holding_changed()
+
+    # hooks for the owner
+
+    def _holding_changed(self) -> None:
+        """:attr:`holding` may have changed: pause or resume reading the socket."""
+
+    def _stop(self) -> None:
+        """Drop the connection (the consumer of the body is gone)."""
+
+
+@implementer(IPushProducer)
+class _WriteFlow:
+    """Registered on the connection while a body is written: relays its backpressure."""
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, writer: BodyWriter) -> None:
+        self._writer = writer
+
+    def pauseProducing(self) -> None:
+        if self._writer._flow is self:
+            self._writer._connection_paused(True)
+
+    def resumeProducing(self) -> None:
+        if self._writer._flow is self:
+            self._writer._connection_paused(False)
+
+    def stopProducing(self) -> None:
+        if self._writer._flow is self:
+            self._writer._connection_gone(None, unregister=False)
+
+
+@implementer(IConsumer)
+class BodyWriter:
+    """An ``IConsumer`` that writes a message body to a connection as it is produced.
+
+    ``write`` sends raw bytes, chunked (``chunked``, HTTP/1.1) or as they are; an empty
+    write sends nothing. Flow control follows the connection's send buffer:
+
+    - a registered push producer (``streaming=True``) is paused while the connection's buffer
+      is full (and until the body may go out at all) and resumed when it drains;
+    - a pull producer (``streaming=False``, e.g. ``twisted.protocols.basic.FileSender``) is
+      asked for more each time the connection wants it;
+    - without a producer, :meth:`drained` fires when the connection can take more.
+
+    :meth:`finish` ends the body (the last chunk), unregistering any producer. When the
+    connection is lost first, the producer is stopped, writes are dropped, and ``drained()``
+    fails with the reason (a :mod:`grenache.errors` exception).
+    """
+
+    def __init__(self, chunked: bool) -> None:
+        self.chunked = chunked
+        self.written = 0  # body bytes written so far
+        self._transport: Any = None  # the connection, once the body may go out
+        self._held: list[bytes] = []  # what was written before that
+        self._flow: _WriteFlow | None = None
+        self._producer: Any = None
+        self._streaming = True
+        self._producer_paused = False
+        self._paused = True
+        self._finished = False
+        self._lost: Failure | None = None
+        self._waiting: list[Deferred[None]] = []
+
+    @property
+    def finished(self) -> bool:
+        """Whether :meth:`finish` was called."""
+        return self._finished
+
+    @property
+    def paused(self) -> bool:
+        """Whether the connection cannot take more now (writes are still accepted)."""
+        return self._paused
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` as the next piece of the body."""
+        if self._finished:
+            raise RuntimeError("write() after finish()")
+        if not data or self._lost is not None:
+            return
+        self.written += len(data)
+        if self.chunked:
+            self._emit([b"%x\r\n" % len(data), data, b"\r\n"])
+        else:
+            self._emit([data])
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        """Send the concatenation of ``data``."""
+        self.write(b"".join(data))
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """Follow the connection's backpressure with ``producer`` (push or pull)."""
+        if self._producer is not None:
+            raise RuntimeError("a producer is already registered")
+        if self._finished:
+            raise RuntimeError("registerProducer() after finish()")
+        if self._lost is not None:
+            producer.stopProducing()
+            return
+        self._producer = producer
+        self._streaming = bool(streaming)
+        self._producer_paused = False
+        if self._streaming:
+            if self._paused:
+                self._producer_paused = True
+                producer.pauseProducing()
+        elif self._transport is not None:
+            self._register_flow(streaming=False)  # the connection pulls from now on
+
+    def unregisterProducer(self) -> None:
+        """Forget the producer (it is not stopped)."""
+        if self._producer is None:
+            return
+        pull = not self._streaming
+        self._producer = None
+        self._streaming = True
+        if pull and self._transport is not None and not self._finished and self._lost is None:
+            self._register_flow(streaming=True)
+
+    def drained(self) -> Deferred[None]:
+        """Fires when the connection can take more (at once if it can now).
+
+        Fails with the reason when the connection is lost first.
+        """
+        if self._lost is not None:
+            return fail(self._lost)
+        if not self._paused or self._finished:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def finish(self) -> None:
+        """End the body. Later calls do nothing."""
+        if self._finished:
+            return
+        self._finished = True
+        self._producer = None
+        if self._lost is None:
+            if self.chunked:
+                self._emit([b"0\r\n\r\n"])
+            self._unregister_flow()
+        self._fire_waiting()
+        self._done()
+
+    # hooks for the owner
+
+    def _wrote(self) -> None:
+        """Bytes went to the connection."""
+
+    def _done(self) -> None:
+        """:meth:`finish` was called."""
+
+    # the connection's side
+
+    def _emit(self, parts: list[bytes]) -> None:
+        if self._lost is not None:
+            return
+        transport = self._transport
+        if transport is None:
+            self._held.extend(parts)
+        else:
+            transport.writeSequence(parts)
+            self._wrote()
+
+    def _go_live(self, transport: Any) -> None:
+        """The body may go out on ``transport`` from now on."""
+        if self._transport is not None or self._lost is not None:
+            return
+        self._transport = transport
+        held, self._held = self._held, []
+        if held:
+            transport.writeSequence(held)
+            self._wrote()
+        if not self._finished:
+            self._register_flow(self._producer is None or self._streaming)
+            if self._flow is not None and self._streaming:
+                self._connection_paused(False)
+
+    def _register_flow(self, streaming: bool) -> None:
+        self._unregister_flow()
+        flow = _WriteFlow(self)
+        self._flow = flow
+        try:
+            self._transport.registerProducer(flow, streaming)
+        except Exception:
+            self._flow = None
+            log.failure("Could not register a producer on the connection")
+
+    def _unregister_flow(self) -> None:
+        flow, self._flow = self._flow, None
+        if flow is not None and self._transport is not None:
+            try:
+                self._transport.unregisterProducer()
+            except Exception:
+                pass  # the connection is already gone
+
+    def _connection_paused(self, paused: bool) -> None:
+        if self._lost is not None or self._finished:
+            return
+        self._paused = paused
+        producer = self._producer
+        if producer is not None:
+            if self._streaming:
+                if paused != self._producer_paused:
+                    self._producer_paused = paused
+                    if paused:
+                        producer.pauseProducing()
+                    else:
+                        producer.resumeProducing()
+            elif not paused:
+                producer.resumeProducing()
+        if not self._paused:
+            self._fire_waiting()
+
+    def _connection_gone(self, reason: Failure | None, unregister: bool = True) -> None:
+        """The body cannot go out any more (connection lost, or the exchange is over)."""
+        if self._lost is not None:
+            return
+        self._lost = reason or Failure(
+            errors.TransportClosed("ERR_TRANSPORT_CLOSE: connection lost")
+        )
+        if unregister:
+            self._unregister_flow()
+        self._flow = None
+        self._held = []
+        producer, self._producer = self._producer, None
+        if producer is not None and not self._finished:
+            try:
+                producer.stopProducing()
+            except Exception:
+                log.failure("stopProducing failed")
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            if not d.called:
+                d.errback(self._lost)
+
+    def _fire_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            if not d.called:
+                d.callback(None)
+
+
+def read_body(source: Any, limit: int | None = None) -> Deferred[bytes]:
+    """Fires with the whole body of ``source`` (anything with ``deliverBody``), once complete.
+
+    Fails with the body's error, or :class:`~grenache.errors.RequestTooLarge` (dropping the
+    connection) when it exceeds ``limit`` bytes.
+    """
+    done: Deferred[bytes] = Deferred()
+    chunks: list[bytes] = []
+
+    class Collect(protocol.Protocol):
+        size = 0
+
+        def dataReceived(self, data: bytes) -> None:
+            self.size += len(data)
+            if limit is not None and self.size > limit:
+                transport: Any = self.transport
+                if not done.called:
+                    done.errback(errors.RequestTooLarge(f"body over {limit} bytes"))
+                transport.stopProducing()
+                return
+            chunks.append(data)
+
+        def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+            if done.called:
+                return
+            if reason.check(ConnectionDone):
+                done.callback(b"".join(chunks))
+            else:
+                done.errback(reason)
+
+    source.deliverBody(Collect())
+    return done
+
+
+class HTTPStreamRequest(BodyStream):
+    """A request whose body is streamed to its handler (see the module docstring).
+
+    ``method``, ``path``, ``headers`` and ``peer`` are as in :class:`HTTPRequest`;
+    ``version`` is ``"1.1"`` or ``"1.0"``. The body comes through :meth:`deliverBody`.
+    """
+
+    def __init__(
+        self,
+        proto: HTTPServerProtocol,
+        method: str,
+        path: str,
+        headers: tuple[tuple[bytes, bytes], ...],
+        peer: IAddress | None,
+        version: str,
+    ) -> None:
+        super().__init__()
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.peer = peer
+        self.version = version
+        self._proto = proto
+        self._slot: _Slot | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        """The value of the first header called ``name`` (any case), or ``None``."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def _holding_changed(self) -> None:
+        self._proto._stream_hold_changed(self)
+
+    def _stop(self) -> None:
+        self._proto.closeConnection(abort=True)
+
+
+class HTTPStreamResponse(BodyWriter):
+    """The response to a streamed request, sent as it is written (an ``IConsumer``).
+
+    The status line and headers go out with the first write (:meth:`start` chooses them;
+    the default is ``200`` with no extra header), followed by ``Transfer-Encoding: chunked``
+    and ``Connection`` from the server; on HTTP/1.0 the body is raw and the connection
+    closes after it. :meth:`respond` sends a whole :class:`HTTPResponse` instead (with
+    ``Content-Length``). :meth:`abort` drops the connection, e.g. when the handler fails
+    halfway through a body.
+    """
+
+    def __init__(self, proto: HTTPServerProtocol, slot: _Slot, version_11: bool, head: bool):
+        super().__init__(chunked=version_11)
+        self.started = False
+        self.status: int | None = None
+        self._proto = proto
+        self._slot = slot
+        self._no_body = head
+
+    def start(self, status: int = 200, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        """Send the status line and headers (lines written verbatim, no CR or LF in them)."""
+        if self.started:
+            raise RuntimeError("the response has already started")
+        if self._finished:
+            raise RuntimeError("the response is finished")
+        self.started = True
+        self.status = status
+        parts = [_status_line(status)]
+        if self.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts.append(_CLOSE[2:] if self._slot.close else _KEEP_ALIVE[2:])
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        self._emit(parts)
+        if self._no_body:
+            self.chunked = False
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` as the next piece of the body (after the head, at the first call)."""
+        if not self.started and not self._finished:
+            self.start()
+        if self._no_body and not self._finished:
+            return
+        super().write(data)
+
+    def finish(self) -> None:
+        """End the response (sending the head first if nothing was written)."""
+        if not self.started and not self._finished and self._lost is None:
+            self.start()
+        super().finish()
+
+    def respond(self, response: HTTPResponse) -> None:
+        """Send ``response`` whole, as a buffered handler would, and finish."""
+        if self.started or self._finished:
+            raise RuntimeError("the response has already started")
+        self.started = True
+        self.status = response.status
+        if self._lost is None:
+            self._emit([_serialize(response, self._slot.close, self._no_body)])
+        self.chunked = False
+        super().finish()
+
+    def abort(self) -> None:
+        """Drop the connection now."""
+        self._proto.closeConnection(abort=True)
+
+    def _wrote(self) -> None:
+        self._proto.lastActivity = self._proto._seconds()
+
+    def _done(self) -> None:
+        self._proto._stream_response_done(self._slot)
+
+
+StreamHandler = Callable[[HTTPStreamRequest, HTTPStreamResponse], Any]
+"""Handles a streamed request: reads the body and writes the response (it may return a
+Deferred or a coroutine; a failure is logged and answered with ``500`` if nothing was sent
+yet, or drops the connection)."""
+
+StreamRouter = Callable[[HTTPStreamRequest], "StreamHandler | None"]
+"""Called with each request's head: the handler that streams it, or ``None`` to buffer it."""
+
+
 class _Slot:
     """One request's place in the response pipeline."""
 
-    __slots__ = ("close", "head", "interim", "response", "running")
+    __slots__ = (
+        "close",
+        "head",
+        "interim",
+        "request",
+        "request_done",
+        "response",
+        "running",
+        "stream",
+    )
 
     def __init__(self) -> None:
         self.response: HTTPResponse | None = None
@@ -166,6 +738,9 @@ class _Slot:
         self.head = False  # HEAD request: send headers only
         self.interim: bytes | None = None  # a 100 Continue to send when this slot is first
         self.running = False  # the handler was called and has not answered yet
+        self.stream: HTTPStreamResponse | None = None  # a streamed response
+        self.request: HTTPStreamRequest | None = None  # and its request
+        self.request_done = False  # (streams) the request body was read to its end
 
 
 class HTTPServerProtocol(protocol.Protocol):
@@ -174,9 +749,13 @@ class HTTPServerProtocol(protocol.Protocol):
     The ``on_*`` methods are ``httptools`` parser callbacks, not public API.
     """
 
+    stream_request_class: type[HTTPStreamRequest] = HTTPStreamRequest
+    stream_response_class: type[HTTPStreamResponse] = HTTPStreamResponse
+
     def __init__(self, factory: HTTPServerFactory) -> None:
         self.factory = factory
         self._handler = factory.handler
+        self._router = factory.stream_router
         self._seconds = factory.seconds
         self._max_body = factory.max_body_size
         self._max_header = factory.max_header_size
@@ -192,6 +771,8 @@ class HTTPServerProtocol(protocol.Protocol):
         self._pending: deque[_Slot] = deque()
         self._current: _Slot | None = None
         self._running = 0  # handlers called and not yet answered
+        self._flushing = False
+        self._flush_again = False
         # The request being parsed.
         self._url: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
@@ -202,9 +783,13 @@ class HTTPServerProtocol(protocol.Protocol):
         self._in_headers = True  # between two messages or inside a header section
         self._messages = 0  # header sections completed, to tell chunk boundaries apart
         self._keep_alive = True
+        self._stream_in: HTTPStreamRequest | None = None  # the streamed body being parsed
         # Input flow.
         self._input_closed = False  # no further request will be parsed
-        self._paused = False  # reading paused because the pipeline is full
+        self._paused = False  # not parsing: the pipeline is full or a stream holds its body
+        self._pipeline_full = False
+        self._stream_hold = False
+        self._reading_paused = False  # the transport was told to stop reading
         self._feeding = False  # inside parser.feed_data (it must not be re-entered)
         self._buffered: deque[bytes] = deque()  # input received while paused or feeding
         self._closing = False  # loseConnection was called
@@ -229,6 +814,13 @@ class HTTPServerProtocol(protocol.Protocol):
         """Forget every pending response: results of handlers still running are discarded."""
         self._disconnected = True
         self._input_closed = True
+        self._drop_streams(
+            Failure(
+                errors.TransportClosed(
+                    "ERR_TRANSPORT_CLOSE: connection lost: " + reason.getErrorMessage()
+                )
+            )
+        )
         self._pending.clear()
         self._buffered.clear()
         self._current = None
@@ -236,9 +828,9 @@ class HTTPServerProtocol(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         """Parse ``data``; never raises (errors become 400/431/413/500 responses)."""
-        self.lastActivity = self._seconds()
         if self._input_closed:
-            return
+            return  # discarded; not activity either (a closing connection must finish)
+        self.lastActivity = self._seconds()
         if self._paused or self._feeding or self._buffered:
             self._buffered.append(data)
             if not self._feeding and not self._paused:
@@ -294,34 +886,68 @@ class HTTPServerProtocol(protocol.Protocol):
         finally:
             self._feeding = False
 
-    def _stop_input(self) -> None:
-        """Parse nothing more and stop reading from the socket."""
+    def _stop_input(self, reason: BaseException | None = None) -> None:
+        """Parse nothing more and stop reading from the socket.
+
+        A streamed body still arriving ends with ``reason`` (a parse error by default).
+        """
         if self._input_closed:
             return
         self._input_closed = True
         self._buffered.clear()
         self._set_reading(False)
+        stream = self._stream_in
+        if stream is not None:
+            self._stream_in = None
+            self._stream_hold = False
+            if stream._slot is not None:
+                stream._slot.request_done = True
+            stream._finish(
+                Failure(
+                    reason
+                    if reason is not None
+                    else errors.RequestParseError("ERR_REQUEST_PARSE: malformed request")
+                )
+            )
 
     def _set_reading(self, reading: bool) -> None:
         producer: Any = self._producer
         if self._closing or self._disconnected or producer is None:
             return
+        if reading == (not self._reading_paused):
+            return
+        self._reading_paused = not reading
         if reading:
             producer.resumeProducing()
         else:
             producer.pauseProducing()
 
+    def _update_reading(self) -> None:
+        """Pause or resume parsing (and reading) after the pipeline or a stream changed."""
+        paused = self._pipeline_full or self._stream_hold
+        if paused == self._paused:
+            return
+        self._paused = paused
+        if self._input_closed:
+            return
+        self._set_reading(not paused)
+        if not paused and self._buffered and not self._feeding:
+            self._drain()
+
     def _reject(self, response: HTTPResponse) -> None:
         """Answer the request being parsed (or a new slot) with ``response`` and close after it."""
         slot = self._current
-        if slot is None or slot.running or slot.response is not None:
+        if slot is None or slot.running or slot.response is not None or slot.stream is not None:
             slot = _Slot()
             self._pending.append(slot)
         self._current = None
         slot.close = True
         slot.interim = None
         slot.response = response
-        self._stop_input()
+        if response.status == 413:
+            self._stop_input(errors.RequestTooLarge())
+        else:
+            self._stop_input()
         self._flush()
 
     # --- httptools callbacks --------------------------------------------------------------
@@ -361,25 +987,57 @@ class HTTPServerProtocol(protocol.Protocol):
                 chunked = True
             elif name == b"expect":
                 expect = value.strip().lower() == b"100-continue"
-        if self._max_body is not None and content_length > self._max_body:
+        # The interim response only matters if a body is still to come.
+        interim = expect and (content_length > 0 or chunked) and parser.get_http_version() == "1.1"
+        if self._router is not None and self._route(slot, content_length, interim):
+            pass
+        elif self._max_body is not None and content_length > self._max_body:
             self._reject(self.factory.too_large)
             raise _StopParsing()
-        # The interim response only matters if a body is still to come.
-        if expect and (content_length > 0 or chunked) and parser.get_http_version() == "1.1":
+        elif interim:
             slot.interim = _CONTINUE
             if self._pending[0] is slot:
                 self._flush()
-        if len(self._pending) > self.factory.max_pipeline and not self._paused:
-            self._paused = True
-            self._set_reading(False)
+        if len(self._pending) > self.factory.max_pipeline and not self._pipeline_full:
+            self._pipeline_full = True
+            self._update_reading()
 
     def on_body(self, body: bytes) -> None:
-        self.bodyChunkReceived(body)
+        stream = self._stream_in
+        if stream is None:
+            self.bodyChunkReceived(body)
+            return
+        self._body_size += len(body)
+        limit = self.factory.max_stream_size
+        if limit is not None and self._body_size > limit:
+            self._stream_too_large(stream)
+            raise _StopParsing()
+        stream._feed(body)
 
     def on_message_complete(self) -> None:
         slot = self._current
         self._current = None
         self._in_headers = True
+        stream = self._stream_in
+        if stream is not None:
+            self._stream_in = None
+            self._url = []
+            self._headers = []
+            self._body_size = 0
+            self._header_size = 0
+            if slot is None:  # pragma: no cover - headers_complete always runs first
+                return
+            slot.request_done = True
+            if self._stream_hold:
+                self._stream_hold = False
+                self._update_reading()
+            stream._finish(_body_done())
+            if slot.stream is not None and slot.stream.finished:
+                self._flush()
+            if slot.close:
+                self._stop_input()
+                raise _StopParsing()
+            return
         request = self.requestReceived(self._parser.get_method())
         self._url = []
         self._headers = []
@@ -396,7 +1054,7 @@ class HTTPServerProtocol(protocol.Protocol):
             self._stop_input()
             raise _StopParsing()
 
-    # --- request assembly (the seam for a streaming subclass) -----------------------------
+    # --- request assembly (the seams for subclasses) --------------------------------------
 
     def bodyChunkReceived(self, chunk: bytes) -> None:
         """Account for and buffer one chunk of the request body (already de-chunked).
@@ -421,6 +1079,131 @@ class HTTPServerProtocol(protocol.Protocol):
             body=body[0] if len(body) == 1 else b"".join(body),
             peer=self._peer,
         )
+
+    def streamRequestReceived(self, method: bytes) -> HTTPStreamRequest:
+        """Build the :class:`HTTPStreamRequest` (the head) of the request being parsed."""
+        return self.stream_request_class(
+            self,
+            _method_name(method),
+            b"".join(self._url).decode("latin-1"),
+            tuple(self._headers),
+            self._peer,
+            self._parser.get_http_version(),
+        )
+
+    # --- streams ----------------------------------------------------------------------------
+
+    def _route(self, slot: _Slot, content_length: int, interim: bool) -> bool:
+        """Ask the router about the request whose head is complete; start it if it streams.
+
+        The ``100 Continue`` (``interim``) is due before anything the handler writes.
+        """
+        router: Any = self._router
+        request = self.streamRequestReceived(self._parser.get_method())
+        handler = router(request)
+        if handler is None:
+            return False
+        limit = self.factory.max_stream_size
+        if limit is not None and content_length > limit:
+            self._reject(self.factory.too_large)
+            raise _StopParsing()
+        version_11 = request.version == "1.1"
+        if interim:
+            slot.interim = _CONTINUE
+        slot.head = request.method == "HEAD"
+        slot.close = not self._keep_alive or not version_11
+        response = self.stream_response_class(self, slot, version_11, slot.head)
+        slot.stream = response
+        slot.request = request
+        request._slot = slot
+        self._stream_in = request
+        self._body_size = 0
+        try:
+            result = handler(request, response)
+        except Exception:
+            self._stream_failed(Failure(), request, response)
+        else:
+            if isinstance(result, Coroutine):
+                result = Deferred.fromCoroutine(result)
+            if isinstance(result, Deferred):
+                result.addErrback(self._stream_failed, request, response)
+        if self._stream_in is request:
+            self._stream_hold_changed(request)
+        if self._pending and self._pending[0] is slot:
+            self._flush()
+        return True
+
+    def _stream_failed(
+        self, failure: Failure, request: HTTPStreamRequest, response: HTTPStreamResponse
+    ) -> None:
+        log.failure(
+            "HTTP stream handler failed for {method} {path}",
+            failure,
+            method=request.method,
+            path=request.path,
+        )
+        if self._disconnected or response.finished:
+            return
+        if not response.started:
+            response.respond(_INTERNAL_ERROR)
+        else:
+            self.closeConnection(abort=True)
+
+    def _stream_hold_changed(self, request: HTTPStreamRequest) -> None:
+        if request is not self._stream_in:
+            return
+        hold = request.holding
+        if hold != self._stream_hold:
+            self._stream_hold = hold
+            self._update_reading()
+
+    def _stream_too_large(self, request: HTTPStreamRequest) -> None:
+        """A streamed body crossed ``max_stream_size``: 413 if possible, else drop it."""
+        slot = request._slot
+        response = slot.stream if slot is not None else None
+        if slot is not None:
+            slot.close = True
+        self._stop_input(errors.RequestTooLarge())
+        if response is None or response.finished:
+            self._flush()
+        elif not response.started:
+            response.respond(self.factory.too_large)
+        else:
+            self.closeConnection(abort=True)
+
+    def _stream_response_done(self, slot: _Slot) -> None:
+        """A streamed response was finished by its handler."""
+        if slot.request is not None and not slot.request_done:
+            slot.request._discard()  # nobody will read the rest: read it and throw it away
+        if self._pending and self._pending[0] is slot:
+            self._flush()
+
+    def _drop_streams(self, reason: Failure) -> None:
+        """End every stream on this connection with ``reason`` (it is closing)."""
+        stream_in = self._stream_in
+        self._stream_in = None
+        self._stream_hold = False
+        if stream_in is not None:
+            stream_in._finish(reason)
+        for slot in self._pending:
+            if slot.request is not None:
+                slot.request._finish(reason)
+            if slot.stream is not None:
+                slot.stream._connection_gone(reason)
+
+    def _stream_busy(self) -> bool:
+        """Whether a stream's handler has the turn (the idle sweep must spare it)."""
+        if not self._pending:
+            return False
+        slot = self._pending[0]
+        response = slot.stream
+        if response is None or response.finished:
+            return False
+        if response.paused and response._transport is not None:
+            return False  # the client does not read the response
+        request = slot.request
+        # A body still arriving and not held by the handler: waiting for the client.
+        return request is None or request.complete or request.holding
 
     # --- responses ------------------------------------------------------------------------
 
@@ -479,6 +1262,20 @@ class HTTPServerProtocol(protocol.Protocol):
 
     def _flush(self) -> None:
         """Write every response that is ready, in request order."""
+        if self._flushing:
+            self._flush_again = True
+            return
+        self._flushing = True
+        try:
+            while True:
+                self._flush_again = False
+                self._flush_once()
+                if not self._flush_again:
+                    break
+        finally:
+            self._flushing = False
+
+    def _flush_once(self) -> None:
         pending = self._pending
         write = self._write
         if write is None or self._closing:
@@ -486,6 +1283,23 @@ class HTTPServerProtocol(protocol.Protocol):
         wrote = False
         while pending:
             slot = pending[0]
+            stream = slot.stream
+            if stream is not None:
+                if slot.interim is not None:
+                    write(slot.interim)
+                    slot.interim = None
+                if stream._transport is None:
+                    stream._go_live(self.transport)
+                    if self._flush_again or self._closing or not pending or pending[0] is not slot:
+                        return  # the handler acted meanwhile: flushed again from the top
+                if not (stream.finished and slot.request_done):
+                    break
+                pending.popleft()
+                wrote = True
+                if slot.close:
+                    self._close()
+                    return
+                continue
             if slot.response is None:
                 if slot.interim is not None:
                     write(slot.interim)
@@ -500,46 +1314,63 @@ class HTTPServerProtocol(protocol.Protocol):
         if wrote:
             self.lastActivity = self._seconds()
         if (
-            self._paused
+            self._pipeline_full
             and len(pending) <= self.factory.max_pipeline // 2
             and not self._input_closed
         ):
-            self._paused = False
-            self._set_reading(True)
-            if self._buffered and not self._feeding:
-                self._drain()
+            self._pipeline_full = False
+            self._update_reading()
 
     def _close(self) -> None:
         self._stop_input()
+        self._drop_streams(
+            Failure(errors.TransportClosed("ERR_TRANSPORT_CLOSE: connection closed"))
+        )
         self._pending.clear()
         self._current = None
         if not self._closing:
-            self._closing = True
-            self._lose_connection()
+            self._lose()
+
+    def _lose(self) -> None:
+        """Read again and close politely, so that a TLS close can complete.
+
+        TLS shuts down with ``close_notify`` both ways: the close waits for the peer's, which
+        a socket paused by :meth:`_stop_input` would never read (the connection would linger
+        until the idle sweep). Input is discarded by now, so reading costs nothing.
+        """
+        producer: Any = self._producer
+        if self._reading_paused and producer is not None and not self._disconnected:
+            self._reading_paused = False
+            producer.resumeProducing()
+        self._closing = True
+        self._lose_connection()
 
     def closeConnection(self, abort: bool = False) -> None:
         """Close now, dropping unanswered requests (``abort``: without flushing writes)."""
         if self._disconnected:
             return
-        self._stop_input()
+        self._stop_input(errors.TransportClosed("ERR_TRANSPORT_CLOSE: connection closed"))
+        self._drop_streams(
+            Failure(errors.TransportClosed("ERR_TRANSPORT_CLOSE: connection closed"))
+        )
         self._pending.clear()
         self._current = None
         if abort and self._abort_connection is not None:
             self._closing = True
             self._abort_connection()
         elif not self._closing:
-            self._closing = True
-            self._lose_connection()
+            self._lose()
 
     # --- idle sweep -----------------------------------------------------------------------
 
     def checkIdle(self, now: float, idle_timeout: float) -> None:
         """Close the connection if it has been idle ``idle_timeout`` seconds (sweep callback).
 
-        A connection waiting on a handler is busy, not idle. One that was already asked to
-        close and is still here (a client that does not read) is aborted.
+        A connection waiting on a handler is busy, not idle (a stream too, unless it waits for
+        the client). One that was already asked to close and is still here (a client that
+        does not read) is aborted.
         """
-        if self._disconnected or self._running:
+        if self._disconnected or self._running or self._stream_busy():
             return
         if now - self.lastActivity < idle_timeout:
             return
@@ -549,11 +1380,11 @@ class HTTPServerProtocol(protocol.Protocol):
             if self._abort_connection is not None:
                 self._abort_connection()
             return
-        self._stop_input()
+        self._stop_input(errors.RequestTimeout())
+        self._drop_streams(Failure(errors.RequestTimeout()))
         self._pending.clear()
-        self._closing = True
         self.lastActivity = now
-        self._lose_connection()
+        self._lose()
 
 
 def _nothing() -> None:
@@ -579,6 +1410,9 @@ class HTTPServerFactory(protocol.Factory):
     disables it); the single sweep runs every ``idle_timeout / 4`` seconds, so an idle
     connection closes between ``idle_timeout`` and ``1.25 * idle_timeout``. ``max_pipeline`` is
     how many outstanding responses make a connection stop reading (it resumes at half).
+    ``stream_router`` chooses the requests whose bodies are streamed (module docstring);
+    ``max_stream_size`` limits those bodies (``None``: no limit), answered with ``too_large``
+    if the response has not started, else by dropping the connection.
     """
 
     def __init__(
@@ -591,8 +1425,12 @@ class HTTPServerFactory(protocol.Factory):
         idle_timeout: float | None = 60.0,
         too_large: HTTPResponse = HTTPResponse(413, b"Payload Too Large"),
         max_pipeline: int = 64,
+        stream_router: StreamRouter | None = None,
+        max_stream_size: int | None = None,
     ) -> None:
         self.handler = handler
+        self.stream_router = stream_router
+        self.max_stream_size = max_stream_size
         self.clock = clock
         # Bound once; typed through Any because mypy (without the zope plugin) misreads the
         # self-less zope declaration of IReactorTime.seconds.

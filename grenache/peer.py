@@ -23,7 +23,7 @@ import functools
 import inspect
 import os
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import attrs
@@ -51,6 +51,7 @@ __all__ = [
     "PubTransport",
     "Request",
     "ServerTransport",
+    "StreamClientTransport",
     "SubConnection",
     "SubTransport",
     "call_handler",
@@ -137,6 +138,20 @@ class ClientTransport(Protocol):
 
     def stop(self) -> Deferred[None]:
         """Close connections; pending requests fail with TransportClosed."""
+        ...
+
+
+class StreamClientTransport(ClientTransport, Protocol):
+    """A client transport that also opens streams (HTTP only in Grenache, reference §6.6)."""
+
+    def stream(
+        self, dest: str, key: str, *, headers: Mapping[str, Any] | None, timeout: float
+    ) -> Deferred[Any]:
+        """Open a stream for ``key`` to ``dest``; fires with the transport's stream object.
+
+        Fails with :class:`~grenache.errors.DestinationUnreachable` when no connection could
+        be made (nothing was sent).
+        """
         ...
 
 
@@ -513,6 +528,56 @@ class PeerRPCClient:
         except FirstError as e:
             e.subFailure.raiseException()
         return [value for _, value in results]
+
+    def stream(
+        self,
+        key: str,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Deferred[Any]:
+        """Look ``key`` up and open a stream to one of its destinations (Node's ``stream``).
+
+        Only for transports that have streams (``transport.stream``, see
+        :class:`StreamClientTransport`; HTTP's fires with a
+        :class:`~grenache.transports.http.ClientStream`); others fail with
+        ``NotImplementedError``. ``headers`` are the extra headers (e.g. ``_a``/``_ar``);
+        ``timeout`` (default: the client's) is the stream's idle timeout. A destination that
+        refuses the connection is set aside and another one is tried, as for requests;
+        nothing else is retried (a stream's body cannot be replayed).
+        """
+        if self._stopped:
+            return fail(errors.TransportClosed("ERR_TRANSPORT_CLOSE: client stopped"))
+        open_stream = getattr(self.transport, "stream", None)
+        if open_stream is None:
+            return fail(
+                NotImplementedError(f"{type(self.transport).__name__} does not open streams")
+            )
+        t = self.timeout if timeout is None else timeout
+        if not t > 0:
+            return fail(ValueError("timeout must be a positive number of seconds"))
+        return Deferred.fromCoroutine(self._stream(open_stream, key, headers, float(t)))
+
+    async def _stream(
+        self,
+        open_stream: Callable[..., Deferred[Any]],
+        key: str,
+        headers: Mapping[str, Any] | None,
+        timeout: float,
+    ) -> Any:
+        dests: list[str] = await self.link.lookup(key)
+        if not dests:
+            raise errors.LookupEmpty()
+        refused: set[str] = set()
+        while True:
+            dest = self.choose(dests, refused)
+            try:
+                return await open_stream(dest, key, headers=headers, timeout=timeout)
+            except errors.DestinationUnreachable:
+                self._set_dest_aside(dest)
+                refused.add(dest)
+                if len(refused) >= len(set(dests)):
+                    raise
 
     def _note_unreachable(self, failure: Failure, dest: str) -> Failure:
         if failure.check(errors.DestinationUnreachable):

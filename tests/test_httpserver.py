@@ -413,7 +413,9 @@ class LimitTests(TestCase):
         self.assertLess(peak, 512 * 1024)
         self.assertEqual(transport.value(), self.too_large)
         self.assertTrue(transport.disconnecting)
-        self.assertEqual(transport.producerState, "paused")
+        # Reading paused at the limit, and resumed to close (a TLS close must read the
+        # peer's close_notify); what arrives after the limit is discarded unparsed.
+        self.assertEqual(transport.producerState, "producing")
 
     def test_streamed_content_length_upload_cut_off(self) -> None:
         """A 60 MB Content-Length upload is refused on its headers; the rest is ignored."""
@@ -774,3 +776,113 @@ class RealSocketTests(TestCase):
         client.transport.loseConnection()
         yield client.gone
         yield server_gone
+
+
+class TLSCloseTests(TestCase):
+    """Closing a connection whose reading the server paused finishes under TLS too.
+
+    The server stops reading before it closes (so an oversized upload is not read on); a TLS
+    close then waits for the peer's close_notify, which must still be read. Real loopback
+    sockets with an OS-chosen port: a paused socket only shows this with a real reactor.
+    """
+
+    timeout = 20  # the bug left the server connection open until the idle sweep (60 s here)
+
+    def tls_server(self, h: Harness) -> Any:
+        from twisted.internet import reactor as global_reactor
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from grenache.tls import ServerTLS
+        from tests.test_tls import make_pki
+
+        reactor: Any = global_reactor
+        self.pki = make_pki()
+        context = ServerTLS(self.pki.server.key, self.pki.server.cert).context_factory()
+        wrapped: Any = h.factory
+        port = reactor.listenTCP(
+            0, TLSMemoryBIOFactory(context, False, wrapped), interface="127.0.0.1"
+        )
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    def closed_deferred(self, h: Harness) -> Deferred[None]:
+        """Fires when the server side of the (single) connection has closed."""
+        closed: Deferred[None] = Deferred()
+        forget = h.factory.connectionClosed
+
+        def connection_closed(proto: HTTPServerProtocol) -> None:
+            forget(proto)
+            if not closed.called:
+                closed.callback(None)
+
+        h.factory.connectionClosed = connection_closed  # type: ignore[method-assign]
+        return closed
+
+    async def tls_client(self, port: int) -> Any:
+        from twisted.internet import reactor as global_reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+
+        from grenache.tls import ClientTLS
+
+        reactor: Any = global_reactor
+
+        class Client(protocol.Protocol):
+            def __init__(self) -> None:
+                self.received = b""
+                self.gone: Deferred[None] = Deferred()
+                self.got: Deferred[None] = Deferred()
+
+            def dataReceived(self, data: bytes) -> None:
+                self.received += data
+                if not self.got.called:
+                    self.got.callback(None)
+
+            def connectionLost(self, reason: Any = None) -> None:
+                self.gone.callback(None)
+
+        endpoint = wrapClientTLS(
+            ClientTLS(self.pki.ca.cert).creator_for("127.0.0.1"),
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+        )
+        return await connectProtocol(endpoint, Client())
+
+    @defer.inlineCallbacks
+    def test_connection_close_request(self) -> Any:
+        """A request with ``Connection: close``: the server's close completes at once."""
+        h = Harness(idle_timeout=60.0)
+        closed = self.closed_deferred(h)
+        port = self.tls_server(h)
+        client = yield Deferred.fromCoroutine(self.tls_client(port))
+        client.transport.write(post(b"/", b"1", b"Connection: close\r\n"))
+        yield closed
+        yield client.gone
+        self.assertEqual(client.received, ok(b"1", CLOSE))
+
+    @defer.inlineCallbacks
+    def test_close_connections(self) -> Any:
+        """closeConnections (a service stopping) on an idle keep-alive TLS connection."""
+        h = Harness(idle_timeout=60.0)
+        closed = self.closed_deferred(h)
+        port = self.tls_server(h)
+        client = yield Deferred.fromCoroutine(self.tls_client(port))
+        client.transport.write(post(b"/", b"22"))
+        yield client.got
+        h.factory.closeConnections()
+        yield closed
+        yield client.gone
+        self.assertEqual(client.received, ok(b"22"))
+
+    @defer.inlineCallbacks
+    def test_too_large_upload(self) -> Any:
+        """An upload cut off at the limit: the server closes although the client still sends."""
+        h = Harness(idle_timeout=60.0, max_body_size=10)
+        closed = self.closed_deferred(h)
+        port = self.tls_server(h)
+        client = yield Deferred.fromCoroutine(self.tls_client(port))
+        client.transport.write(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n" % (4096, b"z" * 4096) * 16
+        )
+        yield closed
+        yield client.gone
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 413 Payload Too Large\r\n"))

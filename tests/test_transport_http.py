@@ -11,12 +11,12 @@ import json
 import zlib
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from grenache import errors
 from grenache.peer import OutgoingRequest, PeerRPCClient, PeerRPCServer, Request
@@ -837,3 +837,41 @@ class RoundTripTests(SynchronousTestCase):
         rt.reactor.advance(5)
         rt.run()
         self.successResultOf(stopped)
+
+
+class RealTLSStopTests(TestCase):
+    """stop() over real TLS sockets: the keep-alive connections close at once.
+
+    The server's close pauses reading first; under TLS the close then waits for the client's
+    close_notify, which the lean server now reads (grenache.httpserver), so stop does not
+    wait for stop_grace (set long here) or the idle sweep. Loopback, OS-chosen port.
+    """
+
+    timeout = 20
+
+    @inlineCallbacks
+    def test_tls_stop_over_loopback(self) -> Any:
+        from twisted.internet import reactor as global_reactor
+
+        reactor: Any = global_reactor
+        pki = make_pki()
+        server_transport = HTTPServerTransport(
+            reactor,
+            tls=ServerTLS(pki.server.key, pki.server.cert),
+            interface="127.0.0.1",
+            stop_grace=60.0,
+            idle_timeout=60.0,
+        )
+        server = PeerRPCServer(None, server_transport, node_handler)
+        port = yield server.listen(0)
+        client = HTTPClientTransport(reactor, tls=ClientTLS(pki.ca.cert), idle_timeout=60.0)
+        self.addCleanup(client.stop)
+        result = yield client.request(
+            f"127.0.0.1:{port}", OutgoingRequest("r", "svc", {"a": 1}, 10.0)
+        )
+        self.assertEqual(result, {"echo": {"a": 1}, "key": "svc"})
+        self.assertEqual(len(server_transport.factory.connections), 1)
+        started = reactor.seconds()
+        yield server.stop()
+        self.assertLess(reactor.seconds() - started, 5.0)
+        self.assertEqual(server_transport.factory.connections, set())

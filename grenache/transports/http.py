@@ -30,43 +30,87 @@ finite timeout on every request. A refused connection is
 :class:`~grenache.errors.DestinationUnreachable` (the request never left), a connection lost
 after the request was written is :class:`~grenache.errors.TransportClosed`, at once.
 
-Streaming (§6.6, Node's ``peer.stream``) is not implemented: raw stream bodies are not
-Grenache RPC and a buffered Node server JSON-parses them anyway.
+Streaming (§6.6, Node's ``peer.stream`` and ``'stream'`` event), for large bodies, never
+buffered whole on either side:
+
+- client: :meth:`HTTPClientTransport.stream` (or :meth:`grenache.peer.PeerRPCClient.stream`,
+  which looks the name up first) opens a ``POST /`` of its own with Node's head (``_gr:
+  [rid, key]``, ``connection: close``, ``transfer-encoding: chunked`` and the extra headers)
+  and gives a :class:`ClientStream`: an ``IConsumer`` for the request body (push or pull
+  producers, or ``drained()``), and :meth:`ClientStream.response` for the raw response as it
+  arrives (a :class:`StreamReply`, ``deliverBody``). No grenache framing, no rid matching, an
+  idle timeout, typed errors;
+- server: ``HTTPServerTransport(stream_handler=...)`` gets chunked requests (every request
+  with ``disable_buffered=True``, Node's option) as a :class:`StreamRequest` (Node's ``meta``,
+  the body through ``deliverBody`` with pause/resume of the socket) and a
+  :class:`StreamResponse` (an ``IConsumer``; :meth:`StreamResponse.reply` is Node's
+  convenience ``handler.reply``). ``max_body_size`` does not apply to streams;
+  ``max_stream_size`` does (no limit by default, as Node). This stays on the HTTP transport:
+  streams are HTTP-only in Grenache (``PeerRPCServer`` serves the buffered handler).
+
+Deliberate differences on streams: a stream handler that fails before sending anything is
+answered with status 500 and ``[rid, "<error>", null]`` (Node's process would crash); a
+string error given to ``reply`` is sent as the message (Node sends ``null``); header
+characters beyond latin-1 are sent as JSON ``\\u`` escapes (Node throws).
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import attrs
 import httptools
 from OpenSSL import SSL
 from twisted.internet import protocol
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHandshakeListener, IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from grenache import errors
 from grenache.codec import json_dumps, json_loads
-from grenache.httpserver import HTTPRequest, HTTPResponse, HTTPServerFactory, HTTPServerProtocol
-from grenache.peer import OutgoingRequest, Request, error_message
+from grenache.httpserver import (
+    BodyStream,
+    BodyWriter,
+    HTTPRequest,
+    HTTPResponse,
+    HTTPServerFactory,
+    HTTPServerProtocol,
+    HTTPStreamRequest,
+    HTTPStreamResponse,
+    StreamHandler,
+    read_body,
+)
+from grenache.peer import OutgoingRequest, Request, error_message, new_rid
 from grenache.tls import ClientTLS, ServerTLS, peer_certificate
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
     "DEFAULT_MAX_REPLY_SIZE",
     "BodyTooLarge",
+    "ClientStream",
     "HTTPClientTransport",
     "HTTPServerTransport",
+    "StreamMeta",
+    "StreamReply",
+    "StreamRequest",
+    "StreamResponse",
     "gunzip",
     "gzip",
+    "header_json",
     "parse_reply",
+    "read_body",
+    "stream_head",
+    "stream_meta",
 ]
 
 log = Logger()
@@ -153,27 +197,196 @@ class _TLSRequest(HTTPRequest):
     certificate: tuple[str, bytes] | None = None
 
 
+def _header_json(value: bytes) -> Any:
+    """A header holding JSON, read as Node reads it (header bytes are latin-1 characters)."""
+    return json_loads(value.decode("latin-1"))
+
+
+@attrs.frozen
+class StreamMeta:
+    """What Node's ``'stream'`` event calls ``meta`` (reference §6.2, §6.6).
+
+    ``info_headers`` is the ``_gr`` header's JSON (``[rid, key]`` from a stream client;
+    ``None`` without the header); ``action`` is the ``_a`` header (``None`` if absent or
+    empty); ``args`` the ``_ar`` header's JSON (``{}`` if absent or not JSON); ``is_stream``
+    whether ``transfer-encoding`` is exactly ``chunked`` (Node's test); ``compress`` whether
+    ``grc-compress`` says gzip. Over TLS, ``peer_certificate`` and ``peer_certificate_der``
+    are the client certificate as in :class:`~grenache.peer.Request`.
+    """
+
+    info_headers: Any = None
+    action: str | None = None
+    args: Any = attrs.Factory(dict)
+    is_stream: bool = False
+    compress: bool = False
+    peer_certificate: str | None = None
+    peer_certificate_der: bytes | None = None
+
+    @property
+    def rid(self) -> Any:
+        """``info_headers[0]`` (the stream's request id), or ``None``."""
+        info = self.info_headers
+        return info[0] if isinstance(info, list) and info else None
+
+    @property
+    def key(self) -> Any:
+        """``info_headers[1]`` (the service name the client looked up), or ``None``."""
+        info = self.info_headers
+        return info[1] if isinstance(info, list) and len(info) > 1 else None
+
+
+def stream_meta(
+    headers: tuple[tuple[bytes, bytes], ...], certificate: tuple[str, bytes] | None = None
+) -> StreamMeta:
+    """Node's ``meta`` for a request with these headers; ``ValueError`` if ``_gr`` is not JSON."""
+    meta, gr_ok = _stream_meta(headers, certificate)
+    if not gr_ok:
+        raise ValueError("the _gr header is not JSON")
+    return meta
+
+
+def _stream_meta(
+    headers: tuple[tuple[bytes, bytes], ...], certificate: tuple[str, bytes] | None
+) -> tuple[StreamMeta, bool]:
+    """:func:`stream_meta`, and whether ``_gr`` (if any) was JSON (``info_headers`` is
+    ``None`` when it was not)."""
+    gr_ok = True
+    info: Any = None
+    action: str | None = None
+    args: Any = {}
+    compress = False
+    encodings: list[bytes] = []
+    seen_gr = seen_a = seen_ar = False
+    for name, value in headers:
+        if name == b"_gr" and not seen_gr:
+            seen_gr = True
+            try:
+                info = _header_json(value)
+            except ValueError:
+                gr_ok = False
+        elif name == b"_a" and not seen_a:
+            seen_a = True
+            action = value.decode("latin-1") or None
+        elif name == b"_ar" and not seen_ar:
+            seen_ar = True
+            try:
+                args = _header_json(value)
+            except ValueError:
+                args = {}
+        elif name == b"grc-compress":
+            compress = compress or b"gzip" in value
+        elif name == b"transfer-encoding":
+            encodings.append(value)
+    meta = StreamMeta(
+        info,
+        action,
+        args,
+        b", ".join(encodings) == b"chunked",
+        compress,
+        certificate[0] if certificate is not None else None,
+        certificate[1] if certificate is not None else None,
+    )
+    return meta, gr_ok
+
+
+class StreamRequest(HTTPStreamRequest):
+    """A request on the streaming path (:class:`HTTPServerTransport`'s ``stream_handler``).
+
+    The head (``method``, ``path``, ``headers``, ``peer``) and :attr:`meta` (Node's
+    ``meta``), with the raw body delivered as it arrives by
+    :meth:`~grenache.httpserver.BodyStream.deliverBody` (an ``IProtocol`` whose transport is
+    this request, an ``IPushProducer`` that pauses the socket). ``rid`` and ``key`` come from
+    the ``_gr`` header.
+    """
+
+    def __init__(
+        self,
+        proto: Any,
+        method: str,
+        path: str,
+        headers: tuple[tuple[bytes, bytes], ...],
+        peer: Any,
+        version: str,
+    ) -> None:
+        super().__init__(proto, method, path, headers, peer, version)
+        certificate = proto.certificate() if isinstance(proto, _RPCServerProtocol) else None
+        self.meta, gr_ok = _stream_meta(headers, certificate)
+        self.gr_error = not gr_ok  # answered by the transport, the handler never sees it
+
+    @property
+    def rid(self) -> Any:
+        """The request id from ``_gr`` (``meta.rid``)."""
+        return self.meta.rid
+
+    @property
+    def key(self) -> Any:
+        """The service name from ``_gr`` (``meta.key``)."""
+        return self.meta.key
+
+
+class StreamResponse(HTTPStreamResponse):
+    """The response to a :class:`StreamRequest`: raw bytes as written (an ``IConsumer``).
+
+    ``write`` / ``registerProducer`` / ``finish`` stream a raw body (status 200, chunked);
+    :meth:`reply` answers as Node's convenience ``handler.reply`` does.
+    """
+
+    def reply(self, rid: Any, err: BaseException | str | None = None, result: Any = None) -> None:
+        """Send one grenache reply, ``[rid, error, result]`` as JSON, and finish.
+
+        Node's ``handler.reply(rid, err, result)`` on a ``'stream'`` event: status 200,
+        uncompressed. ``err`` is an exception (its :func:`~grenache.peer.error_message` is
+        sent) or a string sent as is (Node would send ``null`` for a string: it reads
+        ``err.message``); ``None`` for success.
+        """
+        if err is None or err == "":
+            message: str | None = None
+        elif isinstance(err, str):
+            message = err
+        else:
+            message = error_message(err)
+        try:
+            body = json_dumps([rid, message, result])
+        except (TypeError, ValueError) as e:
+            body = json_dumps([rid, error_message(e), None])
+        self.respond(HTTPResponse(200, body))
+
+
+StreamHandlerFn = Callable[[StreamRequest, StreamResponse], Any]
+"""A stream handler: called with each streamed request and its response as soon as the
+request's headers are in; may return a Deferred or a coroutine (a failure before anything was
+sent is answered with status 500 and ``[rid, error, null]``; after, the connection drops)."""
+
+
 class _RPCServerProtocol(HTTPServerProtocol):
     """The lean HTTP protocol, plus the client certificate on requests over TLS."""
 
     factory: _RPCServerFactory
+    stream_request_class = StreamRequest
+    stream_response_class = StreamResponse
     _certificate: tuple[str, bytes] | None = None
     _certificate_read = False
+
+    def certificate(self) -> tuple[str, bytes] | None:
+        """The client certificate (fingerprint, DER) over TLS, or ``None``."""
+        if not self.factory.tls:
+            return None
+        if not self._certificate_read:
+            self._certificate_read = True
+            self._certificate = peer_certificate(self.transport)
+        return self._certificate
 
     def requestReceived(self, method: bytes) -> HTTPRequest:
         request = super().requestReceived(method)
         if not self.factory.tls:
             return request
-        if not self._certificate_read:
-            self._certificate_read = True
-            self._certificate = peer_certificate(self.transport)
         return _TLSRequest(
             request.method,
             request.path,
             request.headers,
             request.body,
             request.peer,
-            self._certificate,
+            self.certificate(),
         )
 
 
@@ -206,28 +419,7 @@ class _RPCServerFactory(HTTPServerFactory):
         return d
 
 
-class _ServerTLSProtocol(TLSMemoryBIOProtocol):
-    """TLS that can finish closing a connection whose reading the HTTP protocol paused.
-
-    The lean HTTP protocol pauses reading before it closes a connection; plain TCP closes
-    anyway, but a TLS shutdown waits for the peer's close_notify (or FIN), which a paused
-    transport never reads, so the connection would linger until the idle sweep.
-    """
-
-    def loseConnection(self) -> None:
-        super().loseConnection()
-        transport: Any = self.transport
-        if self.disconnecting and transport is not None:
-            resume = getattr(transport, "resumeProducing", None)
-            if resume is not None:
-                try:
-                    resume()
-                except Exception:
-                    pass  # already disconnected
-
-
 class _ServerTLSFactory(TLSMemoryBIOFactory):
-    protocol = _ServerTLSProtocol
     noisy = False
 
 
@@ -239,6 +431,14 @@ class HTTPServerTransport:
     ``idle_timeout`` closes keep-alive connections idle that many seconds; ``interface``
     is the address to bind (all interfaces by default, as Node). :meth:`stop` closes open
     connections and aborts those still open ``stop_grace`` seconds later.
+
+    Streaming (reference §6.6): with a ``stream_handler``, requests with
+    ``transfer-encoding: chunked`` (Node's ``isStream``), or every request with
+    ``disable_buffered`` (Node's option), go to it instead of the RPC handler, as a
+    :class:`StreamRequest` and a :class:`StreamResponse`, without buffering;
+    ``max_stream_size`` limits those bodies (no limit by default, as Node). Without a
+    ``stream_handler``, chunked requests are read whole and served as RPC, as Node's
+    buffered default does.
     """
 
     def __init__(
@@ -251,8 +451,13 @@ class HTTPServerTransport:
         interface: str = "",
         max_header_size: int = 16384,
         stop_grace: float = 5.0,
+        stream_handler: StreamHandlerFn | None = None,
+        disable_buffered: bool = False,
+        max_stream_size: int | None = None,
     ) -> None:
         self.reactor = reactor
+        self.stream_handler = stream_handler
+        self.disable_buffered = disable_buffered
         self.stop_grace = stop_grace
         self.tls = tls
         self.max_body_size = max_body_size
@@ -265,6 +470,8 @@ class HTTPServerTransport:
             max_header_size=max_header_size,
             idle_timeout=idle_timeout,
             too_large=_TOO_LARGE,
+            stream_router=self._route_stream if stream_handler is not None else None,
+            max_stream_size=max_stream_size,
         )
         self.factory.tls = tls is not None
         self._serve: Callable[[Request], Deferred[Any]] | None = None
@@ -321,6 +528,47 @@ class HTTPServerTransport:
 
     # --- request handling ---
 
+    def _route_stream(self, request: HTTPStreamRequest) -> StreamHandler | None:
+        """The stream handler for chunked requests (all with ``disable_buffered``)."""
+        if not isinstance(request, StreamRequest):  # pragma: no cover - always one here
+            return None
+        if not (request.meta.is_stream or self.disable_buffered):
+            return None
+        if request.gr_error:
+            return _answer_gr_error
+        return self._run_stream  # type: ignore[return-value]
+
+    def _run_stream(self, request: StreamRequest, response: StreamResponse) -> None:
+        handler = self.stream_handler
+        if handler is None:  # pragma: no cover - routed only with a handler
+            return
+        try:
+            result = handler(request, response)
+        except Exception:
+            self._stream_failed(Failure(), request, response)
+            return
+        if isinstance(result, Coroutine):
+            result = Deferred.fromCoroutine(result)
+        elif not isinstance(result, Deferred) and inspect.isawaitable(result):
+            result = Deferred.fromCoroutine(_maybe_await(result))
+        if isinstance(result, Deferred):
+            result.addErrback(self._stream_failed, request, response)
+
+    def _stream_failed(
+        self, failure: Failure, request: StreamRequest, response: StreamResponse
+    ) -> None:
+        log.debug("Stream handler failed: {error}", error=error_message(failure))
+        if response.finished:
+            return
+        if response.started:
+            response.abort()
+            return
+        try:
+            body = json_dumps([request.rid, error_message(failure), None])
+        except (TypeError, ValueError):
+            body = json_dumps([None, error_message(failure), None])
+        response.respond(HTTPResponse(500, body))
+
     def handle(self, request: HTTPRequest) -> HTTPResponse | Deferred[HTTPResponse]:
         """Answer one HTTP request (the lean server's handler)."""
         compress = False
@@ -333,7 +581,7 @@ class HTTPServerTransport:
         info: Any = None
         if gr is not None:
             try:
-                info = json_loads(gr)
+                info = _header_json(gr)
             except ValueError:
                 return _GR_ERROR
         body = request.body
@@ -384,9 +632,14 @@ class HTTPServerTransport:
 
 
 async def _maybe_await(value: Any) -> Any:
-    if isinstance(value, Deferred):
+    if isinstance(value, Deferred) or inspect.isawaitable(value):
         return await value
     return value
+
+
+def _answer_gr_error(request: HTTPStreamRequest, response: HTTPStreamResponse) -> None:
+    """Node's answer to a ``_gr`` header that is not JSON (the body is discarded)."""
+    response.respond(_GR_ERROR)
 
 
 def _reply(rid: Any, err: str | None, result: Any, compress: bool) -> HTTPResponse:
@@ -830,6 +1083,423 @@ class _Pool:
         self.idle = []
 
 
+# --- client: streams (reference §6.6) ----------------------------------------------------------
+
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BEYOND_LATIN1 = re.compile("[^\x00-\xff]")
+_RESERVED = frozenset({b"transfer-encoding", b"content-length"})
+
+
+def _escape_beyond_latin1(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def header_json(value: Any) -> bytes:
+    """``JSON.stringify(value)`` as Node puts it in a header (latin-1 bytes).
+
+    Node cannot send characters beyond latin-1 in a header (it throws); they are sent here as
+    JSON ``\\u`` escapes, which every JSON parser reads back as the same string.
+    """
+    text = json_dumps(value).decode("utf-8")
+    return _BEYOND_LATIN1.sub(_escape_beyond_latin1, text).encode("latin-1")
+
+
+def stream_head(dest: str, rid: str, key: str, headers: Mapping[str, Any] | None = None) -> bytes:
+    """The request head Node's ``peer.stream`` sends (reference §6.6).
+
+    ``POST /`` with ``_gr: [rid, key]``, ``connection: close``, ``transfer-encoding:
+    chunked``, then ``headers`` (string values as is, others as JSON; a name given again in
+    any case replaces the earlier line in place, as Node's ``setHeader``), then ``Host``.
+    Names must be HTTP tokens; ``transfer-encoding`` and ``content-length`` cannot be
+    replaced (the body is chunked); values must be latin-1 without CR, LF or NUL.
+    """
+    lines: list[list[bytes]] = [
+        [b"_gr", header_json([rid, key])],
+        [b"connection", b"close"],
+        [b"transfer-encoding", b"chunked"],
+    ]
+    host = True
+    for name, value in (headers or {}).items():
+        if not isinstance(name, str):
+            raise TypeError(f"header names must be strings, not {name!r}")
+        raw_name = name.encode("latin-1", "replace")
+        if not _TOKEN.match(raw_name):
+            raise ValueError(f"invalid header name {name!r}")
+        lower = raw_name.lower()
+        if lower in _RESERVED:
+            raise ValueError(f"the {name} header of a stream cannot be replaced")
+        if isinstance(value, str):
+            try:
+                raw_value = value.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(f"header {name!r} holds characters beyond latin-1") from None
+        else:
+            raw_value = header_json(value)
+        if b"\r" in raw_value or b"\n" in raw_value or b"\0" in raw_value:
+            raise ValueError(f"header {name!r} holds CR, LF or NUL")
+        if lower == b"host":
+            host = False
+        for line in lines:
+            if line[0].lower() == lower:
+                line[0], line[1] = raw_name, raw_value
+                break
+        else:
+            lines.append([raw_name, raw_value])
+    if host:
+        lines.append([b"Host", dest.encode("latin-1")])
+    parts = [b"POST / HTTP/1.1\r\n"]
+    for raw_name, raw_value in lines:
+        parts += (raw_name, b": ", raw_value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class StreamReply(BodyStream):
+    """The response to a :class:`ClientStream`: status, headers and the raw body.
+
+    There is no grenache framing on a stream: the body is whatever the server's handler wrote
+    (a Node ``handler.reply`` writes ``[rid, err, result]`` JSON; nothing here parses it), and
+    a non-2xx status is not an error. ``headers`` keep their order with names lowercased. The
+    body comes through :meth:`~grenache.httpserver.BodyStream.deliverBody` as it arrives
+    (see :func:`~grenache.httpserver.read_body` to collect it).
+    """
+
+    def __init__(
+        self, conn: _StreamConnection, status: int, headers: tuple[tuple[bytes, bytes], ...]
+    ) -> None:
+        super().__init__()
+        self.status = status
+        self.headers = headers
+        self._conn = conn
+
+    def header(self, name: bytes) -> bytes | None:
+        """The value of the first header called ``name`` (any case), or ``None``."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def _holding_changed(self) -> None:
+        self._conn.hold_changed()
+
+    def _stop(self) -> None:
+        self._conn.abort(errors.TransportClosed("ERR_TRANSPORT_CLOSE: response body abandoned"))
+
+
+class ClientStream(BodyWriter):
+    """A streamed request in progress: Node's ``peer.stream`` duplex (reference §6.6).
+
+    The request body is written here, an ``IConsumer`` (:class:`~grenache.httpserver.BodyWriter`):
+    ``write`` raw bytes (sent chunked), or register a push or pull producer (e.g.
+    ``FileSender``) that follows the socket's backpressure, or ``await drained()`` between
+    writes; then :meth:`finish`. :meth:`response` fires with the :class:`StreamReply` once its
+    headers arrive (the server may answer before the body is finished).
+
+    ``timeout`` is an idle timeout: the stream fails with
+    :class:`~grenache.errors.RequestTimeout` when nothing moved either way for that long,
+    whatever the reason (a server that does not answer, a reply body nobody reads or paused
+    that long, a body that is not written), so every stream ends. A lost connection fails with
+    :class:`~grenache.errors.TransportClosed` (or :class:`~grenache.errors.TLSHandshakeError`).
+    Once the response is complete, the exchange is over: an unfinished body is abandoned (its
+    producer stopped) and the connection closes.
+    """
+
+    def __init__(self, conn: _StreamConnection, dest: str, rid: str, key: str) -> None:
+        super().__init__(chunked=True)
+        self.dest = dest
+        self.rid = rid
+        self.key = key
+        self.timeout = conn.timeout
+        self._conn = conn
+
+    def response(self) -> Deferred[StreamReply]:
+        """Fires with the response once its status and headers are in."""
+        return self._conn.response()
+
+    def abort(self) -> None:
+        """Drop the connection; the response and the body fail with TransportClosed."""
+        self._conn.abort(errors.TransportClosed("ERR_TRANSPORT_CLOSE: stream aborted"))
+
+    def _wrote(self) -> None:
+        self._conn.activity()
+
+
+@implementer(IHandshakeListener)
+class _StreamConnection(protocol.Protocol):
+    """The connection of one stream: writes its request, parses its response."""
+
+    def __init__(self, factory: _StreamConnectFactory) -> None:
+        self.factory = factory
+        self.owner = factory.owner
+        self.seconds = factory.owner.seconds
+        self.timeout = factory.timeout
+        self.stream = ClientStream(self, factory.dest, factory.rid, factory.key)
+        self.parser = httptools.HttpResponseParser(self)
+        self.reply: StreamReply | None = None
+        self.waiting: list[Deferred[StreamReply]] = []
+        self.failure: Failure | None = None  # why the response will never come
+        self.reason: BaseException | None = None  # why this side dropped the connection
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.framed = False
+        self.until_eof = False
+        self.complete = False
+        self.received = False
+        self.ready = False
+        self.closed = False
+        self.reading_paused = False
+        self.last = self.seconds()
+        self.timer: Any = None
+
+    # connection
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
+        self.factory.connected(self)
+        transport.write(self.factory.head)
+        self.activity()
+        self.timer = self.owner.reactor.callLater(self.timeout, self.check_idle)
+        if not self.factory.tls:
+            self.handshakeCompleted()
+
+    def handshakeCompleted(self) -> None:
+        """The connection is ready (after the TLS handshake over TLS)."""
+        if self.ready or self.closed:
+            return
+        self.ready = True
+        self.stream._go_live(self.transport)
+        self.factory.ready(self.stream)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received = True
+        self.activity()
+        if self.complete or self.closed:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.abort(errors.RemoteError("ERR_REQUEST_GENERIC: unexpected protocol upgrade"))
+        except httptools.HttpParserError as e:
+            self.abort(errors.RemoteError(f"ERR_REQUEST_GENERIC: invalid HTTP response ({e})"))
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.closed = True
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if self.reason is not None:
+            error: BaseException = self.reason
+        elif not self.received and reason.check(SSL.Error):
+            error = errors.TLSHandshakeError(f"ERR_REQUEST_GENERIC: TLS: {reason.value}")
+        else:
+            error = errors.TransportClosed(
+                "ERR_TRANSPORT_CLOSE: connection lost: " + reason.getErrorMessage()
+            )
+        failure = Failure(error)
+        self.factory.lost(self, failure)
+        reply = self.reply
+        if reply is None:
+            self.fail_waiting(failure)
+        elif not self.complete:
+            self.complete = True
+            if self.until_eof and self.reason is None:
+                reply._finish(Failure(ConnectionDone("the body is complete")))
+            else:
+                reply._finish(failure)
+        self.stream._connection_gone(failure, unregister=False)
+
+    # parser callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lower = name.lower()
+        self.headers.append((lower, value))
+        if lower == b"content-length" or lower == b"transfer-encoding":
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if self.status < 200:
+            return  # an interim response (100 Continue): the real one follows
+        self.until_eof = not self.framed
+        reply = self.reply = StreamReply(self, self.status, tuple(self.headers))
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            if not d.called:
+                d.callback(reply)
+        self.hold_changed()
+
+    def on_body(self, body: bytes) -> None:
+        if self.reply is not None:
+            self.reply._feed(body)
+
+    def on_message_complete(self) -> None:
+        if self.status < 200:
+            self.headers = []
+            self.framed = False
+            return
+        reply = self.reply
+        self.complete = True
+        if reply is not None:
+            reply._finish(Failure(ConnectionDone("the body is complete")))
+        # The exchange is over: an unfinished request body is abandoned, and the connection
+        # (``connection: close``) is closed from this side too.
+        if not self.stream.finished:
+            self.stream._connection_gone(
+                Failure(errors.TransportClosed("ERR_TRANSPORT_CLOSE: the response is complete"))
+            )
+        self.close()
+
+    # flow, timeout, closing
+
+    def response(self) -> Deferred[StreamReply]:
+        if self.reply is not None:
+            return succeed(self.reply)
+        if self.failure is not None:
+            return fail(self.failure)
+        d: Deferred[StreamReply] = Deferred(lambda _: self.abort(CancelledError()))
+        self.waiting.append(d)
+        return d
+
+    def fail_waiting(self, failure: Failure) -> None:
+        self.failure = failure
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            if not d.called:
+                d.errback(failure)
+
+    def activity(self) -> None:
+        self.last = self.seconds()
+
+    def hold_changed(self) -> None:
+        reply = self.reply
+        hold = reply is not None and reply.holding and not self.complete
+        if hold == self.reading_paused or self.closed:
+            return
+        self.reading_paused = hold
+        transport: Any = self.transport
+        if hold:
+            transport.pauseProducing()
+        else:
+            transport.resumeProducing()
+
+    def check_idle(self) -> None:
+        self.timer = None
+        if self.closed:
+            return
+        idle = self.seconds() - self.last
+        if idle >= self.timeout:
+            self.abort(errors.RequestTimeout())
+            return
+        self.timer = self.owner.reactor.callLater(self.timeout - idle, self.check_idle)
+
+    def abort(self, error: BaseException) -> None:
+        """Drop the connection; everything waiting fails with ``error``."""
+        if self.closed:
+            return
+        if self.reason is None:
+            self.reason = error
+        if self.reply is None:
+            self.fail_waiting(Failure(error))
+        self.stream._connection_gone(Failure(error))
+        self.closed = True
+        transport: Any = self.transport
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            transport.loseConnection()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        transport: Any = self.transport
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resumeProducing()
+        transport.loseConnection()
+
+
+class _StreamConnectFactory(protocol.ClientFactory):
+    """Makes the connection of one stream and reports how it went."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        owner: HTTPClientTransport,
+        dest: str,
+        rid: str,
+        key: str,
+        head: bytes,
+        timeout: float,
+    ) -> None:
+        self.owner = owner
+        self.dest = dest
+        self.rid = rid
+        self.key = key
+        self.head = head
+        self.timeout = timeout
+        self.tls = owner.tls is not None
+        self.connector: Any = None
+        self.conn: _StreamConnection | None = None
+        self.opened: Deferred[ClientStream] = Deferred(self._cancel)
+
+    def buildProtocol(self, addr: Any) -> _StreamConnection:
+        return _StreamConnection(self)
+
+    def connected(self, conn: _StreamConnection) -> None:
+        self.conn = conn
+
+    def ready(self, stream: ClientStream) -> None:
+        if not self.opened.called:
+            self.opened.callback(stream)
+
+    def lost(self, conn: _StreamConnection, failure: Failure) -> None:
+        if not self.opened.called:
+            self.opened.errback(failure)
+        self.owner.stream_done(self)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.opened.called:
+            if reason.check(SSL.Error):
+                error: BaseException = errors.TLSHandshakeError(
+                    f"ERR_REQUEST_GENERIC: TLS: {reason.value}"
+                )
+            else:
+                error = errors.DestinationUnreachable(
+                    f"ERR_REQUEST_GENERIC: {self.dest}: {reason.getErrorMessage()}"
+                )
+            self.opened.errback(error)
+        self.owner.stream_done(self)
+
+    def stop(self, error: BaseException) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.abort(error)
+        elif self.connector is not None:
+            if not self.opened.called:
+                self.opened.errback(error)
+            try:
+                self.connector.stopConnecting()
+            except Exception:
+                self.owner.stream_done(self)
+
+    def _cancel(self, d: Deferred[ClientStream]) -> None:
+        self.stop(CancelledError())
+
+
 _HEAD = b"POST / HTTP/1.1\r\nHost: %s\r\ngrc-compress: %s\r\n%sContent-Length: %d\r\n\r\n"
 _TEXT = b"Content-Type: text/plain;charset=UTF-8\r\n"
 
@@ -868,6 +1538,7 @@ class HTTPClientTransport:
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = reactor
         self._drained: list[Deferred[None]] = []
+        self._streams: set[_StreamConnectFactory] = set()
 
     def request(self, dest: str, request: OutgoingRequest) -> Deferred[Any]:
         """POST ``request`` to ``dest`` and fire with the reply's result (see module doc)."""
@@ -894,13 +1565,68 @@ class HTTPClientTransport:
         pool.submit(call)
         return call.deferred
 
+    def stream(
+        self,
+        dest: str,
+        key: str,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        timeout: float = 60.0,
+        rid: str | None = None,
+    ) -> Deferred[ClientStream]:
+        """Open a stream to ``dest`` (Node's ``peer.stream``, reference §6.6).
+
+        Connects (a connection of its own, never pooled), sends the head (see
+        :func:`stream_head`; ``headers`` are the extra headers, e.g. ``{"_a": "upload",
+        "_ar": {"id": 1}}``) and fires with a :class:`ClientStream` to write the body to and
+        read the response from. ``timeout`` is the idle timeout of the whole exchange (and
+        bounds the connection attempt). Fails with
+        :class:`~grenache.errors.DestinationUnreachable` (nothing was sent; including a failed
+        TLS handshake, :class:`~grenache.errors.TLSHandshakeError`),
+        :class:`~grenache.errors.RequestTimeout`, or
+        :class:`~grenache.errors.TransportClosed` (stopped). Cancelling drops the attempt.
+        """
+        if self.stopped:
+            return fail(errors.TransportClosed("ERR_TRANSPORT_CLOSE: transport stopped"))
+        if not timeout > 0:
+            return fail(ValueError("timeout must be a positive number of seconds"))
+        try:
+            host, port = _split_dest(dest)
+        except ValueError as e:
+            return fail(errors.DestinationUnreachable(f"ERR_REQUEST_GENERIC: {e}"))
+        rid = new_rid() if rid is None else rid
+        try:
+            head = stream_head(dest, rid, key, headers)
+        except (TypeError, ValueError) as e:
+            return fail(e)
+        factory = _StreamConnectFactory(self, dest, rid, key, head, timeout)
+        wrapped: protocol.ClientFactory = factory
+        if self.tls is not None:
+            inner: Any = factory
+            tls = TLSMemoryBIOFactory(self.tls.creator_for(host), True, inner, clock=self.reactor)
+            tls.noisy = False
+            wrapped = tls  # type: ignore[assignment]
+        self._streams.add(factory)
+        factory.connector = self.reactor.connectTCP(
+            host, port, wrapped, timeout=min(timeout, self.connect_timeout)
+        )
+        return factory.opened
+
+    def stream_done(self, factory: _StreamConnectFactory) -> None:
+        """A stream's connection closed (or never opened)."""
+        self._streams.discard(factory)
+        self._check_drained()
+
     def pool_empty(self, pool: _Pool) -> None:
         """Forget a pool that has neither connections nor waiting requests."""
         if pool.connections or pool.attempts:
             return
         if self.pools.get(pool.dest) is pool:
             del self.pools[pool.dest]
-        if self.stopped and not self.pools:
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self.stopped and not self.pools and not self._streams:
             waiting, self._drained = self._drained, []
             for d in waiting:
                 d.callback(None)
@@ -928,7 +1654,9 @@ class HTTPClientTransport:
             pool.stop(error)
         for pool in list(self.pools.values()):
             self.pool_empty(pool)
-        if not self.pools:
+        for factory in list(self._streams):
+            factory.stop(error)
+        if not self.pools and not self._streams:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._drained.append(d)
