@@ -8,6 +8,7 @@ announces and puts so that a single grape is a working development network.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -130,7 +131,7 @@ class DHTNode:
             clock, config.max_tables, TOKEN_TABLE_MAX_AGE
         )
         self.tokens = TokenSecrets(clock)
-        self._lookups: dict[bytes, Deferred[list[str]]] = {}
+        self._lookups: dict[bytes, list[Deferred[list[str]]]] = {}
         self._last_change = self.clock.seconds()  # type: ignore[misc]
         self._liveness_call: Any = None
         self._evicting = False
@@ -398,45 +399,49 @@ class DHTNode:
 
         Concurrent lookups of one key share a single walk. Never fails.
         """
-        pending = self._lookups.get(key)
-        if pending is None:
-            pending = self._run_lookup(key)
-            if not pending.called:
-                self._lookups[key] = pending
-        result: Deferred[list[str]] = Deferred()
+        waiters = self._lookups.get(key)
+        if waiters is not None:
+            waiter: Deferred[list[str]] = Deferred()
+            waiters.append(waiter)
+            return waiter
+        walk = self._run_lookup(key)
+        if walk.called:
+            return walk
+        waiters = self._lookups[key] = []
 
         def share(peers: list[str]) -> list[str]:
-            result.callback(list(peers))
+            del self._lookups[key]
+            for waiter in waiters:
+                waiter.callback(list(peers))
             return peers
 
-        pending.addCallback(share)
-        return result
+        return walk.addCallback(share)
 
-    def _remember_peer(self, key: bytes, addr: Address) -> None:
-        self.seen_peers.add(key, f"{addr[0]}:{addr[1]}".encode("ascii"))
+    def _remember(self, key: bytes, record: bytes) -> None:
+        text = _peer_text(record)
+        if text is not None:
+            self.seen_peers.add(key, text)
 
     def _run_lookup(self, key: bytes) -> Deferred[list[str]]:
         for record in self.peers.get(key, LOOKUP_RESULT_LIMIT) + self.own_peers.get(key):
-            addr = decode_peer(record)
-            if addr is not None:
-                self._remember_peer(key, addr)
+            self._remember(key, record)
+
+        def finished(table: KBucket | None) -> list[str]:
+            if table is not None:
+                self.tables.set(key, table)
+            return [r.decode("ascii") for r in self.seen_peers.get(key, LOOKUP_RESULT_LIMIT)]
+
+        if not self.config.bootstrap and len(self.routing) == 0:
+            return succeed(finished(None))  # a lone node: nobody to ask
 
         def visit(response: Response) -> None:
             values = response.r.get("values")
             if isinstance(values, list):
                 for value in values:
-                    addr = decode_peer(value)
-                    if addr is not None:
-                        self._remember_peer(key, addr)
+                    if isinstance(value, bytes):
+                        self._remember(key, value)
 
-        walk = self._walk(key, "get_peers", {"info_hash": key}, visit)
-
-        def finished(table: KBucket) -> list[str]:
-            self._lookups.pop(key, None)
-            self.tables.set(key, table)
-            return [r.decode("ascii") for r in self.seen_peers.get(key, LOOKUP_RESULT_LIMIT)]
-
-        return walk.run().addCallback(finished)
+        return self._walk(key, "get_peers", {"info_hash": key}, visit).run().addCallback(finished)
 
     def _token_table(self, key: bytes, query: str, args: dict[str, Any]) -> Deferred[KBucket]:
         cached = self.tables.peek(key)
@@ -584,6 +589,13 @@ class DHTNode:
             return best[0] if best else None
 
         return walk.run().addCallback(finished)
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer_text(record: bytes) -> bytes | None:
+    """A compact peer as ``b"ip:port"`` (None for a malformed one); peers recur, so cached."""
+    addr = decode_peer(record)
+    return None if addr is None else f"{addr[0]}:{addr[1]}".encode("ascii")
 
 
 def _fail(error: Exception) -> Deferred[Any]:

@@ -163,8 +163,11 @@ class RecordCache:
     def get(self, key: bytes, n: int = 0) -> list[bytes]:
         """Up to ``n`` distinct records of ``key`` in random order (all of them when ``n`` is 0)."""
         records = self._fresh.get(key) + self._stale.get(key)
-        if n <= 0 or n > len(records):
-            n = len(records)
+        if len(records) <= 1:
+            return records
+        if n <= 0 or n >= len(records):
+            self._rng.shuffle(records)
+            return records
         return self._rng.sample(records, n)
 
     def gc(self) -> None:

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 
 from grenache.dht import bep44
 from grenache.dht.node import DHTNode, GetResult
@@ -46,16 +46,17 @@ def make_dispatch(node: DHTNode) -> Dispatch:
 def dispatch(node: DHTNode, operation: str, data: Any) -> Deferred[Any]:
     """Run one grape API operation; see the module docstring for results and errors."""
     handler = _OPERATIONS.get(operation)
-    if handler is None:
-        return ensureDeferred(_raise(GrapeRequestNotFound()))
-    return ensureDeferred(handler(node, data))
+    try:
+        if handler is None:
+            raise GrapeRequestNotFound()
+        result = handler(node, data)
+    except Exception:
+        return fail()
+    # announce and lookup, the hot operations, return Deferreds; put and get are coroutines.
+    return result if isinstance(result, Deferred) else ensureDeferred(result)  # type: ignore[arg-type]
 
 
-async def _raise(error: Exception) -> Any:
-    raise error
-
-
-async def announce(node: DHTNode, data: Any) -> int:
+def announce(node: DHTNode, data: Any) -> Deferred[int]:
     if not isinstance(data, list):
         raise GrapeAnnounceInvalid()
     name = data[0] if data else None
@@ -64,13 +65,13 @@ async def announce(node: DHTNode, data: Any) -> int:
         raise GrapeServicePortInvalid()
     if not isinstance(name, str):
         raise GrapeDataInvalid("ERR_GRAPE_ANNOUNCE: the service name must be a string")
-    return await node.announce(name.encode("utf-8"), port)
+    return node.announce(name.encode("utf-8"), port)
 
 
-async def lookup(node: DHTNode, data: Any) -> list[str]:
+def lookup(node: DHTNode, data: Any) -> Deferred[list[str]]:
     if not isinstance(data, str) or not data:
         raise GrapeLookupInvalid()
-    return await node.lookup(data.encode("utf-8"))
+    return node.lookup(data.encode("utf-8"))
 
 
 def _value_to_bencode(value: Any) -> Any:
