@@ -77,7 +77,7 @@ import os
 import re
 import struct
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import attrs
 from autobahn.twisted.websocket import (
@@ -408,6 +408,71 @@ def _xor_mask(data: bytes, key: bytes) -> bytes:
     return (int.from_bytes(data, "little") ^ int.from_bytes(stream, "little")).to_bytes(n, "little")
 
 
+def _start_closing(protocol: WebSocketProtocol, code: int | None = None) -> None:
+    """Send a close frame on an open socket; drop one still opening or closing."""
+    if protocol.state == WebSocketProtocol.STATE_OPEN:
+        protocol.sendClose(code)
+    elif protocol.state != WebSocketProtocol.STATE_CLOSED:
+        protocol.dropConnection(abort=True)
+
+
+class _ServerFactory(WebSocketServerFactory):
+    """Builds each connection's protocol with ``new_protocol()`` (no status page)."""
+
+    def __init__(self, reactor: Any, new_protocol: Callable[[], WebSocketServerProtocol]) -> None:
+        super().__init__(reactor=reactor)
+        self._new_protocol = new_protocol
+        self.setProtocolOptions(webStatus=False)
+
+    def buildProtocol(self, addr: Any) -> WebSocketServerProtocol:
+        protocol = self._new_protocol()
+        protocol.factory = self
+        return protocol
+
+
+class _ListeningTransport:
+    """Listening and stopping, shared by :class:`WSServerTransport` and :class:`WSPubTransport`.
+
+    A subclass sets ``_reactor``, ``tls`` (a context factory or ``None``), ``interface``,
+    ``factory`` and ``_port = None``.
+    """
+
+    _reactor: Any
+    tls: Any
+    interface: str
+    factory: WebSocketServerFactory
+    _port: Any
+
+    def _listen(self, port: int, description: str) -> Deferred[int]:
+        """Listen on ``port`` (over TLS when ``tls`` is set); fire with the bound port."""
+        endpoint: Any
+        if self.tls is not None:
+            endpoint = endpoints.SSL4ServerEndpoint(
+                self._reactor, port, self.tls, interface=self.interface
+            )
+        else:
+            endpoint = endpoints.TCP4ServerEndpoint(self._reactor, port, interface=self.interface)
+
+        def listening(listening_port: Any) -> int:
+            self._port = listening_port
+            bound = int(listening_port.getHost().port)
+            log.info("{description} listening on port {port}", description=description, port=bound)
+            return bound
+
+        return cast("Deferred[int]", endpoint.listen(self.factory).addCallback(listening))
+
+    def _stop_listening(self, sockets: Iterable[Any]) -> Deferred[None]:
+        """Stop listening and close each of ``sockets``; fires once all are gone."""
+        port, self._port = self._port, None
+        waits: list[Deferred[Any]] = []
+        if port is not None:
+            waits.append(maybeDeferred(port.stopListening))
+        for protocol in list(sockets):
+            waits.append(protocol.gone)
+            _start_closing(protocol, 1000)
+        return _gather(waits)
+
+
 # --- RPC server ----------------------------------------------------------------------------------
 
 
@@ -510,19 +575,7 @@ class _ServerProtocol(_LeanServerProtocol):
             self.gone.callback(None)
 
 
-class _ServerFactory(WebSocketServerFactory):
-    def __init__(self, owner: WSServerTransport, reactor: Any) -> None:
-        super().__init__(reactor=reactor)
-        self._owner = owner
-        self.setProtocolOptions(webStatus=False)
-
-    def buildProtocol(self, addr: Any) -> _ServerProtocol:
-        protocol = _ServerProtocol(self._owner)
-        protocol.factory = self
-        return protocol
-
-
-class WSServerTransport:
+class WSServerTransport(_ListeningTransport):
     """The server side of WebSocket RPC (:class:`~grenache.peer.ServerTransport`).
 
     ``reactor`` provides TCP (and TLS) listening and the clock. ``interface`` is the address to
@@ -559,28 +612,14 @@ class WSServerTransport:
         self._port: Any = None
         self._sockets: set[_ServerProtocol] = set()
         self._sweeper = _Sweeper(self._clock, self._sweep)
-        self.factory = _ServerFactory(self, reactor)
+        self.factory = _ServerFactory(reactor, lambda: _ServerProtocol(self))
 
     def listen(self, port: int, serve: Serve) -> Deferred[int]:
         """Listen on ``port`` (0: any) and serve each request with ``serve``."""
         if self._port is not None:
             return fail(RuntimeError("WSServerTransport is already listening"))
         self._serve = serve
-        endpoint: Any
-        if self.tls is not None:
-            endpoint = endpoints.SSL4ServerEndpoint(
-                self._reactor, port, self.tls, interface=self.interface
-            )
-        else:
-            endpoint = endpoints.TCP4ServerEndpoint(self._reactor, port, interface=self.interface)
-
-        def listening(listening_port: Any) -> int:
-            self._port = listening_port
-            bound = int(listening_port.getHost().port)
-            log.info("WebSocket RPC server listening on port {port}", port=bound)
-            return bound
-
-        return cast("Deferred[int]", endpoint.listen(self.factory).addCallback(listening))
+        return self._listen(port, "WebSocket RPC server")
 
     @property
     def sockets(self) -> int:
@@ -603,24 +642,7 @@ class WSServerTransport:
     def stop(self) -> Deferred[None]:
         """Stop listening and close every client socket; fires once all are gone."""
         self._sweeper.cancel()
-        port, self._port = self._port, None
-        waits: list[Deferred[Any]] = []
-        if port is not None:
-            waits.append(maybeDeferred(port.stopListening))
-        waits.extend(_close_all(self._sockets, 1000))
-        return _gather(waits)
-
-
-def _close_all(protocols: Iterable[Any], code: int) -> list[Deferred[Any]]:
-    """Start closing every socket; the Deferreds fire when each connection is lost."""
-    waits: list[Deferred[Any]] = []
-    for protocol in list(protocols):
-        waits.append(protocol.gone)
-        if protocol.state == WebSocketProtocol.STATE_OPEN:
-            protocol.sendClose(code)
-        elif protocol.state != WebSocketProtocol.STATE_CLOSED:
-            protocol.dropConnection(abort=True)
-    return waits
+        return self._stop_listening(self._sockets)
 
 
 def _gather(waits: list[Deferred[Any]]) -> Deferred[None]:
@@ -646,82 +668,131 @@ class _Pending:
         self.sent = False
 
 
-class _ClientProtocol(_LeanClientProtocol):
-    """The socket of one :class:`_ClientConnection`."""
+class _OutgoingProtocol(_LeanClientProtocol):
+    """The socket of an :class:`_OutgoingSocket`, reporting to it as it opens and ends."""
 
-    def __init__(self, connection: _ClientConnection) -> None:
+    def __init__(self, outgoing: _OutgoingSocket[Any, Any]) -> None:
         super().__init__()
-        self._connection = connection
-        _configure(self, connection.owner.max_message_size)
+        self._outgoing = outgoing
+        _configure(self, outgoing.owner.max_message_size)
         self.gone: Deferred[None] = Deferred()
         self.close_reason: str | None = None
-        connection.attach(self)
+        outgoing.attach(self)
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        if self._connection.is_closed:
-            # Connected after the requests that wanted it were given up (stop, timeout).
+        if self._outgoing.is_closed:
+            # Connected after whoever wanted it gave up (stop, timeout, close).
             self.dropConnection(abort=True)
 
     def onOpen(self) -> None:
-        self._connection.opened()
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self._connection.received(payload)
+        self._outgoing.opened()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.close_reason = reason
-        if self._connection.is_open:
-            self._connection.lost(f"code {code} {reason or ''}".strip())
+        if self._outgoing.is_open:
+            self._outgoing.lost(f"code {code} {reason or ''}".strip())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         super().connectionLost(reason)
-        self._connection.lost(reason, self.close_reason)
+        self._outgoing.lost(reason, self.close_reason)
         if not self.gone.called:
             self.gone.callback(None)
 
 
-class _ClientConnection:
-    """The socket to one destination and the requests sent or queued on it."""
+_DialerT = TypeVar("_DialerT", bound="_DialingTransport")
+_ProtocolT = TypeVar("_ProtocolT", bound=_OutgoingProtocol)
 
-    def __init__(self, owner: WSClientTransport, dest: str) -> None:
+
+class _OutgoingSocket(Generic[_DialerT, _ProtocolT]):
+    """A socket this side opens to ``ws://<dest>/ws``: an RPC connection or a subscription.
+
+    A subclass says which protocol to build (:meth:`_new_protocol`), what to do once the
+    socket is open (:meth:`_on_open`) and when it ends (:meth:`lost`).
+    """
+
+    def __init__(self, owner: _DialerT, dest: str) -> None:
         self.owner = owner
         self.dest = dest
-        self.protocol: _ClientProtocol | None = None
+        self.protocol: _ProtocolT | None = None
         self.is_open = False
         self.is_closed = False
-        self.pending: dict[str, _Pending] = {}
-        self.last_activity = owner._clock.seconds()
         self._attempt: Deferred[Any] | None = None
 
+    def _new_protocol(self) -> _ProtocolT:
+        raise NotImplementedError
+
+    def _on_open(self) -> None:
+        raise NotImplementedError
+
+    def lost(self, reason: Any, detail: str | None = None) -> None:
+        raise NotImplementedError
+
     def start(self) -> None:
+        """Start opening the socket; a socket that cannot be opened is :meth:`lost`."""
         scheme = "wss" if self.owner.tls is not None else "ws"
         url = f"{scheme}://{self.dest}/ws"
         try:
             _split_dest(self.dest)
-            d = self.owner._agent.open(url, {}, protocol_class=lambda: _ClientProtocol(self))
+            d = self.owner._agent.open(url, {}, protocol_class=self._new_protocol)
         except Exception as e:
-            self.failed(e)
+            self.lost(e)
             return
         self._attempt = d
         d.addErrback(self._attempt_failed)
 
     def _attempt_failed(self, failure: Failure) -> None:
         self._attempt = None
-        self.failed(failure)
+        self.lost(failure)
 
-    def attach(self, protocol: _ClientProtocol) -> None:
+    def attach(self, protocol: _ProtocolT) -> None:
         self.protocol = protocol
         self.owner._protocols.add(protocol)
         protocol.gone.addBoth(lambda _: self.owner._protocols.discard(protocol))
 
     def opened(self) -> None:
+        """The handshake is done: use the socket, or close it if it was given up meanwhile."""
         if self.is_closed:
             assert self.protocol is not None
             self.protocol.sendClose()
             return
         self.is_open = True
         self._attempt = None
+        self._on_open()
+
+    def _shut(self) -> None:
+        """Cancel the connection attempt, or start closing the socket."""
+        protocol = self.protocol
+        if protocol is None:
+            if self._attempt is not None:
+                self._attempt.cancel()
+        else:
+            _start_closing(protocol)
+
+
+class _ClientProtocol(_OutgoingProtocol):
+    """The socket of one :class:`_ClientConnection`."""
+
+    def __init__(self, connection: _ClientConnection) -> None:
+        super().__init__(connection)
+        self._connection = connection
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self._connection.received(payload)
+
+
+class _ClientConnection(_OutgoingSocket["WSClientTransport", _ClientProtocol]):
+    """The socket to one destination and the requests sent or queued on it."""
+
+    def __init__(self, owner: WSClientTransport, dest: str) -> None:
+        super().__init__(owner, dest)
+        self.pending: dict[str, _Pending] = {}
+        self.last_activity = owner._clock.seconds()
+
+    def _new_protocol(self) -> _ClientProtocol:
+        return _ClientProtocol(self)
+
+    def _on_open(self) -> None:
         self.last_activity = self.owner._clock.seconds()
         protocol = self.protocol
         assert protocol is not None
@@ -775,17 +846,10 @@ class _ClientConnection:
             return
         self._retire(TransportClosed())
 
-    def close(self, error: Exception) -> None:
-        """Close the socket (idle, stop) and fail what is pending with ``error``."""
-        self._retire(error)
-        protocol = self.protocol
-        if protocol is None:
-            if self._attempt is not None:
-                self._attempt.cancel()
-        elif protocol.state == WebSocketProtocol.STATE_OPEN:
-            protocol.sendClose()
-        elif protocol.state != WebSocketProtocol.STATE_CLOSED:
-            protocol.dropConnection(abort=True)
+    def close(self) -> None:
+        """Close the socket (idle, stop); what is pending fails with TransportClosed."""
+        self._retire(TransportClosed())
+        self._shut()
 
     def _retire(self, error: Exception) -> None:
         if self.is_closed:
@@ -799,7 +863,42 @@ class _ClientConnection:
             p.deferred.errback(error)
 
 
-class WSClientTransport:
+class _DialingTransport:
+    """What :class:`WSClientTransport` and :class:`WSSubTransport` share: the socket opener,
+    the sockets still open (to wait for on stop) and the one timer, set by ``_sweep``."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        tls: Any,
+        connect_timeout: float,
+        max_message_size: int,
+        agent: _Agent | None,
+    ) -> None:
+        self._reactor = reactor
+        self._clock: Any = reactor
+        self.tls = tls
+        self.max_message_size = max_message_size
+        self._agent: _Agent = (
+            agent if agent is not None else _Connector(reactor, tls, connect_timeout)
+        )
+        self._protocols: set[_OutgoingProtocol] = set()
+        self._sweeper = _Sweeper(self._clock, self._sweep)
+        self._stopped = False
+
+    def _sweep(self, now: float) -> float | None:
+        raise NotImplementedError
+
+    def _close_every(self, sockets: Iterable[Any]) -> Deferred[None]:
+        """Refuse new work, close each of ``sockets``; fires once every socket is gone."""
+        self._stopped = True
+        self._sweeper.cancel()
+        for socket in list(sockets):
+            socket.close()
+        return _gather([p.gone for p in list(self._protocols)])
+
+
+class WSClientTransport(_DialingTransport):
     """The client side of WebSocket RPC (:class:`~grenache.peer.ClientTransport`).
 
     One socket per destination, opened on the first request and shared by every request to
@@ -823,18 +922,9 @@ class WSClientTransport:
     ) -> None:
         if max_message_size < 1 or not idle_timeout > 0 or not connect_timeout > 0:
             raise ValueError("limits and timeouts must be positive")
-        self._reactor = reactor
-        self._clock: Any = reactor
-        self.tls = tls
+        super().__init__(reactor, tls, connect_timeout, max_message_size, agent)
         self.idle_timeout = idle_timeout
-        self.max_message_size = max_message_size
-        self._agent: _Agent = (
-            agent if agent is not None else _Connector(reactor, tls, connect_timeout)
-        )
         self._connections: dict[str, _ClientConnection] = {}
-        self._protocols: set[_ClientProtocol] = set()
-        self._sweeper = _Sweeper(self._clock, self._sweep)
-        self._stopped = False
 
     def request(self, dest: str, request: OutgoingRequest) -> Deferred[Any]:
         """Send ``request`` to ``dest`` and fire with the reply's result (see the protocol)."""
@@ -893,18 +983,14 @@ class WSClientTransport:
             idle_at = connection.last_activity + self.idle_timeout
             if idle_at <= now:
                 log.debug("closing idle WebSocket socket to {dest}", dest=connection.dest)
-                connection.close(TransportClosed())
+                connection.close()
             elif nxt is None or idle_at < nxt:
                 nxt = idle_at
         return nxt
 
     def stop(self) -> Deferred[None]:
         """Close every socket; requests still pending fail with TransportClosed."""
-        self._stopped = True
-        self._sweeper.cancel()
-        for connection in list(self._connections.values()):
-            connection.close(TransportClosed())
-        return _gather([p.gone for p in list(self._protocols)])
+        return self._close_every(self._connections.values())
 
 
 # --- pub/sub -------------------------------------------------------------------------------------
@@ -940,19 +1026,7 @@ class _PubProtocol(_LeanServerProtocol):
             self.gone.callback(None)
 
 
-class _PubFactory(WebSocketServerFactory):
-    def __init__(self, owner: WSPubTransport, reactor: Any) -> None:
-        super().__init__(reactor=reactor)
-        self._owner = owner
-        self.setProtocolOptions(webStatus=False)
-
-    def buildProtocol(self, addr: Any) -> _PubProtocol:
-        protocol = _PubProtocol(self._owner)
-        protocol.factory = self
-        return protocol
-
-
-class WSPubTransport:
+class WSPubTransport(_ListeningTransport):
     """The publishing side of WebSocket pub/sub (:class:`~grenache.peer.PubTransport`).
 
     Every connected subscriber receives each published message verbatim: a ``str`` as a text
@@ -968,27 +1042,13 @@ class WSPubTransport:
         self._port: Any = None
         self._subscribers: set[_PubProtocol] = set()
         self._all: set[_PubProtocol] = set()
-        self.factory = _PubFactory(self, reactor)
+        self.factory = _ServerFactory(reactor, lambda: _PubProtocol(self))
 
     def listen(self, port: int) -> Deferred[int]:
         """Listen on ``port`` (0: any) for subscribers."""
         if self._port is not None:
             return fail(RuntimeError("WSPubTransport is already listening"))
-        endpoint: Any
-        if self.tls is not None:
-            endpoint = endpoints.SSL4ServerEndpoint(
-                self._reactor, port, self.tls, interface=self.interface
-            )
-        else:
-            endpoint = endpoints.TCP4ServerEndpoint(self._reactor, port, interface=self.interface)
-
-        def listening(listening_port: Any) -> int:
-            self._port = listening_port
-            bound = int(listening_port.getHost().port)
-            log.info("WebSocket publisher listening on port {port}", port=bound)
-            return bound
-
-        return cast("Deferred[int]", endpoint.listen(self.factory).addCallback(listening))
+        return self._listen(port, "WebSocket publisher")
 
     @property
     def subscribers(self) -> int:
@@ -1013,35 +1073,21 @@ class WSPubTransport:
 
     def stop(self) -> Deferred[None]:
         """Stop listening and close every subscriber's socket; fires once all are gone."""
-        port, self._port = self._port, None
-        waits: list[Deferred[Any]] = []
-        if port is not None:
-            waits.append(maybeDeferred(port.stopListening))
-        waits.extend(_close_all(self._all, 1000))
-        return _gather(waits)
+        return self._stop_listening(self._all)
 
 
-class _SubProtocol(_LeanClientProtocol):
+class _SubProtocol(_OutgoingProtocol):
     """A subscriber socket."""
 
     def __init__(self, subscription: _Subscription) -> None:
-        super().__init__()
+        super().__init__(subscription)
         self._subscription = subscription
-        _configure(self, subscription.owner.max_message_size)
-        self.gone: Deferred[None] = Deferred()
         self.last_seen = 0.0
         self.ping_sent: float | None = None
-        self.close_reason: str | None = None
-        subscription.attach(self)
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        if self._subscription.is_closed:
-            self.dropConnection(abort=True)
 
     def onOpen(self) -> None:
         self.last_seen = self._subscription.owner._clock.seconds()
-        self._subscription.opened()
+        super().onOpen()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.last_seen = self._subscription.owner._clock.seconds()
@@ -1050,19 +1096,8 @@ class _SubProtocol(_LeanClientProtocol):
     def onPong(self, payload: bytes) -> None:
         self.last_seen = self._subscription.owner._clock.seconds()
 
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.close_reason = reason
-        if self._subscription.is_open:
-            self._subscription.lost(f"code {code} {reason or ''}".strip())
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        super().connectionLost(reason)
-        self._subscription.lost(reason, self.close_reason)
-        if not self.gone.called:
-            self.gone.callback(None)
-
-
-class _Subscription:
+class _Subscription(_OutgoingSocket["WSSubTransport", _SubProtocol]):
     """One subscriber socket (:class:`~grenache.peer.SubConnection`)."""
 
     def __init__(
@@ -1072,45 +1107,15 @@ class _Subscription:
         on_message: Callable[[str | bytes], None],
         on_close: Callable[[], None],
     ) -> None:
-        self.owner = owner
-        self.dest = dest
+        super().__init__(owner, dest)
         self._on_message = on_message
         self._on_close = on_close
-        self.protocol: _SubProtocol | None = None
         self.ready: Deferred[SubConnection] = Deferred(lambda _: self.close())
-        self.is_open = False
-        self.is_closed = False
-        self._attempt: Deferred[Any] | None = None
 
-    def start(self) -> None:
-        scheme = "wss" if self.owner.tls is not None else "ws"
-        try:
-            _split_dest(self.dest)
-            d = self.owner._agent.open(
-                f"{scheme}://{self.dest}/ws", {}, protocol_class=lambda: _SubProtocol(self)
-            )
-        except Exception as e:
-            self.lost(e)
-            return
-        self._attempt = d
-        d.addErrback(self._attempt_failed)
+    def _new_protocol(self) -> _SubProtocol:
+        return _SubProtocol(self)
 
-    def _attempt_failed(self, failure: Failure) -> None:
-        self._attempt = None
-        self.lost(failure)
-
-    def attach(self, protocol: _SubProtocol) -> None:
-        self.protocol = protocol
-        self.owner._protocols.add(protocol)
-        protocol.gone.addBoth(lambda _: self.owner._protocols.discard(protocol))
-
-    def opened(self) -> None:
-        if self.is_closed:
-            assert self.protocol is not None
-            self.protocol.sendClose()
-            return
-        self.is_open = True
-        self._attempt = None
+    def _on_open(self) -> None:
         self.owner._subscriptions.add(self)
         interval = self.owner.heartbeat_interval
         if interval is not None:
@@ -1145,22 +1150,13 @@ class _Subscription:
 
     def close(self) -> None:
         """Close the socket; ``on_close`` is called if it was open."""
-        protocol = self.protocol
-        if protocol is None:
-            if self._attempt is not None:
-                self._attempt.cancel()
-            self.lost(CancelledError())
-            return
         was_open = self.is_open
-        if protocol.state == WebSocketProtocol.STATE_OPEN:
-            protocol.sendClose()
-        elif protocol.state != WebSocketProtocol.STATE_CLOSED:
-            protocol.dropConnection(abort=True)
+        self._shut()
         # on_close now, not after the closing handshake: the caller asked for it to end.
         self.lost("closed" if was_open else CancelledError())
 
 
-class WSSubTransport:
+class WSSubTransport(_DialingTransport):
     """The subscribing side of WebSocket pub/sub (:class:`~grenache.peer.SubTransport`).
 
     Connects to ``ws://<dest>/ws`` (``wss://`` with ``tls``) and hands each message to
@@ -1182,19 +1178,10 @@ class WSSubTransport:
     ) -> None:
         if heartbeat_interval is not None and not heartbeat_interval > 0:
             raise ValueError("heartbeat_interval must be positive or None")
-        self._reactor = reactor
-        self._clock: Any = reactor
-        self.tls = tls
+        super().__init__(reactor, tls, connect_timeout, max_message_size, agent)
         self.heartbeat_interval = heartbeat_interval
-        self.max_message_size = max_message_size
-        self._agent: _Agent = (
-            agent if agent is not None else _Connector(reactor, tls, connect_timeout)
-        )
         self._subscriptions: set[_Subscription] = set()
         self._pending: set[_Subscription] = set()
-        self._protocols: set[_SubProtocol] = set()
-        self._sweeper = _Sweeper(self._clock, self._sweep)
-        self._stopped = False
 
     def connect(
         self,
@@ -1252,8 +1239,4 @@ class WSSubTransport:
 
     def stop(self) -> Deferred[None]:
         """Close every subscriber socket (each ``on_close`` is called)."""
-        self._stopped = True
-        self._sweeper.cancel()
-        for subscription in list(self._subscriptions) + list(self._pending):
-            subscription.close()
-        return _gather([p.gone for p in list(self._protocols)])
+        return self._close_every(list(self._subscriptions) + list(self._pending))
