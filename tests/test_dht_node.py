@@ -329,6 +329,19 @@ class FlowTests(SynchronousTestCase):
             network.net.run(0.5)
         self.assertEqual(result_of(network.net, second.lookup(b"svc")), ["127.0.0.1:2000"])
 
+    def test_reannounce_from_cached_token_table(self) -> None:
+        network = Network(self)
+        first, second, third = network.chain(3)
+        self.assertEqual(result_of(network.net, first.announce(b"svc", 2000)), 2)
+        self.assertIsNotNone(first.tables.peek(b"svc"))
+        self.assertEqual(result_of(network.net, first.announce(b"svc", 2001)), 2)
+        network.net.detach(("127.0.0.1", third.port))
+        self.assertEqual(result_of(network.net, first.announce(b"svc", 2002), within=10), 1)
+        network.net.detach(("127.0.0.1", second.port))
+        self.assertRaises(
+            AllQueriesFailed, result_of, network.net, first.announce(b"svc", 2003), within=10
+        )
+
     def test_hundred_nodes_one_byte_key(self) -> None:
         network = Network(self)
         nodes = network.chain(100)

@@ -96,12 +96,20 @@ class Response:
 # --- encoding -----------------------------------------------------------------------------
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def _strip_none(value: Any) -> Any:
     """Drop ``None`` dict values and list items, recursively, as Node's bencode encoder does."""
+    # Scalars are kept without a call: this runs on every query we send.
     if isinstance(value, dict):
-        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+        return {
+            k: _strip_none(v) if isinstance(v, _CONTAINERS) else v
+            for k, v in value.items()
+            if v is not None
+        }
     if isinstance(value, (list, tuple)):
-        return [_strip_none(v) for v in value if v is not None]
+        return [_strip_none(v) if isinstance(v, _CONTAINERS) else v for v in value if v is not None]
     return value
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 import bencode2
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -458,25 +458,35 @@ class DHTNode:
         return walk.run().addCallback(finished)
 
     def _send_to_all(self, table: KBucket, query: str, args: dict[str, Any]) -> Deferred[int]:
-        """Send ``query`` to every token-table contact with its own token (Node's queryAll)."""
+        """Send ``query`` to every token-table contact with its own token (Node's queryAll).
+
+        Fires with the number of contacts that answered. When none did, fails with the first
+        3xx :class:`KRPCError` in table order, else :class:`AllQueriesFailed`; with no contact
+        to send to, fails with :class:`NoNodesToQuery`.
+        """
         contacts = [c for c in table.to_list() if c.token]
         if not contacts:
             return _fail(NoNodesToQuery())
-        calls = [
-            self.krpc.query(c.addr, query, {**args, "token": c.token}, node_id=c.id)
-            for c in contacts
-        ]
+        return self._query_all(contacts, query, args)
 
-        def tally(results: list[tuple[bool, Any]]) -> int:
-            hits = sum(1 for ok, _ in results if ok)
-            if hits:
-                return hits
-            for ok, failure in results:
-                if not ok and failure.check(KRPCError) and 300 <= failure.value.code < 400:
-                    raise failure.value
-            raise AllQueriesFailed()
-
-        return DeferredList(calls, consumeErrors=True).addCallback(tally)
+    def _query_all(
+        self, contacts: list[Contact], query: str, args: dict[str, Any]
+    ) -> Deferred[int]:
+        # The hot path of every announce: no DeferredList, one callback pair per query.
+        query_one = self.krpc.query
+        try:
+            if len(contacts) == 1:
+                c = contacts[0]
+                d = query_one(c.addr, query, {**args, "token": c.token}, node_id=c.id)
+                return d.addCallbacks(_one_hit, _none_hit)
+            tally = _Tally(len(contacts))
+            for index, c in enumerate(contacts):
+                query_one(c.addr, query, {**args, "token": c.token}, node_id=c.id).addCallbacks(
+                    tally.hit, tally.miss, errbackArgs=(index,)
+                )
+        except Exception:
+            return fail()
+        return tally.result
 
     def announce(self, key: bytes, port: int) -> Deferred[int]:
         """Announce ``port`` under ``key``; fires with the number of nodes that stored it.
@@ -490,6 +500,13 @@ class DHTNode:
         if self.config.host is not None:
             self.peers.add(key, encode_peer(self.config.host, port))
         args = {"implied_port": 0, "info_hash": key, "port": port}
+        table = self.tables.peek(key)
+        if table is not None:
+            # A cached token table (re-announces): send at once, no Deferred in between.
+            contacts = [c for c in table.to_list() if c.token]
+            if not contacts:
+                return succeed(self._announce_alone(key, port))
+            return self._query_all(contacts, "announce_peer", args)
 
         def send(table: KBucket) -> Deferred[int]:
             return self._send_to_all(table, "announce_peer", args)
@@ -498,11 +515,14 @@ class DHTNode:
 
         def alone(failure: Failure) -> int:
             failure.trap(NoNodesToQuery)
-            if self.config.host is None:
-                self.own_peers.add(key, encode_peer("127.0.0.1", port))
-            return 1
+            return self._announce_alone(key, port)
 
         return d.addErrback(alone)
+
+    def _announce_alone(self, key: bytes, port: int) -> int:
+        if self.config.host is None:
+            self.own_peers.add(key, encode_peer("127.0.0.1", port))
+        return 1
 
     def put(self, item: bep44.Item, cas: int | None = None) -> Deferred[PutResult]:
         """Store a BEP 44 item in the DHT; fires with its key and the number of storing nodes.
@@ -596,6 +616,52 @@ def _peer_text(record: bytes) -> bytes | None:
     """A compact peer as ``b"ip:port"`` (None for a malformed one); peers recur, so cached."""
     addr = decode_peer(record)
     return None if addr is None else f"{addr[0]}:{addr[1]}".encode("ascii")
+
+
+def _one_hit(_: Response) -> int:
+    return 1
+
+
+def _none_hit(failure: Failure) -> int:
+    """The only query of an announce or put failed: a 3xx refusal, or all queries failed."""
+    error = failure.value
+    if isinstance(error, KRPCError) and 300 <= error.code < 400:
+        raise error
+    raise AllQueriesFailed()
+
+
+class _Tally:
+    """Counts the answers to a query sent to several nodes; ``result`` fires when all ended."""
+
+    __slots__ = ("_hits", "_left", "_refusal", "result")
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._hits = 0
+        self._refusal: tuple[int, KRPCError] | None = None
+        self.result: Deferred[int] = Deferred()
+
+    def hit(self, _: Response) -> None:
+        self._hits += 1
+        self._one_done()
+
+    def miss(self, failure: Failure, index: int) -> None:
+        error = failure.value
+        if isinstance(error, KRPCError) and 300 <= error.code < 400:
+            if self._refusal is None or index < self._refusal[0]:
+                self._refusal = (index, error)
+        self._one_done()
+
+    def _one_done(self) -> None:
+        self._left -= 1
+        if self._left:
+            return
+        if self._hits:
+            self.result.callback(self._hits)
+        elif self._refusal is not None:
+            self.result.errback(Failure(self._refusal[1]))
+        else:
+            self.result.errback(Failure(AllQueriesFailed()))
 
 
 def _fail(error: Exception) -> Deferred[Any]:
