@@ -24,7 +24,7 @@ import inspect
 import os
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 from twisted.internet.defer import (
@@ -263,17 +263,20 @@ def _default_reactor() -> Any:
 # --- RPC server ----------------------------------------------------------------------------
 
 
-class PeerRPCServer:
-    """Serves ``handler`` over a server transport and announces it through ``link``.
+_ListeningT = TypeVar("_ListeningT", ServerTransport, PubTransport)
 
-    ``link`` may be ``None`` for a server that is only reached directly (tests, fixed
+
+class _AnnouncedListener(Generic[_ListeningT]):
+    """What :class:`PeerRPCServer` and :class:`PeerPub` share: the port their transport
+    listens on, announcing that port by name through ``link``, and stopping both.
+
+    ``link`` may be ``None`` for a peer that is only reached directly (tests, fixed
     addresses); :meth:`announce` then fails.
     """
 
-    def __init__(self, link: Any, transport: ServerTransport, handler: Handler) -> None:
+    def __init__(self, link: Any, transport: _ListeningT) -> None:
         self.link = link
-        self.transport = transport
-        self.handler = handler
+        self.transport: _ListeningT = transport
         self._port: int | None = None
         self._announced: list[tuple[str, int]] = []
         self._stopped = False
@@ -282,27 +285,17 @@ class PeerRPCServer:
     def port(self) -> int:
         """The port the transport listens on; raises RuntimeError before :meth:`listen`."""
         if self._port is None:
-            raise RuntimeError("PeerRPCServer.listen() has not completed")
+            raise RuntimeError(f"{type(self).__name__}.listen() has not completed")
         return self._port
 
-    def listen(self, port: int = 0) -> Deferred[int]:
-        """Start the transport on ``port`` (0: any) and fire with the bound port."""
-
-        def bound(actual: int) -> int:
-            self._port = actual
-            return actual
-
-        d = self.transport.listen(port, self._serve)
-        d.addCallback(bound)
-        return d
-
-    def _serve(self, request: Request) -> Deferred[Any]:
-        return call_handler(self.handler, request)
+    def _bound(self, actual: int) -> int:
+        self._port = actual
+        return actual
 
     def announce(self, name: str) -> Deferred[int]:
         """Announce ``name`` on the bound port until :meth:`stop` (link.start_announcing)."""
         if self.link is None:
-            return fail(RuntimeError("PeerRPCServer has no link to announce with"))
+            return fail(RuntimeError(f"{type(self).__name__} has no link to announce with"))
         port = self.port
         self._announced.append((name, port))
         return self.link.start_announcing(name, port)  # type: ignore[no-any-return]
@@ -312,17 +305,32 @@ class PeerRPCServer:
         if self._stopped:
             return succeed(None)
         self._stopped = True
-        _stop_announcing(self.link, self._announced)
+        for name, port in self._announced:
+            try:
+                self.link.stop_announcing(name, port)
+            except Exception:
+                log.failure("stop_announcing({name}, {port}) failed", name=name, port=port)
+        self._announced.clear()
         return self.transport.stop()
 
 
-def _stop_announcing(link: Any, announced: list[tuple[str, int]]) -> None:
-    for name, port in announced:
-        try:
-            link.stop_announcing(name, port)
-        except Exception:
-            log.failure("stop_announcing({name}, {port}) failed", name=name, port=port)
-    announced.clear()
+class PeerRPCServer(_AnnouncedListener[ServerTransport]):
+    """Serves ``handler`` over a server transport and announces it through ``link``.
+
+    ``link`` may be ``None`` for a server that is only reached directly (tests, fixed
+    addresses); :meth:`announce` then fails.
+    """
+
+    def __init__(self, link: Any, transport: ServerTransport, handler: Handler) -> None:
+        super().__init__(link, transport)
+        self.handler = handler
+
+    def listen(self, port: int = 0) -> Deferred[int]:
+        """Start the transport on ``port`` (0: any) and fire with the bound port."""
+        return self.transport.listen(port, self._serve).addCallback(self._bound)
+
+    def _serve(self, request: Request) -> Deferred[Any]:
+        return call_handler(self.handler, request)
 
 
 # --- RPC client ----------------------------------------------------------------------------
@@ -395,13 +403,17 @@ class PeerRPCClient:
 
     # --- requests ---
 
-    def _outgoing(
-        self, key: str, payload: Any, timeout: float | None, compress: bool
-    ) -> OutgoingRequest:
+    def _call_timeout(self, timeout: float | None) -> float:
+        """A call's own ``timeout``, or the client's; ValueError unless it is positive."""
         t = self.timeout if timeout is None else timeout
         if not t > 0:
             raise ValueError("timeout must be a positive number of seconds")
-        return OutgoingRequest(new_rid(), key, payload, float(t), compress)
+        return float(t)
+
+    def _outgoing(
+        self, key: str, payload: Any, timeout: float | None, compress: bool
+    ) -> OutgoingRequest:
+        return OutgoingRequest(new_rid(), key, payload, self._call_timeout(timeout), compress)
 
     def request(
         self,
@@ -422,14 +434,13 @@ class PeerRPCClient:
         """
         if self._stopped:
             return fail(errors.TransportClosed("ERR_TRANSPORT_CLOSE: client stopped"))
-        t = self.timeout if timeout is None else timeout
-        if not t > 0:
-            return fail(ValueError("timeout must be a positive number of seconds"))
+        try:
+            t = self._call_timeout(timeout)
+        except ValueError as e:
+            return fail(e)
         # Callbacks rather than a coroutine: this is the hot path of every call.
         d: Deferred[Any] = self.link.lookup(key)
-        return d.addCallback(
-            self._first_attempt, key, payload, float(t), max(1, int(retry)), compress
-        )
+        return d.addCallback(self._first_attempt, key, payload, t, max(1, int(retry)), compress)
 
     def _first_attempt(
         self,
@@ -553,10 +564,11 @@ class PeerRPCClient:
             return fail(
                 NotImplementedError(f"{type(self.transport).__name__} does not open streams")
             )
-        t = self.timeout if timeout is None else timeout
-        if not t > 0:
-            return fail(ValueError("timeout must be a positive number of seconds"))
-        return Deferred.fromCoroutine(self._stream(open_stream, key, headers, float(t)))
+        try:
+            t = self._call_timeout(timeout)
+        except ValueError as e:
+            return fail(e)
+        return Deferred.fromCoroutine(self._stream(open_stream, key, headers, t))
 
     async def _stream(
         self,
@@ -593,51 +605,16 @@ class PeerRPCClient:
 # --- pub/sub ---------------------------------------------------------------------------------
 
 
-class PeerPub:
+class PeerPub(_AnnouncedListener[PubTransport]):
     """Publishes messages to every connected subscriber and announces itself by name."""
-
-    def __init__(self, link: Any, transport: PubTransport) -> None:
-        self.link = link
-        self.transport = transport
-        self._port: int | None = None
-        self._announced: list[tuple[str, int]] = []
-        self._stopped = False
-
-    @property
-    def port(self) -> int:
-        """The port the transport listens on; raises RuntimeError before :meth:`listen`."""
-        if self._port is None:
-            raise RuntimeError("PeerPub.listen() has not completed")
-        return self._port
 
     def listen(self, port: int = 0) -> Deferred[int]:
         """Start the transport on ``port`` (0: any) and fire with the bound port."""
-
-        def bound(actual: int) -> int:
-            self._port = actual
-            return actual
-
-        return self.transport.listen(port).addCallback(bound)
-
-    def announce(self, name: str) -> Deferred[int]:
-        """Announce ``name`` on the bound port until :meth:`stop`."""
-        if self.link is None:
-            return fail(RuntimeError("PeerPub has no link to announce with"))
-        port = self.port
-        self._announced.append((name, port))
-        return self.link.start_announcing(name, port)  # type: ignore[no-any-return]
+        return self.transport.listen(port).addCallback(self._bound)
 
     def pub(self, message: str | bytes) -> int:
         """Send ``message`` to every subscriber; return how many it was sent to."""
         return self.transport.publish(message)
-
-    def stop(self) -> Deferred[None]:
-        """Stop announcing and stop the transport."""
-        if self._stopped:
-            return succeed(None)
-        self._stopped = True
-        _stop_announcing(self.link, self._announced)
-        return self.transport.stop()
 
 
 _EVENTS = ("message", "connected", "disconnected")
