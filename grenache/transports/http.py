@@ -743,14 +743,18 @@ class _Call:
     def _cancel(self, d: Deferred[Any]) -> None:
         self._detach()  # the Deferred then fails with CancelledError
 
-    def _detach(self) -> None:
-        """Mark done, stop the timer, and drop the connection the reply would have used."""
+    def _settle(self) -> None:
+        """Mark done, stop the timer and forget the connection."""
         self.done = True
-        if self.timer is not None:
-            if self.timer.active():
-                self.timer.cancel()
-            self.timer = None
-        conn, self.conn = self.conn, None
+        self.conn = None
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    def _detach(self) -> None:
+        """Settle, and drop the connection the reply would have used."""
+        conn = self.conn
+        self._settle()
         if conn is not None and conn.call is self:
             conn.call = None
             conn.abort()
@@ -765,21 +769,13 @@ class _Call:
     def fail(self, error: BaseException) -> None:
         if self.done:
             return
-        self.done = True
-        self.conn = None
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        self._settle()
         self.deferred.errback(error)
 
     def reply(self, status: int, body: bytes, limit: int | None) -> None:
         if self.done:
             return
-        self.done = True
-        self.conn = None
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        self._settle()
         try:
             result = parse_reply(status, body, compress=self.compress, rid=self.rid, limit=limit)
         except Exception as e:
@@ -790,6 +786,54 @@ class _Call:
 
 class _StopParsing(Exception):
     """Raised in a parser callback to abandon the response."""
+
+
+def _feed_response(parser: httptools.HttpResponseParser, data: bytes) -> BaseException | None:
+    """Feed ``data`` to a response parser; the error to fail with if the response is bad.
+
+    ``None`` when it parsed, or when a callback raised :class:`_StopParsing` (it has dealt
+    with the response already).
+    """
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserUpgrade:
+        return errors.RemoteError("ERR_REQUEST_GENERIC: unexpected protocol upgrade")
+    except httptools.HttpParserError as e:
+        if isinstance(e.__context__, _StopParsing):
+            return None
+        return errors.RemoteError(f"ERR_REQUEST_GENERIC: invalid HTTP response ({e})")
+    return None
+
+
+def _set_no_delay(transport: Any) -> None:
+    """Turn Nagle off: requests are written whole, never held back (Node's agent does the same)."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass
+
+
+def _drop_connection(transport: Any) -> None:
+    """Close at once, without flushing writes, where the transport can."""
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.loseConnection()
+
+
+def _tls_error(reason: Failure) -> errors.TLSHandshakeError:
+    """The error for a connection that ended in a failed TLS handshake."""
+    return errors.TLSHandshakeError(f"ERR_REQUEST_GENERIC: TLS: {reason.value}")
+
+
+def _connect_error(dest: str, reason: Failure) -> BaseException:
+    """The error for a connection to ``dest`` that could not be made."""
+    if reason.check(SSL.Error):
+        return _tls_error(reason)
+    return errors.DestinationUnreachable(f"ERR_REQUEST_GENERIC: {dest}: {reason.getErrorMessage()}")
 
 
 class _ClientProtocol(protocol.Protocol):
@@ -811,13 +855,7 @@ class _ClientProtocol(protocol.Protocol):
         self._framed = False
 
     def connectionMade(self) -> None:
-        # Requests are written whole: never let Nagle hold one back (Node's agent does the same).
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            try:
-                set_no_delay(True)
-            except OSError:
-                pass
+        _set_no_delay(self.transport)
         self.pool.connection_made(self)
 
     def send(self, call: _Call) -> None:
@@ -838,12 +876,7 @@ class _ClientProtocol(protocol.Protocol):
         if self.closed:
             return
         self.closed = True
-        transport: Any = self.transport
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.loseConnection()
+        _drop_connection(self.transport)
 
     def close(self) -> None:
         """Close an idle connection politely."""
@@ -859,15 +892,9 @@ class _ClientProtocol(protocol.Protocol):
             self.abort()
             return
         self.received = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(errors.RemoteError("ERR_REQUEST_GENERIC: unexpected protocol upgrade"))
-        except httptools.HttpParserError as e:
-            cause = e.__context__
-            if isinstance(cause, _StopParsing):
-                return
-            self._fail(errors.RemoteError(f"ERR_REQUEST_GENERIC: invalid HTTP response ({e})"))
+        error = _feed_response(self.parser, data)
+        if error is not None:
+            self._fail(error)
 
     def _fail(self, error: BaseException) -> None:
         call, self.call = self.call, None
@@ -919,7 +946,7 @@ class _ClientProtocol(protocol.Protocol):
         if self.headers_done and self.until_eof:
             call.reply(self.status, b"".join(self.body), self.limit)
         elif not self.received and reason.check(SSL.Error):
-            call.fail(errors.TLSHandshakeError(f"ERR_REQUEST_GENERIC: TLS: {reason.value}"))
+            call.fail(_tls_error(reason))
         else:
             call.fail(
                 errors.TransportClosed(
@@ -1024,14 +1051,7 @@ class _Pool:
         if self.connections or self.attempts:
             return  # the waiting requests are served by the other connections
         waiting, self.waiting = list(self.waiting), deque()
-        if reason.check(SSL.Error):
-            error: BaseException = errors.TLSHandshakeError(
-                f"ERR_REQUEST_GENERIC: TLS: {reason.value}"
-            )
-        else:
-            error = errors.DestinationUnreachable(
-                f"ERR_REQUEST_GENERIC: {self.dest}: {reason.getErrorMessage()}"
-            )
+        error = _connect_error(self.dest, reason)
         for call in waiting:
             call.fail(error)
         self.owner.pool_empty(self)
@@ -1261,12 +1281,7 @@ class _StreamConnection(protocol.Protocol):
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
-        set_no_delay = getattr(transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            try:
-                set_no_delay(True)
-            except OSError:
-                pass
+        _set_no_delay(transport)
         self.factory.connected(self)
         transport.write(self.factory.head)
         self.activity()
@@ -1287,12 +1302,9 @@ class _StreamConnection(protocol.Protocol):
         self.activity()
         if self.complete or self.closed:
             return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.abort(errors.RemoteError("ERR_REQUEST_GENERIC: unexpected protocol upgrade"))
-        except httptools.HttpParserError as e:
-            self.abort(errors.RemoteError(f"ERR_REQUEST_GENERIC: invalid HTTP response ({e})"))
+        error = _feed_response(self.parser, data)
+        if error is not None:
+            self.abort(error)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.closed = True
@@ -1302,7 +1314,7 @@ class _StreamConnection(protocol.Protocol):
         if self.reason is not None:
             error: BaseException = self.reason
         elif not self.received and reason.check(SSL.Error):
-            error = errors.TLSHandshakeError(f"ERR_REQUEST_GENERIC: TLS: {reason.value}")
+            error = _tls_error(reason)
         else:
             error = errors.TransportClosed(
                 "ERR_TRANSPORT_CLOSE: connection lost: " + reason.getErrorMessage()
@@ -1414,12 +1426,7 @@ class _StreamConnection(protocol.Protocol):
             self.fail_waiting(Failure(error))
         self.stream._connection_gone(Failure(error))
         self.closed = True
-        transport: Any = self.transport
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.loseConnection()
+        _drop_connection(self.transport)
 
     def close(self) -> None:
         if self.closed:
@@ -1473,15 +1480,7 @@ class _StreamConnectFactory(protocol.ClientFactory):
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not self.opened.called:
-            if reason.check(SSL.Error):
-                error: BaseException = errors.TLSHandshakeError(
-                    f"ERR_REQUEST_GENERIC: TLS: {reason.value}"
-                )
-            else:
-                error = errors.DestinationUnreachable(
-                    f"ERR_REQUEST_GENERIC: {self.dest}: {reason.getErrorMessage()}"
-                )
-            self.opened.errback(error)
+            self.opened.errback(_connect_error(self.dest, reason))
         self.owner.stream_done(self)
 
     def stop(self, error: BaseException) -> None:
