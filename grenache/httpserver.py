@@ -55,7 +55,7 @@ TLS is not handled here: serve the factory through a TLS endpoint.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from http import HTTPStatus
 from typing import Any
 
@@ -89,10 +89,20 @@ __all__ = [
     "RequestHandler",
     "StreamHandler",
     "StreamRouter",
+    "header_value",
     "read_body",
 ]
 
 log = Logger()
+
+
+def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of the first of ``headers`` (names lowercased) called ``name`` (any case)."""
+    name = name.lower()
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
 
 
 @attrs.frozen
@@ -112,11 +122,7 @@ class HTTPRequest:
 
     def header(self, name: bytes) -> bytes | None:
         """The value of the first header called ``name`` (any case), or ``None``."""
-        name = name.lower()
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return header_value(self.headers, name)
 
 
 @attrs.frozen
@@ -622,11 +628,7 @@ class HTTPStreamRequest(BodyStream):
 
     def header(self, name: bytes) -> bytes | None:
         """The value of the first header called ``name`` (any case), or ``None``."""
-        name = name.lower()
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return header_value(self.headers, name)
 
     def _holding_changed(self) -> None:
         self._proto._stream_hold_changed(self)

@@ -88,6 +88,7 @@ from grenache.httpserver import (
     HTTPStreamRequest,
     HTTPStreamResponse,
     StreamHandler,
+    header_value,
     read_body,
 )
 from grenache.peer import OutgoingRequest, Request, error_message, new_rid
@@ -1199,11 +1200,7 @@ class StreamReply(BodyStream):
 
     def header(self, name: bytes) -> bytes | None:
         """The value of the first header called ``name`` (any case), or ``None``."""
-        name = name.lower()
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return header_value(self.headers, name)
 
     def _holding_changed(self) -> None:
         self._conn.hold_changed()
