@@ -1023,10 +1023,7 @@ class HTTPServerProtocol(protocol.Protocol):
         stream = self._stream_in
         if stream is not None:
             self._stream_in = None
-            self._url = []
-            self._headers = []
-            self._body_size = 0
-            self._header_size = 0
+            self._forget_message()
             if slot is None:  # pragma: no cover - headers_complete always runs first
                 return
             slot.request_done = True
@@ -1041,11 +1038,8 @@ class HTTPServerProtocol(protocol.Protocol):
                 raise _StopParsing()
             return
         request = self.requestReceived(self._parser.get_method())
-        self._url = []
-        self._headers = []
+        self._forget_message()
         self._body = []
-        self._body_size = 0
-        self._header_size = 0
         if slot is None:  # pragma: no cover - headers_complete always runs first
             return
         slot.head = request.method == "HEAD"
@@ -1055,6 +1049,13 @@ class HTTPServerProtocol(protocol.Protocol):
         if slot.close:
             self._stop_input()
             raise _StopParsing()
+
+    def _forget_message(self) -> None:
+        """Reset what was gathered of the request just parsed, for the next one."""
+        self._url = []
+        self._headers = []
+        self._body_size = 0
+        self._header_size = 0
 
     # --- request assembly (the seams for subclasses) --------------------------------------
 
