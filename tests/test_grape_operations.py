@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from grenache.dht import bep44
@@ -30,7 +31,8 @@ class OperationTests(SynchronousTestCase):
         self.first, self.second = self.network.chain(2)
 
     def run_op(self, operation: str, data: Any, node: Any = None) -> Any:
-        return result_of(self.network.net, dispatch(node or self.first, operation, data))
+        answer = dispatch(node or self.first, operation, data)
+        return result_of(self.network.net, maybeDeferred(lambda: answer))
 
     def fails(self, error: type[Exception], operation: str, data: Any) -> Exception:
         return self.assertRaises(error, self.run_op, operation, data)

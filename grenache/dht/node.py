@@ -399,6 +399,9 @@ class DHTNode:
 
         Concurrent lookups of one key share a single walk. Never fails.
         """
+        peers = self.lookup_now(key)
+        if peers is not None:
+            return succeed(peers)
         waiters = self._lookups.get(key)
         if waiters is not None:
             waiter: Deferred[list[str]] = Deferred()
@@ -417,22 +420,35 @@ class DHTNode:
 
         return walk.addCallback(share)
 
+    def lookup_now(self, key: bytes) -> list[str] | None:
+        """The answer of :meth:`lookup` when it needs no walk (a lone node: nobody to ask).
+
+        ``None`` when the lookup has to ask the network; then call :meth:`lookup`.
+        """
+        if self.config.bootstrap or len(self.routing) != 0:
+            return None
+        self._gather(key)
+        return self._peer_texts(key)
+
+    def _gather(self, key: bytes) -> None:
+        """Remember the peers stored here under ``key`` among the lookup's results."""
+        for record in self.peers.get(key, LOOKUP_RESULT_LIMIT) + self.own_peers.get(key):
+            self._remember(key, record)
+
+    def _peer_texts(self, key: bytes) -> list[str]:
+        return [r.decode("ascii") for r in self.seen_peers.get(key, LOOKUP_RESULT_LIMIT)]
+
     def _remember(self, key: bytes, record: bytes) -> None:
         text = _peer_text(record)
         if text is not None:
             self.seen_peers.add(key, text)
 
     def _run_lookup(self, key: bytes) -> Deferred[list[str]]:
-        for record in self.peers.get(key, LOOKUP_RESULT_LIMIT) + self.own_peers.get(key):
-            self._remember(key, record)
+        self._gather(key)
 
-        def finished(table: KBucket | None) -> list[str]:
-            if table is not None:
-                self.tables.set(key, table)
-            return [r.decode("ascii") for r in self.seen_peers.get(key, LOOKUP_RESULT_LIMIT)]
-
-        if not self.config.bootstrap and len(self.routing) == 0:
-            return succeed(finished(None))  # a lone node: nobody to ask
+        def finished(table: KBucket) -> list[str]:
+            self.tables.set(key, table)
+            return self._peer_texts(key)
 
         def visit(response: Response) -> None:
             values = response.r.get("values")

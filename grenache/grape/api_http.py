@@ -52,8 +52,9 @@ __all__ = ["Dispatch", "GrapeHTTPAPI", "grape_http_factory"]
 
 log = Logger()
 
-Dispatch = Callable[[str, Any], "Deferred[Any]"]
-"""``dispatch(operation, data)``: fires with a JSON-able result, or ``None`` for an empty body."""
+Dispatch = Callable[[str, Any], Any]
+"""``dispatch(operation, data)``: a JSON-able result (``None`` for an empty body), or a Deferred
+(or coroutine) of one. A result answered at once is answered at once: no Deferred at all."""
 
 PAYLOAD_INVALID = HTTPResponse(500, b"ERR_GRAPE_PAYLOAD_INVALID")
 PAYLOAD_NOT_OBJECT = HTTPResponse(500, b"ERR_GRAPE_PAYLOAD_INVALID: body must be a JSON object")
@@ -95,11 +96,11 @@ class GrapeHTTPAPI:
             d = self._dispatch(operation, message.get("data"))
         except Exception:
             return _failure(Failure(), operation)
-        if isinstance(d, Coroutine):
-            d = Deferred.fromCoroutine(d)
         if not isinstance(d, Deferred):
-            return _result(d, operation)
-        # One callback pair: this is the hot path of every API request.
+            if not isinstance(d, Coroutine):
+                return _result(d, operation)
+            d = Deferred.fromCoroutine(d)
+        # One callback pair: this is the hot path of every API request that waits.
         return d.addCallbacks(
             _result, _failure, callbackArgs=(operation,), errbackArgs=(operation,)
         )

@@ -59,7 +59,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -78,11 +78,12 @@ __all__ = [
     "hard_message_limit",
 ]
 
-Dispatch = Callable[[str, Any], "Deferred[Any]"]
+Dispatch = Callable[[str, Any], Any]
 """``dispatch(operation, data)``: the same dispatcher the HTTP API uses.
 
-It fires with the operation's result, or fails with a :class:`~grenache.errors.GrenacheError`
-whose ``message`` is what goes on the wire (``GrapeRequestNotFound`` for an unknown operation).
+It answers the operation's result or a Deferred that fires with it, or fails with a
+:class:`~grenache.errors.GrenacheError` whose ``message`` is what goes on the wire
+(``GrapeRequestNotFound`` for an unknown operation).
 """
 
 ERR_GRAPE_BUSY = "ERR_GRAPE_BUSY"

@@ -1,9 +1,12 @@
 """The four grape operations, shared by the HTTP and the WebSocket API.
 
 ``dispatch(node, operation, data)`` checks ``data`` the way grenache-grape 1.0.0 does, runs the
-operation on the DHT node and fires with the JSON-able result Node would send (reference
+operation on the DHT node and answers the JSON-able result Node would send (reference
 protocol.md §3.2 to §3.5), ``None`` standing for the empty body of a get that found nothing.
-Failures are typed (:mod:`grenache.errors`); each API maps them to its wire form in one place.
+The answer is the result itself when the operation completes at once (a lone grape's lookup,
+the hot path of a development network), else a Deferred that fires with it; failures are
+always a failed Deferred, typed (:mod:`grenache.errors`), and each API maps them to its wire
+form in one place.
 
 Where Node answers a malformed ``data`` with a JavaScript exception text (HTTP 500), this
 grape answers :class:`~grenache.errors.GrapeDataInvalid` with a message that says what is wrong.
@@ -30,21 +33,21 @@ from grenache.errors import (
     InvalidPut,
 )
 
-#: What the APIs call: ``dispatch(operation, data)``.
-Dispatch = Callable[[str, Any], "Deferred[Any]"]
+#: What the APIs call: ``dispatch(operation, data)``, answering a value or a Deferred.
+Dispatch = Callable[[str, Any], Any]
 
 
 def make_dispatch(node: DHTNode) -> Dispatch:
     """Bind :func:`dispatch` to a node, in the shape the HTTP and WebSocket APIs take."""
 
-    def bound(operation: str, data: Any) -> Deferred[Any]:
+    def bound(operation: str, data: Any) -> Any:
         return dispatch(node, operation, data)
 
     return bound
 
 
-def dispatch(node: DHTNode, operation: str, data: Any) -> Deferred[Any]:
-    """Run one grape API operation; see the module docstring for results and errors."""
+def dispatch(node: DHTNode, operation: str, data: Any) -> Any:
+    """Run one grape API operation: its result, or a Deferred of it (see the module docstring)."""
     handler = _OPERATIONS.get(operation)
     try:
         if handler is None:
@@ -52,8 +55,11 @@ def dispatch(node: DHTNode, operation: str, data: Any) -> Deferred[Any]:
         result = handler(node, data)
     except Exception:
         return fail()
-    # announce and lookup, the hot operations, return Deferreds; put and get are coroutines.
-    return result if isinstance(result, Deferred) else ensureDeferred(result)  # type: ignore[arg-type]
+    # lookup answers a list when it completes at once; announce and a walking lookup answer
+    # Deferreds; put and get are coroutines.
+    if type(result) is list or isinstance(result, Deferred):
+        return result
+    return ensureDeferred(result)  # type: ignore[arg-type]
 
 
 def announce(node: DHTNode, data: Any) -> Deferred[int]:
@@ -68,10 +74,12 @@ def announce(node: DHTNode, data: Any) -> Deferred[int]:
     return node.announce(name.encode("utf-8"), port)
 
 
-def lookup(node: DHTNode, data: Any) -> Deferred[list[str]]:
+def lookup(node: DHTNode, data: Any) -> list[str] | Deferred[list[str]]:
     if not isinstance(data, str) or not data:
         raise GrapeLookupInvalid()
-    return node.lookup(data.encode("utf-8"))
+    key = data.encode("utf-8")
+    peers = node.lookup_now(key)
+    return node.lookup(key) if peers is None else peers
 
 
 def _value_to_bencode(value: Any) -> Any:
