@@ -14,6 +14,7 @@ import base64
 import datetime
 import hashlib
 import ipaddress
+import itertools
 from typing import Any
 
 from autobahn.twisted.testing import MemoryReactorClockResolver, create_memory_agent
@@ -55,6 +56,8 @@ from grenache.transports.ws import (
     WSPubTransport,
     WSServerTransport,
     WSSubTransport,
+    _LeanClientProtocol,
+    _LeanServerProtocol,
     _xor_mask,
     fingerprint_whitelist,
 )
@@ -736,6 +739,180 @@ class BadFrameTests(unittest.TestCase):
         for reply in replies:
             self.assertEqual(codec.json_loads(reply)[1], "ERR_REQUEST_PARSE")
         self.assertIsNone(self.client.closed)
+
+
+# --- the fast receive path against autobahn's own ------------------------------------------------
+
+
+def any_frame(
+    payload: bytes,
+    opcode: int,
+    fin: bool = True,
+    rsv: int = 0,
+    key: bytes | None = None,
+    form: str = "min",
+) -> bytes:
+    """One frame with any header: ``form`` is the length encoding ("min", "16" or "64")."""
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    bit = 0x80 if key is not None else 0
+    if form == "64" or (form == "min" and n > 0xFFFF):
+        head += bytes([bit | 127]) + n.to_bytes(8, "big")
+    elif form == "16" or (form == "min" and n > 125):
+        head += bytes([bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([bit | n])
+    if key is None:
+        return head + payload
+    return head + key + mask(payload, key)
+
+
+class _FastClient(_LeanClientProtocol):
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[tuple[bytes, bool]] = []
+        self.closed: tuple[bool, int | None] | None = None
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.received.append((payload, isBinary))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.closed = (wasClean, code)
+
+
+class _RecordingServer(WebSocketServerProtocol):
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[tuple[bytes, bool]] = []
+        self.closed: tuple[bool, int | None] | None = None
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.received.append((payload, isBinary))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.closed = (wasClean, code)
+
+
+class _FastServer(_LeanServerProtocol, _RecordingServer):
+    pass
+
+
+_PAYLOADS = st.one_of(
+    st.binary(max_size=40),
+    st.text(max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.integers(120, 300).map(lambda n: b"y" * n),
+)
+
+
+@st.composite
+def _frames(draw: Any, server: bool) -> bytes:
+    """A run of frames from the other side: mostly well-formed, sometimes not."""
+    key = b"\x01\x02\x03\x04" if server else None
+    out = b""
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(
+            st.sampled_from(["text", "text", "binary", "ping", "fragmented", "odd", "close"])
+        )
+        payload = draw(_PAYLOADS)
+        if kind in ("text", "binary"):
+            out += any_frame(payload, 1 if kind == "text" else 2, key=key)
+        elif kind == "ping":
+            out += any_frame(payload[:20], 9, key=key)
+        elif kind == "fragmented":
+            half = len(payload) // 2
+            out += any_frame(payload[:half], draw(st.sampled_from([1, 2])), fin=False, key=key)
+            if draw(st.booleans()):
+                out += any_frame(b"p", 9, key=key)
+            out += any_frame(payload[half:], 0, key=key)
+        elif kind == "close":
+            out += any_frame(b"\x03\xe8", 8, key=key)
+        else:
+            out += any_frame(
+                payload,
+                draw(st.sampled_from([0, 1, 2, 3])),
+                fin=draw(st.booleans()),
+                rsv=draw(st.sampled_from([0, 0, 1, 4])),
+                key=draw(st.sampled_from([None, b"\x09\x08\x07\x06"])),
+                form=draw(st.sampled_from(["min", "16", "64"])),
+            )
+    return out
+
+
+class _Wire(StringTransport):
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
+def _open_client(protocol: Any, max_size: int) -> StringTransport:
+    factory = WebSocketClientFactory(
+        url="ws://127.0.0.1:11338/ws", reactor=MemoryReactorClockResolver()
+    )
+    # No timers: nothing left on the global reactor that txaio schedules on.
+    factory.setProtocolOptions(
+        openHandshakeTimeout=0, closeHandshakeTimeout=0, serverConnectionDropTimeout=0
+    )
+    protocol.factory = factory
+    protocol.maxMessagePayloadSize = protocol.maxFramePayloadSize = max_size
+    wire = _Wire()
+    protocol.makeConnection(wire)
+    lines = wire.value().split(b"\r\n")
+    key = dict(line.split(b": ", 1) for line in lines[1:] if b": " in line)[b"Sec-WebSocket-Key"]
+    wire.clear()
+    protocol.dataReceived(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept_for(key) + b"\r\n\r\n"
+    )
+    return wire
+
+
+def _open_server(protocol: Any, max_size: int) -> StringTransport:
+    from autobahn.twisted.websocket import WebSocketServerFactory
+
+    protocol.factory = WebSocketServerFactory(reactor=MemoryReactorClockResolver())
+    protocol.factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+    protocol.maxMessagePayloadSize = protocol.maxFramePayloadSize = max_size
+    wire = _Wire()
+    protocol.makeConnection(wire)
+    protocol.dataReceived(NODE_HANDSHAKE)
+    wire.clear()
+    return wire
+
+
+class FastReceiveTests(unittest.TestCase):
+    """Whatever arrives, however it is cut into reads, the lean protocols see what autobahn's
+    own see: the same messages, the same close, the same state."""
+
+    def check(self, fast: Any, plain: Any, server: bool, data: bytes, cuts: list[int]) -> None:
+        max_size = 200
+        opener = _open_server if server else _open_client
+        wires = [opener(fast, max_size), opener(plain, max_size)]
+        for w in wires:
+            w.clear()
+        bounds = [0, *sorted({c % (len(data) + 1) for c in cuts}), len(data)]
+        for a, b in itertools.pairwise(bounds):
+            for protocol in (fast, plain):
+                protocol.dataReceived(data[a:b])
+        self.assertEqual(fast.received, plain.received)
+        self.assertEqual(fast.state, plain.state)
+        self.assertEqual(fast.closed, plain.closed)
+        self.assertEqual(len(wires[0].value()), len(wires[1].value()))
+
+    @given(st.data(), st.lists(st.integers(0, 2000), max_size=6))
+    @settings(max_examples=300, deadline=None)
+    def test_client_side(self, data: Any, cuts: list[int]) -> None:
+        self.check(_FastClient(), RecordingClient(), False, data.draw(_frames(False)), cuts)
+
+    @given(st.data(), st.lists(st.integers(0, 2000), max_size=6))
+    @settings(max_examples=300, deadline=None)
+    def test_server_side(self, data: Any, cuts: list[int]) -> None:
+        self.check(_FastServer(), _RecordingServer(), True, data.draw(_frames(True)), cuts)
+
+    def test_burst_of_replies_in_one_read(self) -> None:
+        fast, plain = _FastClient(), RecordingClient()
+        frames = b"".join(any_frame(b'["%d",null,1]' % i, 1) for i in range(50))
+        frames += any_frame(b"x" * 150, 2) + any_frame(b"", 9) + any_frame(b"\xc3\xa9", 1)
+        self.check(fast, plain, False, frames, [7, 500, 501])
+        self.assertEqual(len(fast.received), 52)
 
 
 # --- pub/sub ------------------------------------------------------------------------------------

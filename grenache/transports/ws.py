@@ -342,6 +342,101 @@ def _lean_data_received(self: Any, data: bytes) -> None:
     self._dataReceived(data)
 
 
+_STATE_OPEN = WebSocketProtocol.STATE_OPEN
+
+
+def _fast_data_received(self: Any, data: bytes) -> None:
+    """autobahn's ``dataReceived``, with whole single-frame messages delivered directly.
+
+    While the socket is open and between messages, each complete data frame that is a whole
+    text or binary message (FIN set, no RSV bits, masked exactly when this side is the server,
+    payload under 64 KiB and within the size limits, valid UTF-8 when text is validated) goes
+    straight to ``onMessage``, as autobahn would deliver it after four layers of per-frame
+    callbacks. Anything else (control frames, fragments, a violation, an oversized or invalid
+    frame, an extension, a socket not open) is handed to autobahn from that frame on, so its
+    outcome is autobahn's own. A frame not yet complete waits in autobahn's buffer
+    (``self.data``, at a frame boundary, which is where autobahn would resume too).
+    """
+    if (
+        self.state != _STATE_OPEN
+        or self.current_frame is not None
+        or self.inside_message
+        or self._perMessageCompress is not None
+        or self.autoPingTimeoutCall is not None
+        or self.logOctets
+        or self.logFrames
+        or self.trackedTimings
+    ):
+        self._dataReceived(data)
+        return
+    if self.data:
+        data = self.data + data
+        self.data = b""
+    server = self.factory.isServer
+    if server and not self.applyMask:
+        self._dataReceived(data)
+        return
+    validate = self.utf8validateIncoming
+    message_limit = self.maxMessagePayloadSize
+    frame_limit = self.maxFramePayloadSize
+    n = len(data)
+    pos = 0
+    while True:
+        if n - pos < 2:
+            break
+        b0 = data[pos]
+        b1 = data[pos + 1]
+        if b0 != 0x81 and b0 != 0x82:
+            break
+        if b1 & 0x80:
+            if not server:
+                break
+            length = b1 & 0x7F
+        elif server:
+            break
+        else:
+            length = b1
+        start = pos + 2
+        if length == 126:
+            if n - start < 2:
+                self.data = data[pos:]
+                return
+            length = (data[start] << 8) | data[start + 1]
+            if length < 126:
+                break
+            start += 2
+        elif length == 127:
+            break
+        if 0 < message_limit < length or 0 < frame_limit < length:
+            break
+        if server:
+            if n - start < 4:
+                self.data = data[pos:]
+                return
+            key = data[start : start + 4]
+            start += 4
+        end = start + length
+        if end > n:
+            self.data = data[pos:]
+            return
+        if server:
+            payload = _xor_mask(data[start:end], key)
+        else:
+            payload = data[start:end]
+        binary = b0 == 0x82
+        if validate and not binary:
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                break
+        pos = end
+        self.onMessage(payload, binary)
+        if self.state != _STATE_OPEN:
+            break
+    if pos < n:
+        self._dataReceived(data[pos:] if pos else data)
+
+
 def _lean_send_data(
     self: Any, data: bytes, sync: bool = False, chopsize: int | None = None
 ) -> None:
@@ -386,7 +481,7 @@ class _LeanServerProtocol(WebSocketServerProtocol):
     overrides do the same I/O without it.
     """
 
-    dataReceived = _lean_data_received
+    dataReceived = _fast_data_received
     sendData = _lean_send_data
     send_text = _send_text
 
@@ -394,7 +489,7 @@ class _LeanServerProtocol(WebSocketServerProtocol):
 class _LeanClientProtocol(WebSocketClientProtocol):
     """A client protocol with the same shortcuts as :class:`_LeanServerProtocol`."""
 
-    dataReceived = _lean_data_received
+    dataReceived = _fast_data_received
     sendData = _lean_send_data
     send_text = _send_text
 
