@@ -265,6 +265,22 @@ class PeerRPCClientTests(SynchronousTestCase):
         self.failureResultOf(self.client().request("nothing", 1), errors.LookupEmpty)
         self.assertEqual(self.transport.sent, [])
 
+    def test_lookup_answered_later_or_at_once(self) -> None:
+        """An answered lookup goes on at once, a pending one when it fires; same outcomes."""
+        client = self.client()
+        later: Deferred[list[str]] = Deferred()
+        self.link.lookup = lambda name: later  # type: ignore[method-assign]
+        d = client.request("svc", 1)
+        self.assertEqual(self.transport.sent, [])
+        later.callback(["a:1"])
+        self.assertEqual(self.successResultOf(d), ["a:1", 1])
+        for answer, error in (([], errors.LookupEmpty), (None, errors.LookupEmpty)):
+            self.link.lookup = lambda name, a=answer: succeed(a)  # type: ignore[misc]
+            self.failureResultOf(client.request("svc", 1), error)
+        self.link.lookup = lambda name: fail(errors.GrapeReplyError("x"))  # type: ignore[misc]
+        self.failureResultOf(client.request("svc", 1), errors.GrapeReplyError)
+        self.assertEqual(len(self.transport.sent), 1)
+
     def test_unreachable_set_aside(self) -> None:
         """A refusing dest is left out for the backoff and the call goes elsewhere at once."""
         self.transport.behaviours["a:1"] = refuses
