@@ -359,7 +359,17 @@ class Link:
         GrapeReplyError when it answers an error string. ``cache=False`` skips the cache read
         (a fresh answer still refreshes the cache).
         """
-        d = self._call("lookup", name, retry, cache)
+        key = b"lookup:" + json_dumps(name)
+        if cache:
+            # A cache hit answers at once, without the coroutine and retry loop of _call.
+            self.start()
+            hit = self._cache.get(key)
+            if hit is not None:
+                try:
+                    return succeed(_lookup_result(hit, self._ok_status))
+                except Exception:
+                    return fail()
+        d = ensureDeferred(self._attempts("lookup", name, key, max(1, retry), cache))
         return d.addCallback(_lookup_result, self._ok_status)
 
     def announce(self, name: str, port: int, *, retry: int = 3) -> Deferred[int]:

@@ -524,6 +524,13 @@ class CacheTests(HTTPCase):
         self.successResultOf(link.lookup("svc"))
         self.assertEqual(len(self.grape.seen), 2, "10 s after insertion, reads do not refresh")
 
+    def test_hit_is_checked_like_a_reply(self) -> None:
+        """A cached entry goes through the same result check as a fresh reply."""
+        link = self.make(answer(b'["127.0.0.1:1"]'))
+        link._cache.put(b'lookup:"svc"', [1])  # type: ignore[list-item]
+        self.failureResultOf(link.lookup("svc"), errors.GrapeReplyError)
+        self.assertEqual(len(self.grape.seen), 0)
+
     def test_empty_not_cached(self) -> None:
         replies = [b"[]", b'["127.0.0.1:1"]']
         link = self.make(lambda seen: (200, replies[len(self.grape.seen) - 1]))
