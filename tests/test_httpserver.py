@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer, protocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
@@ -776,6 +776,66 @@ class RealSocketTests(TestCase):
         client.transport.loseConnection()
         yield client.gone
         yield server_gone
+
+
+class BatchedWriteTests(TestCase):
+    """Plain TCP output goes out in one batch per reactor round, in order, and closes after."""
+
+    @defer.inlineCallbacks
+    def test_pipelined_and_close_over_tcp(self) -> Any:
+        from twisted.internet import reactor as global_reactor
+        from twisted.internet.protocol import ClientCreator
+
+        reactor: Any = global_reactor  # the real reactor, only in this test
+        later: list[Deferred[HTTPResponse]] = []
+
+        def handler(request: HTTPRequest) -> Any:
+            if request.path == "/later":
+                d: Deferred[HTTPResponse] = Deferred()
+                later.append(d)
+                return d
+            return echo(request)
+
+        h = Harness(handler)
+        protos: list[HTTPServerProtocol] = []
+        opened = h.factory.connectionOpened
+
+        def connection_opened(proto: HTTPServerProtocol) -> None:
+            opened(proto)
+            protos.append(proto)
+
+        h.factory.connectionOpened = connection_opened  # type: ignore[method-assign]
+        port = reactor.listenTCP(0, h.factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        class Client(protocol.Protocol):
+            def __init__(self) -> None:
+                self.received = b""
+                self.gone: Deferred[None] = Deferred()
+
+            def dataReceived(self, data: bytes) -> None:
+                self.received += data
+
+            def connectionLost(self, reason: Any = None) -> None:
+                self.gone.callback(None)
+
+        client = yield ClientCreator(reactor, Client).connectTCP("127.0.0.1", port.getHost().port)
+        client.transport.write(
+            post(b"/one", b"1")
+            + post(b"/later", b"")
+            + post(b"/three", b"333")
+            + post(b"/four", b"4", b"Connection: close\r\n")
+        )
+        while not later:
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertIsNotNone(protos[0]._tcp)  # the batched path is the one under test
+        big = b"x" * 300000  # more than one send takes: the rest goes through the transport
+        later[0].callback(HTTPResponse(200, big))
+        yield client.gone
+        self.assertEqual(
+            client.received,
+            ok(b"1") + ok(big) + ok(b"333") + ok(b"4", CLOSE),
+        )
 
 
 class TLSCloseTests(TestCase):
