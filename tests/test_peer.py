@@ -22,6 +22,7 @@ from grenache.peer import (
     PeerRPCServer,
     PeerSub,
     Request,
+    _RandomBytes,
     call_handler,
     error_message,
     new_rid,
@@ -123,6 +124,16 @@ class NewRidTests(SynchronousTestCase):
             self.assertEqual(str(parsed), rid)
             self.assertEqual(parsed.version, 4)
             self.assertEqual(parsed.variant, uuid.RFC_4122)
+
+    def test_random_bytes_refill(self) -> None:
+        """The urandom buffer hands out each byte once, across refills and after a reset."""
+        pool = _RandomBytes()
+        chunks = [pool.take(n) for n in (16, 4, 4000, 100, 16)]
+        self.assertEqual([len(c) for c in chunks], [16, 4, 4000, 100, 16])
+        self.assertEqual(len(set(chunks)), 5)
+        first = pool.take(16)
+        pool.reset()
+        self.assertNotEqual(pool.take(16), first)
 
 
 class CallHandlerTests(SynchronousTestCase):

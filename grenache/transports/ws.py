@@ -73,7 +73,6 @@ authorise per action. A failed TLS handshake fails requests with
 from __future__ import annotations
 
 import math
-import os
 import re
 import struct
 from collections.abc import Callable, Iterable
@@ -112,7 +111,7 @@ from grenache.errors import (
     TLSHandshakeError,
     TransportClosed,
 )
-from grenache.peer import OutgoingRequest, Request, SubConnection, error_message
+from grenache.peer import OutgoingRequest, Request, SubConnection, error_message, random_bytes
 from grenache.tls import ClientTLS, ServerTLS, peer_certificate
 
 __all__ = [
@@ -467,7 +466,7 @@ def _send_text(self: Any, payload: bytes) -> None:
     else:
         header = struct.pack("!BBQ", 0x81, bit | 127, n)
     if masked:
-        key = os.urandom(4)
+        key = random_bytes.take(4)
         self.transport.write(header + key + _xor_mask(payload, key))
     else:
         self.transport.write(header + payload)
