@@ -157,8 +157,19 @@ class Walk:
         self._pending += 1
         expected = contact.id if valid_node_id(contact.id) else None
         d = self._krpc.query(contact.addr, self._query, dict(self._args), node_id=expected)
-        d.addCallbacks(self._on_response, self._on_error, errbackArgs=(contact,))
-        d.addBoth(self._after)
+        d.addCallbacks(self._answered, self._failed, errbackArgs=(contact,))
+
+    def _answered(self, response: Response) -> None:
+        try:
+            self._on_response(response)
+        finally:
+            self._after()
+
+    def _failed(self, failure: Failure, contact: Contact) -> None:
+        try:
+            self._on_error(failure, contact)
+        finally:
+            self._after()
 
     def _on_response(self, response: Response) -> None:
         r = response.r
@@ -182,6 +193,6 @@ class Walk:
         if failure.check(KRPCTimeout) and self._on_timeout is not None and contact.id:
             self._on_timeout(contact)
 
-    def _after(self, _: object) -> None:
+    def _after(self) -> None:
         self._pending -= 1
         self._kick()

@@ -227,7 +227,8 @@ class KBucket:
                 stack.append(near)
             else:
                 gathered.extend(node.contacts)
-        gathered.sort(key=lambda c: distance(c.id, target))
+        if len(gathered) > 1:  # one contact (a pair of grapes) needs no distance at all
+            gathered.sort(key=lambda c: distance(c.id, target))
         if n == math.inf:
             return gathered
         return gathered[: int(n)]
