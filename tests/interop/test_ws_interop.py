@@ -270,7 +270,8 @@ class WSInteropTests(unittest.TestCase):
         client, _ = self.python_client()
         await client.request(name, "warm-up")
         pending = [client.request(name, {"delay": 60000, "n": i}) for i in range(5)]
-        await deferLater(reactor, 0.2, lambda: None)
+        for _ in pending:  # every request reached the server and waits there
+            await self.next_event(proc, "delayed")
         started = reactor.seconds()
         await proc.stop()
         for d in pending:

@@ -50,8 +50,10 @@ service.on('request', (rid, key, payload, handler, cert) => {
     key,
     fingerprint: cert && cert.fingerprint ? cert.fingerprint : null
   })
-  if (payload && payload.delay) setTimeout(reply, payload.delay)
-  else reply()
+  if (payload && payload.delay) {
+    out({ event: 'delayed', rid })
+    setTimeout(reply, payload.delay)
+  } else reply()
 })
 
 service.on('request-error', () => out({ event: 'request-error' }))
