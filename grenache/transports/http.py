@@ -92,6 +92,7 @@ from grenache.httpserver import (
     read_body,
 )
 from grenache.peer import OutgoingRequest, Request, error_message, new_rid
+from grenache.timers import Deadlines
 from grenache.tls import ClientTLS, ServerTLS, peer_certificate
 
 __all__ = [
@@ -728,16 +729,16 @@ def parse_reply(
 
 
 class _Call:
-    """One request in flight: its bytes, Deferred, timer and where it currently is."""
+    """One request in flight: its bytes, Deferred and where it currently is."""
 
-    __slots__ = ("compress", "conn", "data", "deferred", "done", "rid", "timer")
+    __slots__ = ("compress", "conn", "data", "deadlines", "deferred", "done", "rid")
 
     def __init__(self, rid: str, data: bytes, compress: bool) -> None:
         self.rid = rid
         self.data = data
         self.compress = compress
         self.conn: _ClientProtocol | None = None
-        self.timer: Any = None
+        self.deadlines: Deadlines[_Call] | None = None
         self.done = False
         self.deferred: Deferred[Any] = Deferred(self._cancel)
 
@@ -745,12 +746,14 @@ class _Call:
         self._detach()  # the Deferred then fails with CancelledError
 
     def _settle(self) -> None:
-        """Mark done, stop the timer and forget the connection."""
+        """Mark done (its deadline is then ignored) and forget the connection and bytes."""
         self.done = True
         self.conn = None
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        self.data = b""
+        deadlines = self.deadlines
+        if deadlines is not None:
+            self.deadlines = None
+            deadlines.finished()
 
     def _detach(self) -> None:
         """Settle, and drop the connection the reply would have used."""
@@ -761,7 +764,6 @@ class _Call:
             conn.abort()
 
     def timed_out(self) -> None:
-        self.timer = None
         if self.done:
             return
         self._detach()
@@ -1533,6 +1535,10 @@ class HTTPClientTransport:
         self.stopped = False
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = reactor
+        # One timer for every request's timeout, not a DelayedCall per request.
+        self._deadlines: Deadlines[_Call] = Deadlines(
+            reactor, _Call.timed_out, lambda call: call.done
+        )
         self._drained: list[Deferred[None]] = []
         self._streams: set[_StreamConnectFactory] = set()
 
@@ -1557,7 +1563,8 @@ class HTTPClientTransport:
         else:
             head = _HEAD % (dest.encode(), b"none", _TEXT, len(body))
         call = _Call(request.rid, head + body, request.compress)
-        call.timer = self.reactor.callLater(request.timeout, call.timed_out)
+        call.deadlines = self._deadlines
+        self._deadlines.add(call, request.timeout)
         pool.submit(call)
         return call.deferred
 
@@ -1646,6 +1653,7 @@ class HTTPClientTransport:
         if self._sweeper.running:
             self._sweeper.stop()
         error = errors.TransportClosed("ERR_TRANSPORT_CLOSE: transport stopped")
+        self._deadlines.clear()
         for pool in list(self.pools.values()):
             pool.stop(error)
         for pool in list(self.pools.values()):

@@ -49,10 +49,11 @@ Deliberate differences from Node
 Timers
 ------
 
-Each transport has **one** timer (:class:`_Sweeper`), set for the earliest thing due: a request
-timeout, an idle socket, a heartbeat. Nothing is scheduled per request or per socket, and no
-timer runs while nothing is due. Request timeouts are exact to within ``_SWEEP_RESOLUTION``
-(0.05 s) under load. autobahn's own handshake timers run on its batched timer service.
+Each transport has **one** timer (:class:`~grenache.timers.DeadlineTimer`), set for the
+earliest thing due: a request timeout, an idle socket, a heartbeat. Nothing is scheduled per
+request or per socket, and no timer runs while nothing is due. Request timeouts are exact to
+within ``grenache.timers.RESOLUTION`` (0.05 s) under load.
+autobahn's own handshake timers run on its batched timer service.
 
 TLS
 ---
@@ -112,6 +113,7 @@ from grenache.errors import (
     TransportClosed,
 )
 from grenache.peer import OutgoingRequest, Request, SubConnection, error_message, random_bytes
+from grenache.timers import DeadlineTimer
 from grenache.tls import ClientTLS, ServerTLS, peer_certificate
 
 __all__ = [
@@ -131,7 +133,6 @@ DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 DEFAULT_MAX_IN_FLIGHT = 1024
 """Requests a server socket runs at once before it stops reading from that socket."""
 
-_SWEEP_RESOLUTION = 0.05
 _SUBSCRIBER_MESSAGE_LIMIT = 64 * 1024
 _REQUEST_PARSE = RequestParseError.wire
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -202,45 +203,6 @@ def _server_tls(tls: Any) -> Any:
 
 
 # --- shared machinery ---------------------------------------------------------------------------
-
-
-class _Sweeper:
-    """One timer for a whole transport, set for the earliest deadline anything has.
-
-    ``sweep(now)`` handles everything due and returns the next deadline (or ``None``);
-    :meth:`due` makes sure the timer fires no later than a new deadline.
-    """
-
-    def __init__(self, clock: Any, sweep: Callable[[float], float | None]) -> None:
-        self._clock = clock
-        self._sweep = sweep
-        self._call: Any = None
-
-    def due(self, when: float) -> None:
-        """Fire no later than ``when`` (clock time)."""
-        call = self._call
-        if call is not None and call.active():
-            if call.getTime() <= when:
-                return
-            call.cancel()
-        self._call = self._clock.callLater(max(0.0, when - self._clock.seconds()), self._fire)
-
-    def _fire(self) -> None:
-        self._call = None
-        now = self._clock.seconds()
-        try:
-            nxt = self._sweep(now)
-        except Exception:
-            log.failure("WebSocket transport sweep failed")
-            nxt = now + 1.0
-        if nxt is not None:
-            self.due(max(nxt, now + _SWEEP_RESOLUTION))
-
-    def cancel(self) -> None:
-        """Stop the timer."""
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
 
 
 def _js_truthy(value: Any) -> bool:
@@ -705,7 +667,7 @@ class WSServerTransport(_ListeningTransport):
         self._serve: Serve | None = None
         self._port: Any = None
         self._sockets: set[_ServerProtocol] = set()
-        self._sweeper = _Sweeper(self._clock, self._sweep)
+        self._sweeper = DeadlineTimer(self._clock, self._sweep)
         self.factory = _ServerFactory(reactor, lambda: _ServerProtocol(self))
 
     def listen(self, port: int, serve: Serve) -> Deferred[int]:
@@ -977,7 +939,7 @@ class _DialingTransport:
             agent if agent is not None else _Connector(reactor, tls, connect_timeout)
         )
         self._protocols: set[_OutgoingProtocol] = set()
-        self._sweeper = _Sweeper(self._clock, self._sweep)
+        self._sweeper = DeadlineTimer(self._clock, self._sweep)
         self._stopped = False
 
     def _sweep(self, now: float) -> float | None:
