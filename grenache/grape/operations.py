@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import CoroutineType
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail
@@ -55,11 +56,11 @@ def dispatch(node: DHTNode, operation: str, data: Any) -> Any:
         result = handler(node, data)
     except Exception:
         return fail()
-    # lookup answers a list when it completes at once; announce and a walking lookup answer
-    # Deferreds; put and get are coroutines.
-    if type(result) is list or isinstance(result, Deferred):
-        return result
-    return ensureDeferred(result)  # type: ignore[arg-type]
+    # An operation answers a value when it completes at once (a lone grape's lookup), a
+    # Deferred when it waits on the DHT, or a coroutine (put, get).
+    if isinstance(result, CoroutineType):
+        return ensureDeferred(result)
+    return result
 
 
 def announce(node: DHTNode, data: Any) -> Deferred[int]:
