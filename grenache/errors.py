@@ -218,3 +218,13 @@ class TLSHandshakeError(DestinationUnreachable):
 
     A kind of :class:`DestinationUnreachable`: the request never reached a handler.
     """
+
+
+class WrongProtocol(DestinationUnreachable):
+    """The destination answered, but speaks another protocol than the one asked for.
+
+    For example an HTTP client at a WebSocket service, or a ``http://`` grape URL that points at
+    a grape's WebSocket API. ``message`` says what was expected and what answered, so that the
+    user can fix the transport or URL. A kind of :class:`DestinationUnreachable`: the request
+    never reached a handler.
+    """
