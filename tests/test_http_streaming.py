@@ -47,7 +47,7 @@ from grenache.transports.http import (
     stream_head,
     stream_meta,
 )
-from tests.test_tls import make_pki
+from tests.support import make_pki
 
 MIB = 1024 * 1024
 

@@ -853,7 +853,7 @@ class TLSCloseTests(TestCase):
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
         from grenache.tls import ServerTLS
-        from tests.test_tls import make_pki
+        from tests.support import make_pki
 
         reactor: Any = global_reactor
         self.pki = make_pki()

@@ -6,18 +6,12 @@ generated here with ``cryptography`` (:func:`make_pki`, also used by the transpo
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import re
-from functools import cache
 from typing import Any
 
-import attrs
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import crypto
 from twisted.internet import protocol
 from twisted.internet.task import Clock
@@ -26,128 +20,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from grenache.tls import ClientTLS, ServerTLS, fingerprint, peer_certificate
-
-# grenache-nodejs-http's shipped test client certificate (test/certs/client1-crt.pem, public)
-# and the fingerprint Node prints for it (reference §13).
-NODE_CLIENT1_PEM = b"""-----BEGIN CERTIFICATE-----
-MIICrDCCAZQCFD5pBgAtlO+Ns8UpidJa/4iWoS3aMA0GCSqGSIb3DQEBCwUAMBMx
-ETAPBgNVBAMMCE15VGVzdENBMB4XDTI1MDMyODE2MzgwN1oXDTM1MDMyNjE2Mzgw
-N1owEjEQMA4GA1UEAwwHY2xpZW50MTCCASIwDQYJKoZIhvcNAQEBBQADggEPADCC
-AQoCggEBAKiXZsaFLcb4eubwGXELePbFL//uR8W7OD0NSaKUbe6G1leLCqWt3ljS
-p8BFTr8B8R/2l3i+VuedIIuzX2wJbBsTrdSEIcOfQauRnkF6RqoWbvToo7fYWphe
-ZGiHfyVmJlr6XQbVNyzOnutEGPdpe6bJMwFdG/UCAaZeAsvAcAGxVGhAp8cjSnwh
-t/8QZJ8/FLcHBVwc0Zd5ELmtPeaMS7GDBiUvdDYRQBRTY8ls9wPvbAuBzo0f/ude
-72iHwkJuDOnTVtffXuFXhloBAVnjaXK0b7PtJ8ByGZ/mZEp1a7Pysehy4w6cL3qg
-9cq306m/jxXrmwlVM/QJd2yhVOQnSPkCAwEAATANBgkqhkiG9w0BAQsFAAOCAQEA
-HM7J+3coTFZYGwYmfG8aObCjN/3gW56VG+5SOHT9NmdfIuzvWrPBIsYE+CYj1nrK
-IFm7TP89R2Ka0U20V09+26C0L3SyE6DUTipOc0zhGQgdLTU1bneIZGg26LtYbKJc
-PV0+Bt1JPT4PulIcuq4XDRFBKaoXC0lmIo1NbfWZbunz1AaBjiJWKS2YksgJJ2Ad
-GhL8/PJO7Ro+8xxunVikcl1MWyeYiKyKFk1J6j8bQPJ940poqSwMObXFKlUMKsm4
-/e6JwqiCFv+MMPL80puUv/Fue6wmjY3rpygwAU60dBPmjLpWNBbuSb/+wjPWYtgy
-f9m+nQEyfflc7t6anZjPMg==
------END CERTIFICATE-----
-"""
-NODE_CLIENT1_FINGERPRINT = "E1:63:C1:46:B3:B6:46:3B:5E:92:98:34:40:A1:AB:FB:0E:92:D0:76"
-
-
-# --- certificates for tests ---------------------------------------------------------------
-
-
-@attrs.frozen
-class Identity:
-    """A certificate and its key, as PEM."""
-
-    cert: bytes
-    key: bytes
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(x509.load_pem_x509_certificate(self.cert))
-
-
-@attrs.frozen
-class PKI:
-    """A CA, a server certificate for 127.0.0.1/localhost, two client certificates, and a
-    server certificate without subjectAltName (like Node's shipped test certificates)."""
-
-    ca: Identity
-    server: Identity
-    client: Identity
-    other_client: Identity
-    server_no_san: Identity
-    rogue_ca: Identity
-    rogue_client: Identity
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _issue(
-    cn: str,
-    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool = False,
-    san: list[x509.GeneralName] | None = None,
-) -> tuple[Identity, x509.Name, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    issuer_name, issuer_key = issuer if issuer is not None else (name, key)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    cert = builder.sign(issuer_key, hashes.SHA256())
-    return Identity(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)), name, key
-
-
-@cache
-def make_pki() -> PKI:
-    """Generate (once per test run) the certificates the TLS tests use."""
-    ca, ca_name, ca_key = _issue("grenache test CA", None, ca=True)
-    rogue_ca, rogue_name, rogue_key = _issue("rogue CA", None, ca=True)
-    server, _, _ = _issue(
-        "localhost",
-        (ca_name, ca_key),
-        san=[
-            x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        ],
-    )
-    server_no_san, _, _ = _issue("localhost", (ca_name, ca_key))
-    client, _, _ = _issue("client1", (ca_name, ca_key))
-    other_client, _, _ = _issue("client2", (ca_name, ca_key))
-    rogue_client, _, _ = _issue("rogue", (rogue_name, rogue_key))
-    return PKI(ca, server, client, other_client, server_no_san, rogue_ca, rogue_client)
-
+from tests.support import NODE_CLIENT1_FINGERPRINT, NODE_CLIENT1_PEM, make_pki
 
 # --- in-memory handshakes ------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from grenache.transports.http import (
     gzip,
     parse_reply,
 )
-from tests.test_tls import make_pki
+from tests.support import make_pki
 
 RID = "854ae9a2-5d09-4a13-8a17-f936df1ab27b"
 ERR_RID = "c074a73f-e5a8-48f4-8a52-1fff1a626621"

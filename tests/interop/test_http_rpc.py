@@ -33,7 +33,7 @@ from grenache.tls import ClientTLS, ServerTLS
 from grenache.transports.http import HTTPClientTransport, HTTPServerTransport
 from tests.interop import harness
 from tests.interop.harness import async_test
-from tests.test_tls import make_pki
+from tests.support import make_pki
 
 reactor: Any = _global_reactor
 LOOPBACK = harness.LOCALHOST
