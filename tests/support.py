@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from grenache.tls import fingerprint
 
 # grenache-nodejs-http's shipped test client certificate (test/certs/client1-crt.pem, public)
-# and the fingerprint Node prints for it (reference §13).
+# and the fingerprint Node prints for it (docs/protocol.rst, *TLS and fingerprints*).
 NODE_CLIENT1_PEM = b"""-----BEGIN CERTIFICATE-----
 MIICrDCCAZQCFD5pBgAtlO+Ns8UpidJa/4iWoS3aMA0GCSqGSIb3DQEBCwUAMBMx
 ETAPBgNVBAMMCE15VGVzdENBMB4XDTI1MDMyODE2MzgwN1oXDTM1MDMyNjE2Mzgw

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 'use strict'
 
-// grenache-nodejs-http 1.0.2's stream client (peer.stream, reference §6.6), with
+// grenache-nodejs-http 1.0.2's stream client (peer.stream; docs/protocol.rst, *HTTP streaming*), with
 // grenache-nodejs-link 1.0.2, for the Python interop tests.
 //
 //   node http_stream_client.js '<json config>'      config: {"grape": "<grape url>"}

@@ -2,7 +2,7 @@
 'use strict'
 
 // A grenache-nodejs-http 1.0.2 streaming server (disableBuffered: true, handling 'stream',
-// reference §6.2, §6.6), announced through grenache-nodejs-link 1.0.2, for the Python interop
+// docs/protocol.rst, *RPC over HTTP* and *HTTP streaming*), announced through grenache-nodejs-link 1.0.2, for the Python interop
 // tests.
 //
 //   node http_stream_server.js '<json config>'    config: {"grape": url, "names": [...]}

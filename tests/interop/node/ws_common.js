@@ -4,7 +4,7 @@
 //
 // Every script prints JSON lines on stdout: the first one is its ready line, later ones are
 // events and replies. Diagnostics go to stderr. A Node ws client has no 'error' listener on
-// its socket (reference §7.2), so a refused connection would kill the process with an
+// its socket (docs/protocol.rst, *RPC over WebSocket*), so a refused connection would kill the process with an
 // unhandled 'error' event: uncaught exceptions are reported as {"event":"uncaught"} lines
 // instead, and the process keeps running, so a test sees what happened.
 
