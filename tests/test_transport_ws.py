@@ -50,15 +50,13 @@ from grenache.errors import (
     TransportClosed,
 )
 from grenache.peer import OutgoingRequest, Request
+from grenache.speedups.autobahn_ws import LeanPath, xor_mask
 from grenache.tls import ClientTLS, ServerTLS, fingerprint
 from grenache.transports.ws import (
     WSClientTransport,
     WSPubTransport,
     WSServerTransport,
     WSSubTransport,
-    _LeanClientProtocol,
-    _LeanServerProtocol,
-    _xor_mask,
     fingerprint_whitelist,
 )
 
@@ -563,7 +561,7 @@ class MaskTests(unittest.TestCase):
     @given(st.binary(max_size=300), st.binary(min_size=4, max_size=4))
     def test_xor_mask(self, data: bytes, key: bytes) -> None:
         """The big-integer XOR equals RFC 6455's byte-by-byte masking."""
-        self.assertEqual(_xor_mask(data, key), mask(data, key))
+        self.assertEqual(xor_mask(data, key), mask(data, key))
 
 
 class RefusedTests(unittest.TestCase):
@@ -767,7 +765,7 @@ def any_frame(
     return head + key + mask(payload, key)
 
 
-class _FastClient(_LeanClientProtocol):
+class _FastClient(LeanPath, WebSocketClientProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.received: list[tuple[bytes, bool]] = []
@@ -793,7 +791,7 @@ class _RecordingServer(WebSocketServerProtocol):
         self.closed = (wasClean, code)
 
 
-class _FastServer(_LeanServerProtocol, _RecordingServer):
+class _FastServer(LeanPath, _RecordingServer):
     pass
 
 

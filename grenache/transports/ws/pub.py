@@ -1,0 +1,155 @@
+"""The publishing side of pub/sub over WebSocket: :class:`WSPubTransport` and its protocol.
+
+Every connected subscriber receives each published message verbatim: a ``str`` as a text
+frame, ``bytes`` as a binary frame, with no envelope (docs/protocol.rst, *Pub/sub over
+WebSocket*). The frame is built once per message and written to every socket.
+
+Override points of :class:`PubProtocol` (subclass it, subclass :class:`PubFactory` with
+``protocol = YourProtocol``, pass ``factory_class=YourFactory`` to the transport):
+:meth:`~PubProtocol.accept_client` ``(request) -> bool`` (false refuses the subscriber with HTTP
+403), :meth:`~PubProtocol.socket_opened`, :meth:`~PubProtocol.socket_closed` and
+:meth:`~PubProtocol.message_received` (what a subscriber sends; ignored by default, as Node).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from grenache.endpoints import ListenSpec
+from grenache.speedups.autobahn_ws import FastPath
+from grenache.tls import ServerTLS
+from grenache.transports.ws.common import SUBSCRIBER_MESSAGE_LIMIT, configure, text_bytes
+from grenache.transports.ws.listening import ListeningTransport, ServerFactory
+
+__all__ = ["PubFactory", "PubProtocol", "WSPubTransport"]
+
+log = Logger()
+
+
+class PubProtocol(FastPath, WebSocketServerProtocol):  # type: ignore[misc]
+    """One subscriber's socket on a :class:`WSPubTransport` (``self.factory.owner``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gone: Deferred[None] = Deferred()
+
+    # --- override points ---------------------------------------------------------------------
+
+    def accept_client(self, request: ConnectionRequest) -> bool:
+        """Whether this subscriber may open its socket (false: HTTP 403). Accepts everyone."""
+        return True
+
+    def socket_opened(self) -> None:
+        """The subscriber's WebSocket is open: it gets every message from now on."""
+
+    def socket_closed(self, reason: Failure) -> None:
+        """The subscriber's socket is gone."""
+
+    def message_received(self, payload: bytes, is_binary: bool) -> None:
+        """A message from the subscriber: subscribers have nothing to say; ignored, as Node."""
+
+    # --- autobahn callbacks ------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        owner: WSPubTransport = self.factory.owner
+        self._owner = owner
+        configure(self, SUBSCRIBER_MESSAGE_LIMIT)
+        super().connectionMade()
+        owner._all.add(self)
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        if not self.accept_client(request):
+            raise ConnectionDeny(403, "Forbidden")
+
+    def onOpen(self) -> None:
+        self._owner._subscribers.add(self)
+        self.socket_opened()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.message_received(payload, isBinary)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._owner._subscribers.discard(self)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        super().connectionLost(reason)
+        self._owner._subscribers.discard(self)
+        self._owner._all.discard(self)
+        if not self.gone.called:
+            self.gone.callback(None)
+            try:
+                self.socket_closed(reason)
+            except Exception:
+                log.failure("socket_closed failed")
+
+
+class PubFactory(ServerFactory):
+    """Builds the :class:`PubProtocol` of each subscriber of a :class:`WSPubTransport`."""
+
+    protocol = PubProtocol
+
+
+class WSPubTransport(ListeningTransport):
+    """The publishing side of WebSocket pub/sub (:class:`~grenache.peer.PubTransport`).
+
+    :meth:`listen` takes a port number (bound to ``interface``), an endpoint description or an
+    endpoint. ``tls`` makes it ``wss`` (Python subscribers only; Node's subscriber has no
+    TLS). ``factory_class`` replaces the class attribute of the same name.
+    """
+
+    factory_class: type[PubFactory] = PubFactory
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        tls: Any = None,
+        interface: str = "",
+        factory_class: type[PubFactory] | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self.tls = tls.context_factory() if isinstance(tls, ServerTLS) else tls
+        self.interface = interface
+        self._port: Any = None
+        self._subscribers: set[PubProtocol] = set()
+        self._all: set[PubProtocol] = set()
+        if factory_class is not None:
+            self.factory_class = factory_class
+        self.factory: PubFactory = self.factory_class(self, reactor=reactor)
+
+    def listen(self, where: ListenSpec) -> Deferred[int]:
+        """Listen on ``where`` (a port, 0 for any; an endpoint description; an endpoint) for
+        subscribers; fires with the bound port (0 for a UNIX socket)."""
+        return self._listen(where, "WebSocket publisher")
+
+    @property
+    def subscribers(self) -> int:
+        """How many subscribers are connected."""
+        return len(self._subscribers)
+
+    def publish(self, message: str | bytes) -> int:
+        """Send ``message`` to every subscriber; return how many it was sent to."""
+        if not self._subscribers:
+            return 0
+        if isinstance(message, str):
+            payload, binary = text_bytes(message), False
+        else:
+            payload, binary = bytes(message), True
+        prepared = self.factory.prepareMessage(payload, isBinary=binary)
+        sent = 0
+        for protocol in list(self._subscribers):
+            if protocol.state == WebSocketProtocol.STATE_OPEN:
+                protocol.sendPreparedMessage(prepared)
+                sent += 1
+        return sent
+
+    def stop(self) -> Deferred[None]:
+        """Stop listening and close every subscriber's socket; fires once all are gone."""
+        return self._stop_listening(self._all)
