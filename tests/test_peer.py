@@ -10,8 +10,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from grenache import errors
@@ -22,11 +23,12 @@ from grenache.peer import (
     PeerRPCServer,
     PeerSub,
     Request,
-    _RandomBytes,
     call_handler,
     error_message,
     new_rid,
 )
+from grenache.peer import server as server_module
+from grenache.peer.request import _RandomBytes
 
 
 class FakeLink:
@@ -179,17 +181,30 @@ class CallHandlerTests(SynchronousTestCase):
 class FakeServerTransport:
     def __init__(self) -> None:
         self.serve: Any = None
+        self.where: Any = None
         self.port = 0
         self.stopped = False
 
-    def listen(self, port: int, serve: Any) -> Deferred[int]:
+    def listen(self, where: Any, serve: Any) -> Deferred[int]:
         self.serve = serve
-        self.port = port or 40123
+        self.where = where
+        self.port = 0 if isinstance(where, str) and where.startswith("unix:") else 40123
         return succeed(self.port)
 
     def stop(self) -> Deferred[None]:
         self.stopped = True
         return succeed(None)
+
+
+def recording_log(case: SynchronousTestCase) -> list[dict[str, Any]]:
+    """The events the peer's server module logs from now on (patched for ``case``)."""
+    events: list[dict[str, Any]] = []
+    case.patch(server_module, "log", Logger(namespace="test", observer=events.append))
+    return events
+
+
+def texts(events: list[dict[str, Any]]) -> list[str]:
+    return [formatEvent(e) for e in events]
 
 
 class PeerRPCServerTests(SynchronousTestCase):
@@ -199,6 +214,7 @@ class PeerRPCServerTests(SynchronousTestCase):
         server = PeerRPCServer(link, transport, lambda r: {"echo": r.payload, "key": r.key})
         self.assertRaises(RuntimeError, lambda: server.port)
         self.assertEqual(self.successResultOf(server.listen()), 40123)
+        self.assertEqual(transport.where, 0)
         self.assertEqual(server.port, 40123)
         result = transport.serve(Request("r", "svc", 5))
         self.assertEqual(self.successResultOf(result), {"echo": 5, "key": "svc"})
@@ -210,7 +226,22 @@ class PeerRPCServerTests(SynchronousTestCase):
         self.successResultOf(server.stop())  # idempotent
         self.assertEqual(link.stopped, [("svc", 40123)])
 
+    def test_listen_spec_reaches_the_transport(self) -> None:
+        """An endpoint description goes to the transport as it is; an endpoint with no TCP
+        port (a UNIX socket) cannot be announced."""
+        link = FakeLink()
+        transport = FakeServerTransport()
+        server = PeerRPCServer(link, transport, lambda r: None)
+        self.successResultOf(server.listen("tcp6:0:interface=\\:\\:1"))
+        self.assertEqual(transport.where, "tcp6:0:interface=\\:\\:1")
+        unix = PeerRPCServer(link, FakeServerTransport(), lambda r: None)
+        self.assertEqual(self.successResultOf(unix.listen("unix:/tmp/x.sock")), 0)
+        f = self.failureResultOf(unix.announce("svc"), RuntimeError)
+        self.assertIn("no TCP port", str(f.value))
+        self.assertEqual(link.announcing, [])
+
     def test_handler_failure_reaches_transport(self) -> None:
+        events = recording_log(self)
         transport = FakeServerTransport()
 
         def handler(r: Request) -> Any:
@@ -218,9 +249,109 @@ class PeerRPCServerTests(SynchronousTestCase):
 
         server = PeerRPCServer(None, transport, handler)
         self.successResultOf(server.listen(1234))
+        self.assertEqual(transport.where, 1234)
         f = self.failureResultOf(transport.serve(Request("r", "k", None)))
         self.assertEqual(error_message(f), "handler broke")
         self.failureResultOf(server.announce("x"), RuntimeError)
+        # ... and is logged with its traceback.
+        [event] = events
+        self.assertEqual(event["log_failure"].value, f.value)
+        self.assertIn("handler for 'k' failed", formatEvent(event))
+
+    def test_subclass_overrides_handle(self) -> None:
+        """A subclass answers with handle() (value, Deferred or coroutine); no handler needed."""
+        gate: Deferred[str] = Deferred()
+        gate2: Deferred[str] = Deferred()
+
+        class Greeter(PeerRPCServer):
+            def handle(self, request: Request) -> Any:
+                if request.key == "sync":
+                    return f"hello {request.payload}"
+                if request.key == "deferred":
+                    return gate
+                return self.later(request)
+
+            async def later(self, request: Request) -> str:
+                return f"{await gate2} {request.payload}"
+
+        transport = FakeServerTransport()
+        server = Greeter(None, transport)
+        self.assertIsNone(server.handler)
+        self.successResultOf(server.listen())
+        self.assertEqual(
+            self.successResultOf(transport.serve(Request("r", "sync", "you"))), "hello you"
+        )
+        deferred = transport.serve(Request("r", "deferred", None))
+        coroutine = transport.serve(Request("r", "async", "there"))
+        self.assertNoResult(deferred)
+        gate.callback("hi")
+        gate2.callback("hi")
+        self.assertEqual(self.successResultOf(deferred), "hi")
+        self.assertEqual(self.successResultOf(coroutine), "hi there")
+
+    def test_subclass_handle_wins_over_handler(self) -> None:
+        class Doubler(PeerRPCServer):
+            def handle(self, request: Request) -> Any:
+                return request.payload * 2
+
+        transport = FakeServerTransport()
+        Doubler(None, transport, lambda r: "ignored").listen()
+        self.assertEqual(self.successResultOf(transport.serve(Request("r", "k", 21))), 42)
+
+    def test_no_handler_no_override(self) -> None:
+        with self.assertRaises(TypeError) as caught:
+            PeerRPCServer(None, FakeServerTransport())
+        self.assertIn("override handle()", str(caught.exception))
+
+    def test_failure_log_is_rate_limited(self) -> None:
+        """At most log_limit tracebacks per key and window; the rest are counted and reported
+        in one line when the window is over (at the next failure) or at stop."""
+        events = recording_log(self)
+        clock = Clock()
+        transport = FakeServerTransport()
+
+        def handler(r: Request) -> Any:
+            raise RuntimeError(f"broke {r.payload}")
+
+        server = PeerRPCServer(None, transport, handler, reactor=clock, log_limit=2, log_window=10)
+        self.successResultOf(server.listen())
+
+        def fail_times(key: str, n: int) -> None:
+            for i in range(n):
+                self.failureResultOf(transport.serve(Request("r", key, i)), RuntimeError)
+
+        fail_times("a", 5)
+        fail_times("b", 1)
+        self.assertEqual(len(events), 3)
+        self.assertTrue(all("log_failure" in e for e in events))
+        self.assertEqual(
+            [e["log_failure"].getErrorMessage() for e in events], ["broke 0", "broke 1", "broke 0"]
+        )
+        clock.advance(9.9)
+        fail_times("a", 1)
+        self.assertEqual(len(events), 3, "still the same window")
+        clock.advance(0.1)
+        fail_times("a", 1)
+        self.assertEqual(
+            texts(events[3:]),
+            ["'a': suppressed 4 more failure tracebacks in 10 s", "handler for 'a' failed"],
+        )
+        fail_times("a", 2)
+        self.assertEqual(len(events), 6)
+        self.successResultOf(server.stop())
+        self.assertEqual(texts(events[6:]), ["'a': suppressed 1 more failure tracebacks in 10 s"])
+
+    def test_cancelled_and_successful_requests_are_not_logged(self) -> None:
+        events = recording_log(self)
+        held: Deferred[Any] = Deferred()
+        transport = FakeServerTransport()
+        server = PeerRPCServer(None, transport, lambda r: held if r.key == "held" else 1)
+        self.successResultOf(server.listen())
+        self.successResultOf(transport.serve(Request("r", "ok", None)))
+        d = transport.serve(Request("r", "held", None))
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(events, [])
 
 
 class PeerRPCClientTests(SynchronousTestCase):
@@ -413,8 +544,8 @@ class FakePubTransport:
         self.published: list[str | bytes] = []
         self.stopped = False
 
-    def listen(self, port: int) -> Deferred[int]:
-        return succeed(port or 5555)
+    def listen(self, where: Any) -> Deferred[int]:
+        return succeed(where or 5555)
 
     def publish(self, message: str | bytes) -> int:
         self.published.append(message)

@@ -1,0 +1,147 @@
+"""What a peer needs from the objects it is given: the link and the transports.
+
+Each is a :class:`typing.Protocol`, so any object with these methods will do (the
+:class:`grenache.link.Link`, a test double, a wrapper that counts lookups). The transports in
+:mod:`grenache.transports` implement the transport protocols; this package imports none of
+them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+
+from grenache.endpoints import ListenSpec
+from grenache.peer.request import OutgoingRequest, Request
+
+__all__ = [
+    "ClientTransport",
+    "LinkProtocol",
+    "PubTransport",
+    "ServerTransport",
+    "StreamClientTransport",
+    "SubConnection",
+    "SubTransport",
+]
+
+
+class LinkProtocol(Protocol):
+    """The three link methods peers call (:class:`grenache.link.Link` has them)."""
+
+    def lookup(self, name: str) -> Deferred[list[str]]:
+        """The ``host:port`` destinations announced under ``name``.
+
+        Fails with :class:`~grenache.errors.LookupEmpty` when there is none.
+        """
+        ...
+
+    def start_announcing(self, name: str, port: int) -> Deferred[int]:
+        """Announce ``name`` at ``port`` now and again until :meth:`stop_announcing`; fires
+        with the first announce's result."""
+        ...
+
+    def stop_announcing(self, name: str, port: int) -> None:
+        """Stop announcing ``name`` at ``port``."""
+        ...
+
+
+class ServerTransport(Protocol):
+    """The server side of an RPC transport."""
+
+    def listen(self, where: ListenSpec, serve: Callable[[Request], Deferred[Any]]) -> Deferred[int]:
+        """Listen on ``where`` (a port number, 0 for any; an endpoint description; or a server
+        endpoint, see :mod:`grenache.endpoints`) and fire with the bound TCP port (0 when the
+        endpoint has none, e.g. a UNIX socket).
+
+        For each request, call ``serve``: it fires with the result to send, or fails with the
+        error whose :func:`~grenache.peer.error_message` is to be sent.
+        """
+        ...
+
+    def stop(self) -> Deferred[None]:
+        """Stop listening and close open connections."""
+        ...
+
+
+class ClientTransport(Protocol):
+    """The client side of an RPC transport."""
+
+    def request(self, dest: str, request: OutgoingRequest) -> Deferred[Any]:
+        """Send ``request`` to ``dest`` (``"host:port"``, an IPv6 literal in brackets) and fire
+        with the reply's result.
+
+        Fails with :class:`~grenache.errors.RemoteError` (the reply's error string),
+        :class:`~grenache.errors.RequestTimeout`, :class:`~grenache.errors.TransportClosed`,
+        :class:`~grenache.errors.DestinationUnreachable` (no connection could be made: the
+        request certainly never reached a handler) or :class:`~grenache.errors.RequestTooLarge`.
+        """
+        ...
+
+    def stop(self) -> Deferred[None]:
+        """Close connections; pending requests fail with TransportClosed."""
+        ...
+
+
+class StreamClientTransport(ClientTransport, Protocol):
+    """A client transport that also opens streams (HTTP only: docs/protocol.rst,
+    *HTTP streaming*)."""
+
+    def stream(
+        self, dest: str, key: str, *, headers: Mapping[str, Any] | None, timeout: float
+    ) -> Deferred[Any]:
+        """Open a stream for ``key`` to ``dest``; fires with the transport's stream object.
+
+        Fails with :class:`~grenache.errors.DestinationUnreachable` when no connection could
+        be made (nothing was sent).
+        """
+        ...
+
+
+class PubTransport(Protocol):
+    """The publishing side of a pub/sub transport."""
+
+    def listen(self, where: ListenSpec) -> Deferred[int]:
+        """Listen on ``where`` (as :meth:`ServerTransport.listen`) and fire with the bound
+        TCP port."""
+        ...
+
+    def publish(self, message: str | bytes) -> int:
+        """Send ``message`` to every subscriber; return how many it was sent to."""
+        ...
+
+    def stop(self) -> Deferred[None]:
+        """Stop listening and disconnect subscribers."""
+        ...
+
+
+class SubConnection(Protocol):
+    """One subscription connection made by a :class:`SubTransport`."""
+
+    def close(self) -> None:
+        """Close the connection (``on_close`` is then called)."""
+        ...
+
+
+class SubTransport(Protocol):
+    """The subscribing side of a pub/sub transport."""
+
+    def connect(
+        self,
+        dest: str,
+        on_message: Callable[[str | bytes], None],
+        on_close: Callable[[], None],
+    ) -> Deferred[SubConnection]:
+        """Connect to the publisher at ``dest``; fires once connected.
+
+        ``on_message`` is called for each message and ``on_close`` once when an established
+        connection ends (for any reason). A failed connection attempt fails the Deferred
+        (with :class:`~grenache.errors.DestinationUnreachable` when refused) and never calls
+        ``on_close``.
+        """
+        ...
+
+    def stop(self) -> Deferred[None]:
+        """Close every connection."""
+        ...
