@@ -110,7 +110,8 @@ class Walk:
         self._concurrency = concurrency
         self._table = KBucket(target)
         self.tokens = KBucket(target)
-        self._queried: set[Address] = set()
+        #: Every address queried so far (a walk never queries one twice).
+        self.queried: set[Address] = set()
         self._pending = 0
         self._bootstrapped = False
         self._stopped = False
@@ -146,9 +147,9 @@ class Walk:
             for contact in self._candidates():
                 if self._pending >= self._concurrency:
                     return
-                if contact.addr in self._queried:
+                if contact.addr in self.queried:
                     continue
-                self._queried.add(contact.addr)
+                self.queried.add(contact.addr)
                 self._send(contact)
         if self._pending == 0:
             self._done.callback(self.tokens)

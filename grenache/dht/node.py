@@ -1,9 +1,16 @@
 """The DHT node: KRPC handlers, routing-table upkeep, announce / lookup / put / get.
 
-It answers every query as a Node grape (bittorrent-dht 10.0.0) does (reference/dht.md §3) and
-runs the same client flows (§4.4, §4.5, §6.3, §6.4), with the decisions of DESIGN.md:
-documented defaults, ed25519 verification on by default, and a lone node that keeps its own
-announces and puts so that a single grape is a working development network.
+It answers every query as a Node grape (bittorrent-dht 10.0.0) does and runs the same client
+flows (docs/protocol.rst, *DHT messages* and *BEP 44 items*), with the project's own choices
+(docs/protocol.rst, *Deliberate differences from Node.js*): documented defaults, ed25519
+verification on by default, and a lone node that keeps its own announces and puts so that a
+single grape is a working development network.
+
+Bootstrap nodes may be given by host name: they are resolved (IPv4: the DHT is IPv4-only, as
+Node's) before every bootstrap walk, so a name that did not resolve at start is tried again on
+the next retry. The node logs what an operator needs: the outcome of each bootstrap, the number
+of DHT neighbours when it changes materially, and a warning while it is alone although
+bootstrap nodes were given (:meth:`DHTNode.check_alone`, run by the grape's maintenance timer).
 """
 
 from __future__ import annotations
@@ -12,11 +19,13 @@ import functools
 import math
 import os
 import random
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import bencode2
-from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,6 +41,7 @@ from grenache.dht.lookup import (
 )
 from grenache.dht.routing import Contact, KBucket
 from grenache.dht.store import LRUCache, RecordCache, TokenSecrets
+from grenache.endpoints import join_host_port
 from grenache.errors import (
     AllQueriesFailed,
     DHTError,
@@ -41,6 +51,10 @@ from grenache.errors import (
 )
 
 log = Logger()
+
+Resolve = Callable[[str], "Deferred[str]"]
+"""``resolve(name)``: a Deferred firing with an IPv4 address for the host name (the shape of
+:meth:`IReactorCore.resolve <twisted.internet.interfaces.IReactorCore.resolve>`)."""
 
 TOKEN_TABLE_MAX_AGE = 300.0
 LOOKUP_RESULT_LIMIT = 100
@@ -56,8 +70,11 @@ class DHTConfig:
     """What a DHT node is told at construction. Times are in seconds.
 
     ``host``, when set, is the address a node stores for its own announces, as Node's ``host``
-    option does. ``peer_max_age`` 0 means announced peers never expire (the Node 1.0.0 CLI's
-    accidental default); the default is the documented 120 s.
+    option does; an IPv6 address or a name is stored as text (``[::1]:1337``) and answered to
+    this node's own lookups only, since compact DHT peers are IPv4. ``bootstrap`` entries are
+    ``(host, port)`` where host is an IPv4 address or a name (resolved before each bootstrap
+    walk); IPv6 ones are ignored with a warning. ``peer_max_age`` 0 means announced peers never
+    expire (the Node 1.0.0 CLI's accidental default); the default is the documented 120 s.
     """
 
     bootstrap: tuple[Address, ...] = ()
@@ -97,6 +114,8 @@ class DHTNode:
 
     ``krpc`` is the :class:`KRPCProtocol` to listen with (``reactor.listenUDP(port, node.krpc)``);
     :meth:`start` begins timers and the bootstrap walk, :meth:`stop` ends every timer.
+    ``resolve`` turns bootstrap host names into IPv4 addresses; by default the ``clock``'s own
+    ``resolve`` (a reactor has one), and names are then left unresolved when it has none.
     """
 
     def __init__(
@@ -105,9 +124,23 @@ class DHTNode:
         clock: IReactorTime,
         node_id: bytes | None = None,
         rng: random.Random | None = None,
+        resolve: Resolve | None = None,
     ) -> None:
         self.config = config
         self.clock: Any = clock  # zope interfaces confuse mypy's method binding
+        self._resolve: Resolve | None = resolve or getattr(clock, "resolve", None)
+        #: The bootstrap nodes as given (IPv4 literals and names), and their latest addresses.
+        self._bootstrap_given = [
+            (host, port) for host, port in config.bootstrap if not isIPv6Address(host.strip("[]"))
+        ]
+        self._bootstrap_ipv6 = [
+            (host, port) for host, port in config.bootstrap if isIPv6Address(host.strip("[]"))
+        ]
+        self._bootstrap_addresses: dict[Address, Address] = {
+            (host, port): (host, port) for host, port in self._bootstrap_given if isIPAddress(host)
+        }
+        self._bootstrap_waiters: list[Deferred[int]] | None = None
+        self._reported_neighbours = 0
         self.node_id = node_id if node_id is not None else os.urandom(20)
         self._rng = rng or random.Random()
         self.krpc = KRPCProtocol(
@@ -126,6 +159,10 @@ class DHTNode:
         )
         # Announces of a lone node, answered to local lookups only (never to other nodes).
         self.own_peers = RecordCache(clock, config.peer_max_age, config.max_peers, rng=self._rng)
+        # Own announces under a ``host`` that is no IPv4 address (``[::1]:1337``): stored as
+        # text, answered to local lookups only (compact DHT peers are IPv4).
+        self.own_texts = RecordCache(clock, config.peer_max_age, config.max_peers, rng=self._rng)
+        self._own_host_compact = config.host is not None and isIPAddress(config.host)
         self.values: LRUCache[bytes, bep44.Item] = LRUCache(clock, config.max_values)
         self.tables: LRUCache[bytes, KBucket] = LRUCache(
             clock, config.max_tables, TOKEN_TABLE_MAX_AGE
@@ -149,13 +186,25 @@ class DHTNode:
             raise RuntimeError("the DHT node is not listening")
         return int(transport.getHost().port)  # type: ignore[attr-defined,misc]
 
+    @property
+    def bootstrap_nodes(self) -> tuple[Address, ...]:
+        """The bootstrap nodes as configured (names unresolved)."""
+        return tuple(self.config.bootstrap)
+
     def start(self) -> Deferred[None]:
-        """Start timers and bootstrap; fires (never fails) once the bootstrap walk ended."""
+        """Start timers and bootstrap; fires (never fails) once the first bootstrap walk ended
+        (after resolving the bootstrap host names)."""
         self._running = True
+        for host, port in self._bootstrap_ipv6:
+            log.warn(
+                "bootstrap node {node} is IPv6 but the DHT is IPv4-only: not used",
+                node=join_host_port(host, port),
+            )
         self._last_change = self.clock.seconds()
         self.peers.start()
         self.seen_peers.start()
         self.own_peers.start()
+        self.own_texts.start()
         self.tokens.start()
         self._schedule_liveness()
         self.bootstrap().addBoth(
@@ -169,19 +218,145 @@ class DHTNode:
         self.peers.stop()
         self.seen_peers.stop()
         self.own_peers.stop()
+        self.own_texts.stop()
         self.tokens.stop()
         if self._liveness_call is not None and self._liveness_call.active():
             self._liveness_call.cancel()
         self._liveness_call = None
 
     def bootstrap(self) -> Deferred[int]:
-        """Walk ``find_node`` on our own id from the bootstrap list; fires with the responders."""
-        walk = self._walk(self.node_id, "find_node", {"target": self.node_id})
+        """Resolve the bootstrap nodes' names, then walk ``find_node`` on our own id from them;
+        fires (never fails) with the number of responders and logs the outcome.
 
-        def responders(_: KBucket) -> int:
+        A call while a bootstrap is under way shares it.
+        """
+        waiter: Deferred[int] = Deferred()
+        if self._bootstrap_waiters is not None:
+            self._bootstrap_waiters.append(waiter)
+            return waiter
+        waiters = self._bootstrap_waiters = [waiter]
+
+        def done(result: Any) -> None:
+            self._bootstrap_waiters = None
+            if isinstance(result, Failure):
+                log.failure("bootstrap failed", result)
+                result = 0
+            for one in waiters:
+                one.callback(result)
+
+        self._resolve_bootstrap().addCallback(self._bootstrap_walk).addBoth(done)
+        return waiter
+
+    def _resolve_bootstrap(self) -> Deferred[None]:
+        """Look up every bootstrap name again (addresses change); literals need no lookup."""
+        names = [(h, p) for h, p in self._bootstrap_given if not isIPAddress(h)]
+        if not names:
+            return succeed(None)
+        if self._resolve is None:
+            for host, port in names:
+                log.warn(
+                    "bootstrap node {node} not resolved: no resolver",
+                    node=join_host_port(host, port),
+                )
+            return succeed(None)
+        resolve = self._resolve
+
+        def one(host: str, port: int) -> Deferred[None]:
+            try:
+                d = resolve(host)
+            except Exception:
+                d = fail()
+
+            def resolved(address: str) -> None:
+                self._bootstrap_addresses[(host, port)] = (address, port)
+
+            def failed(failure: Failure) -> None:
+                self._bootstrap_addresses.pop((host, port), None)
+                log.warn(
+                    "bootstrap node {node} not resolved ({reason}); it is tried again on the "
+                    "next bootstrap",
+                    node=join_host_port(host, port),
+                    reason=failure.getErrorMessage(),
+                )
+
+            return d.addCallbacks(resolved, failed)
+
+        return DeferredList([one(h, p) for h, p in names]).addCallback(lambda _: None)
+
+    def _bootstrap_walk(self, _: None) -> Deferred[int] | int:
+        if not self._running:
+            return 0
+        addresses = self._bootstrap_addresses
+        answered: set[Address] = set()
+
+        def visit(response: Response) -> None:
+            answered.add(response.addr)
+
+        walk = self._walk(self.node_id, "find_node", {"target": self.node_id}, visit)
+
+        def finished(_: KBucket) -> int:
+            if self._bootstrap_given:
+                self._log_bootstrap(
+                    [
+                        (given, addresses[given])
+                        for given in self._bootstrap_given
+                        if addresses.get(given) in walk.queried
+                    ],
+                    answered,
+                )
             return walk.responses
 
-        return walk.run().addCallback(responders)
+        return walk.run().addCallback(finished)
+
+    def _log_bootstrap(
+        self, queried: list[tuple[Address, Address]], answered: set[Address]
+    ) -> None:
+        """One line per bootstrap: which bootstrap nodes answered, which did not."""
+
+        def name(given: Address, address: Address) -> str:
+            text = join_host_port(*given)
+            return text if given == address else f"{text} ({join_host_port(*address)})"
+
+        good = [name(g, a) for g, a in queried if a in answered]
+        bad = [name(g, a) for g, a in queried if a not in answered]
+        if good:
+            log.info(
+                "bootstrap succeeded: {answered} answered{missing}; {neighbours} DHT neighbours",
+                answered=", ".join(good),
+                missing=f" (no answer from {', '.join(bad)})" if bad else "",
+                neighbours=len(self.routing),
+            )
+        elif bad:
+            log.warn("bootstrap failed: no answer from {nodes}", nodes=", ".join(bad))
+
+    def check_alone(self) -> bool:
+        """If bootstrap nodes were given but the node has no neighbour, warn and bootstrap again
+        (names resolved anew). Returns whether a bootstrap was started. The grape runs this
+        periodically; it never raises."""
+        if not self._running or not self.config.bootstrap or len(self.routing) != 0:
+            return False
+        if self._bootstrap_waiters is not None:
+            return False
+        log.warn(
+            "no DHT neighbours although bootstrap nodes were given ({nodes}): retrying bootstrap",
+            nodes=", ".join(join_host_port(h, p) for h, p in self.config.bootstrap),
+        )
+        self.bootstrap()
+        return True
+
+    def _neighbours_changed(self) -> None:
+        """Log the number of DHT neighbours when it changes materially: from or to none, or
+        doubled or halved since it was last logged (not at every node)."""
+        count = len(self.routing)
+        last = self._reported_neighbours
+        if count == last:
+            return
+        if (count == 0) != (last == 0) or count >= 2 * last or 2 * count <= last:
+            self._reported_neighbours = count
+            if count == 0:
+                log.warn("no DHT neighbours left (had {last})", last=last)
+            else:
+                log.info("{count} DHT neighbours (was {last})", count=count, last=last)
 
     def add_node(self, addr: Address) -> Deferred[bool]:
         """Ping ``addr`` and, if it answers, add it to the routing table (Node's ``addNode``)."""
@@ -202,6 +377,7 @@ class DHTNode:
             known.seen = now
             return
         full = self.routing.add(Contact(id=node_id, host=addr[0], port=addr[1], seen=now))
+        self._neighbours_changed()
         if full is not None:
             self._eviction_queue = full  # last one wins
             if not self._evicting:
@@ -217,6 +393,7 @@ class DHTNode:
                 await self.krpc.query(contact.addr, "ping", {}, node_id=contact.id)
             except DHTError:
                 self.routing.remove(contact.id)
+                self._neighbours_changed()
                 return contact
             contact.seen = self._last_change = self.clock.seconds()
         return None
@@ -237,6 +414,7 @@ class DHTNode:
         def settle(dead: Contact | None) -> None:
             if dead is not None:
                 self.routing.add(newcomer)
+                self._neighbours_changed()
             self._run_evictions()
 
         ensureDeferred(self._first_dead(stale)).addCallback(settle)
@@ -266,12 +444,13 @@ class DHTNode:
         known = self.routing.get(contact.id)
         if known is not None and known.addr == contact.addr:
             self.routing.remove(contact.id)
+            self._neighbours_changed()
 
     def _walk(self, target: bytes, query: str, args: dict[str, Any], visit: Any = None) -> Walk:
         return Walk(
             self.krpc,
             self.routing,
-            self.config.bootstrap,
+            list(self._bootstrap_addresses.values()),
             target,
             query,
             args,
@@ -280,7 +459,7 @@ class DHTNode:
             concurrency=self.config.concurrency,
         )
 
-    # --- serving queries (reference/dht.md §3) --------------------------------------------------
+    # --- serving queries (docs/protocol.rst, *DHT messages*) ----------------------------------
 
     def _handle_query(
         self, query: str, a: dict[str, Any], addr: Address
@@ -434,6 +613,8 @@ class DHTNode:
         """Remember the peers stored here under ``key`` among the lookup's results."""
         for record in self.peers.get(key, LOOKUP_RESULT_LIMIT) + self.own_peers.get(key):
             self._remember(key, record)
+        for text in self.own_texts.get(key):
+            self.seen_peers.add(key, text)
 
     def _peer_texts(self, key: bytes) -> list[str]:
         return [r.decode("ascii") for r in self.seen_peers.get(key, LOOKUP_RESULT_LIMIT)]
@@ -513,8 +694,12 @@ class DHTNode:
         """
         if port == 0:
             port = self.port
-        if self.config.host is not None:
-            self.peers.add(key, encode_peer(self.config.host, port))
+        host = self.config.host
+        if host is not None:
+            if self._own_host_compact:
+                self.peers.add(key, encode_peer(host, port))
+            else:
+                self.own_texts.add(key, join_host_port(host, port).encode("ascii"))
         args = {"implied_port": 0, "info_hash": key, "port": port}
         table = self.tables.peek(key)
         if table is not None:

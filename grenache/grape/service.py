@@ -1,12 +1,34 @@
 """A grape: a DHT node with its HTTP API and, optionally, its WebSocket API.
 
-:class:`Grape` is a Twisted ``Service``: ``twistd grape`` runs one (see :mod:`grenache.grape.tap`)
-and programs and tests run as many as they like, on ports the OS picks::
+:class:`Grape` is a Twisted :class:`~twisted.application.service.MultiService`, built the way
+``twisted.names`` builds its server: one child service per listening socket and one for the
+maintenance timer. ``twistd grape`` runs one (see :mod:`grenache.grape.tap`) and programs and
+tests run as many as they like, on ports the OS picks::
 
     grape = Grape(GrapeConfig(dht_port=0, api_port=0), reactor)
     await grape.start()          # listening, bootstrapped
     print(grape.dht_port, grape.api_port)
     await grape.stop()
+
+The children, by name:
+
+``dht``
+    the DHT's UDP port (:class:`twisted.application.internet.UDPServer`), on every IPv4
+    address as Node's;
+``http-api``
+    the HTTP API (:class:`~twisted.application.internet.StreamServerEndpointService`);
+``ws-api``
+    the WebSocket API, only when ``ws_port`` is given;
+``maintenance``
+    a :class:`~twisted.application.internet.TimerService` that warns and bootstraps again while
+    the grape has no DHT neighbour although bootstrap nodes were given.
+
+The API ports are :data:`~grenache.endpoints.ListenSpec`: a port number (bound to ``host``), an
+endpoint description (``"tcp6:30001"``, ``"ssl:30001:privateKey=key.pem:certKey=cert.pem"``) or
+an endpoint. A port number or a description is bound synchronously by
+``privilegedStartService`` (through :func:`twisted.application.strports.service`, as ``twistd``
+binds its own ports), so a taken port raises :class:`ListenError` at once; an endpoint object
+may bind later, and then :meth:`Grape.start` fails with :class:`ListenError`.
 """
 
 from __future__ import annotations
@@ -15,17 +37,32 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService, TimerService, UDPServer
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from grenache.dht.krpc import Address
-from grenache.dht.node import DHTConfig, DHTNode
+from grenache.dht.node import DHTConfig, DHTNode, Resolve
+from grenache.endpoints import (
+    ListenSpec,
+    bound_port,
+    describe_listen_spec,
+    join_host_port,
+    server_endpoint,
+    split_host_port,
+)
 from grenache.grape.api_http import grape_http_factory
 from grenache.grape.api_ws import grape_ws_factory
 from grenache.grape.operations import make_dispatch
+
+__all__ = ["Grape", "GrapeConfig", "ListenError", "parse_bootstrap"]
 
 log = Logger()
 
@@ -38,15 +75,20 @@ class ListenError(Exception):
 class GrapeConfig:
     """Everything a grape is configured with. Times in seconds, sizes in bytes.
 
-    Defaults are the documented grenache-grape ones (DESIGN.md, "Defaults"). A port of 0 asks
-    the OS for a free one; ``ws_port`` None runs no WebSocket API. ``host`` is the address the
-    APIs bind to and the address the grape stores for its own announces; the DHT socket binds
-    all interfaces, as Node's does.
+    Defaults are the documented grenache-grape ones. ``api_port`` and ``ws_port`` are
+    :data:`~grenache.endpoints.ListenSpec` (a port number, an endpoint description or an
+    endpoint); a port of 0 asks the OS for a free one; ``ws_port`` None runs no WebSocket API.
+    ``host`` is the address the numeric API ports bind to and the address the grape stores for
+    its own announces (an IPv6 one as ``[::1]:port``); the DHT socket binds all IPv4
+    interfaces, as Node's does. ``bootstrap`` is ``(host, port)`` pairs, the host an IPv4
+    address or a name (resolved at start and before every retry). ``bootstrap_retry`` is the
+    period of the maintenance timer: while the grape has no neighbour although bootstrap nodes
+    were given, it warns and bootstraps again.
     """
 
     dht_port: int = 20001
-    api_port: int = 30001
-    ws_port: int | None = None
+    api_port: ListenSpec = 30001
+    ws_port: ListenSpec | None = None
     host: str | None = None
     bootstrap: tuple[Address, ...] = attrs.field(default=(), converter=tuple)
     peer_max_age: float = 120.0
@@ -55,6 +97,7 @@ class GrapeConfig:
     max_values: int = 5000
     max_payload_size: int | None = 8192
     verify_mutable: bool = True
+    bootstrap_retry: float = 30.0
 
     def dht_config(self) -> DHTConfig:
         return DHTConfig(
@@ -69,129 +112,287 @@ class GrapeConfig:
 
 
 def parse_bootstrap(text: str | Sequence[str]) -> tuple[Address, ...]:
-    """``"host:port,host:port"`` (Node's ``--bn``) as addresses; empty items are dropped."""
+    """``"host:port,[v6]:port"`` (Node's ``--bn``) as ``(host, port)`` pairs; empty items are
+    dropped. Hosts may be names (resolved when the grape starts). Raises :class:`ValueError`
+    naming the bad item."""
     items = text.split(",") if isinstance(text, str) else list(text)
     addresses = []
     for item in (i.strip() for i in items):
         if not item:
             continue
-        host, sep, port = item.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"bootstrap node {item!r} is not host:port")
-        addresses.append((host, int(port)))
+        try:
+            addresses.append(split_host_port(item))
+        except ValueError:
+            raise ValueError(
+                f"bootstrap node {item!r} is not host:port (or [ipv6]:port) with a port 1-65535"
+            ) from None
     return tuple(addresses)
 
 
-class Grape(Service):
-    """A grape on ``reactor``. ``start()`` / ``stop()`` return Deferreds; as a Service,
-    ``startService`` binds every port synchronously and raises :class:`ListenError` if one is
-    taken."""
+def listen_description(where: int | str, interface: str = "") -> str:
+    """The endpoint description for a :data:`ListenSpec` given as a number or a description:
+    a port number becomes ``tcp:PORT`` on ``interface`` (``tcp6`` for an IPv6 one)."""
+    if isinstance(where, str) and not where.strip().isdigit():
+        return where
+    port = int(where)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is not between 0 and 65535")
+    interface = interface.strip("[]")
+    kind = "tcp6" if ":" in interface else "tcp"
+    if not interface:
+        return f"{kind}:{port}"
+    return f"{kind}:{port}:interface={quoteStringArgument(interface)}"
+
+
+@implementer(IStreamServerEndpoint)
+class _PortKeeper:
+    """Wraps a service's endpoint to keep the listening port it gives (or why it failed)."""
+
+    def __init__(self, endpoint: Any) -> None:
+        self.endpoint = endpoint
+        self.port: IListeningPort | None = None
+        self.failure: Failure | None = None
+        self._waiters: list[Deferred[IListeningPort]] = []
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        self.port, self.failure = None, None
+        d: Deferred[IListeningPort] = self.endpoint.listen(factory)
+        return d.addCallbacks(self._listening, self._failed)
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(port)
+        return port
+
+    def _failed(self, failure: Failure) -> Failure:
+        self.failure = failure
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(failure)
+        return failure
+
+    def when_listening(self) -> Deferred[IListeningPort]:
+        if self.port is not None:
+            return succeed(self.port)
+        if self.failure is not None:
+            return fail(self.failure)
+        waiter: Deferred[IListeningPort] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+
+def _address_text(port: Any, kind: str) -> str:
+    """What ``port`` is bound to: ``tcp 127.0.0.1:30001``, ``tls [::1]:30001``..."""
+    address = port.getHost()
+    host, number = getattr(address, "host", None), getattr(address, "port", None)
+    if host is not None and number is not None:
+        return f"{kind} {join_host_port(host, number) if host else f'*:{number}'}"
+    return f"{kind} {getattr(address, 'name', address)!s}"
+
+
+def _kind(where: ListenSpec, port: Any) -> str:
+    if isinstance(where, str) and where.strip().lower().startswith("ssl:"):
+        return "tls"
+    return str(getattr(port.getHost(), "type", "tcp")).lower()
+
+
+class Grape(MultiService):
+    """A grape on ``reactor`` (see the module docstring for its children).
+
+    :meth:`start` / :meth:`stop` return Deferreds for programs; as a service,
+    ``privilegedStartService`` binds the ports given as numbers or descriptions synchronously and
+    raises :class:`ListenError` (all or none bound) if one cannot be. ``resolve`` turns bootstrap
+    host names into IPv4 addresses (the reactor's ``resolve`` by default).
+    """
 
     name = "grape"
 
-    def __init__(self, config: GrapeConfig, reactor: Any, node_id: bytes | None = None) -> None:
+    def __init__(
+        self,
+        config: GrapeConfig,
+        reactor: Any,
+        node_id: bytes | None = None,
+        resolve: Resolve | None = None,
+    ) -> None:
+        super().__init__()
         self.config = config
         self.reactor = reactor
-        self.node = DHTNode(config.dht_config(), reactor, node_id=node_id)
-        self._ports: list[IListeningPort] = []
-        self._udp: IListeningPort | None = None
-        self._api: IListeningPort | None = None
-        self._ws: IListeningPort | None = None
-        self._http_factory: Any = None
-        self._ws_factory: Any = None
+        self.node = DHTNode(config.dht_config(), reactor, node_id=node_id, resolve=resolve)
+        dispatch = make_dispatch(self.node)
+        self._privileged = False
+        self._keepers: dict[str, tuple[str, ListenSpec, _PortKeeper]] = {}
+
+        udp = UDPServer(config.dht_port, self.node.krpc, maxPacketSize=65535, reactor=reactor)
+        udp.setName("dht")
+        udp.setServiceParent(self)
+
+        self.http_factory = grape_http_factory(
+            dispatch, reactor, max_body_size=config.max_payload_size
+        )
+        self._add_listener("http-api", "HTTP API", config.api_port, self.http_factory)
+        self.ws_factory: Any = None
+        if config.ws_port is not None:
+            self.ws_factory = grape_ws_factory(
+                dispatch, max_message_size=config.max_payload_size or 1 << 20, reactor=reactor
+            )
+            self._add_listener("ws-api", "WebSocket API", config.ws_port, self.ws_factory)
+
+        maintenance = TimerService(config.bootstrap_retry, self._maintain)
+        maintenance.clock = reactor
+        maintenance.setName("maintenance")
+        maintenance.setServiceParent(self)
+
+    def _add_listener(self, name: str, what: str, where: ListenSpec, factory: Any) -> None:
+        service: StreamServerEndpointService
+        if isinstance(where, (int, str)) and not isinstance(where, bool):
+            description = listen_description(where, self.config.host or "")
+            server_endpoint(self.reactor, description)  # a bad description: ValueError, now
+            # strports binds at privilegedStartService and raises there, as twistd's own ports.
+            service = strports.service(description, factory, reactor=self.reactor)
+        else:
+            service = StreamServerEndpointService(server_endpoint(self.reactor, where), factory)
+        keeper = _PortKeeper(service.endpoint)
+        service.endpoint = keeper
+        service.setName(name)
+        service.setServiceParent(self)
+        self._keepers[name] = (what, where, keeper)
+
+    # --- ports ------------------------------------------------------------------------------
+
+    def _port(self, name: str) -> Any:
+        entry = self._keepers.get(name)
+        port = entry[2].port if entry is not None else None
+        if port is None or not self.running:
+            raise RuntimeError(f"the grape's {name} is not listening")
+        return port
 
     @property
     def dht_port(self) -> int:
-        assert self._udp is not None, "the grape is not running"
-        return int(self._udp.getHost().port)  # type: ignore[attr-defined,misc]
+        """The DHT's UDP port."""
+        return self.node.port
 
     @property
     def api_port(self) -> int:
-        assert self._api is not None, "the grape is not running"
-        return int(self._api.getHost().port)  # type: ignore[attr-defined,misc]
+        """The HTTP API's TCP port (0 for a UNIX socket)."""
+        return bound_port(self._port("http-api"))
 
     @property
     def ws_port(self) -> int | None:
-        return None if self._ws is None else int(self._ws.getHost().port)  # type: ignore[attr-defined,misc]
+        """The WebSocket API's TCP port; None when the grape runs none."""
+        return None if "ws-api" not in self._keepers else bound_port(self._port("ws-api"))
+
+    def _url(self, name: str, scheme: str) -> str:
+        port = self._port(name)
+        address = port.getHost()
+        host = getattr(address, "host", "")
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        tls = _kind(self._keepers[name][1], port) == "tls"
+        return f"{scheme}{'s' if tls else ''}://{join_host_port(host, bound_port(port))}"
 
     @property
     def api_url(self) -> str:
-        """The HTTP API's base URL, for links on this machine."""
-        return f"http://{self.config.host or '127.0.0.1'}:{self.api_port}"
+        """The HTTP API's base URL, for links on this machine (``https`` for an ``ssl:`` port)."""
+        return self._url("http-api", "http")
 
-    def _listen(self, what: str, port: int, listen: Any) -> IListeningPort:
-        try:
-            listening: IListeningPort = listen()
-        except CannotListenError as error:
-            self._close_ports()
-            reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
-            raise ListenError(f"cannot listen on {what} port {port}: {reason}") from None
-        self._ports.append(listening)
-        return listening
+    @property
+    def ws_url(self) -> str | None:
+        """The WebSocket API's URL for links on this machine; None when it runs none."""
+        return None if "ws-api" not in self._keepers else self._url("ws-api", "ws")
 
-    def bind(self) -> None:
-        """Bind the DHT socket and the API ports (all or none)."""
-        config = self.config
-        interface = config.host or ""
-        self._udp = self._listen(
-            "DHT (UDP)",
-            config.dht_port,
-            lambda: self.reactor.listenUDP(config.dht_port, self.node.krpc, maxPacketSize=65535),
-        )
-        dispatch = make_dispatch(self.node)
-        self._http_factory = http = grape_http_factory(
-            dispatch, self.reactor, max_body_size=config.max_payload_size
-        )
-        self._api = self._listen(
-            "HTTP API (TCP)",
-            config.api_port,
-            lambda: self.reactor.listenTCP(config.api_port, http, interface=interface),
-        )
-        if config.ws_port is not None:
-            ws_port = config.ws_port
-            size = config.max_payload_size or 1 << 20
-            self._ws_factory = ws = grape_ws_factory(dispatch, max_message_size=size)
-            self._ws = self._listen(
-                "WebSocket API (TCP)",
-                ws_port,
-                lambda: self.reactor.listenTCP(ws_port, ws, interface=interface),
-            )
+    # --- service ----------------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """Bind every port given as a number or a description now; on failure close the ones
+        already bound and raise :class:`ListenError`."""
+        if self._privileged:
+            return
+        started: list[Any] = []
+        for child in self:
+            try:
+                child.privilegedStartService()
+            except CannotListenError as error:
+                for other in started:
+                    other.stopService()
+                raise ListenError(self._listen_error(child.name, error)) from None
+            started.append(child)
+        self._privileged = True
+
+    def _listen_error(self, name: str | None, error: CannotListenError) -> str:
+        if name in self._keepers:
+            what, where, _ = self._keepers[name]
+            label = f"{what} {describe_listen_spec(where)}"
+        else:
+            label = f"DHT (UDP) port {self.config.dht_port}"
+        reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+        return f"cannot listen on {label}: {reason}"
 
     def startService(self) -> None:
-        if not self._ports:
-            self.bind()
+        self.privilegedStartService()
         super().startService()
         self.node.start()
+        listening = [keeper.when_listening() for _, _, keeper in self._keepers.values()]
+        DeferredList(listening, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
+            self._log_listening, lambda _: None
+        )
+
+    def _log_listening(self, _: object) -> None:
+        udp = self.node.krpc.transport
+        parts = [] if udp is None else [f"DHT {_address_text(udp, 'udp')}"]  # type: ignore[arg-type]
+        for what, where, keeper in self._keepers.values():
+            if keeper.port is not None:
+                parts.append(f"{what} {_address_text(keeper.port, _kind(where, keeper.port))}")
         log.info(
-            "grape {node_id} listening: DHT udp/{dht}, HTTP API tcp/{api}{ws}",
+            "grape {node_id} listening: {listeners}",
             node_id=self.node.node_id.hex(),
-            dht=self.dht_port,
-            api=self.api_port,
-            ws=f", WebSocket API tcp/{self.ws_port}" if self._ws is not None else "",
+            listeners=", ".join(parts),
         )
 
     def stopService(self) -> Deferred[Any]:  # type: ignore[override]
-        super().stopService()
+        self._privileged = False
         self.node.stop()
-        closing = self._close_ports()
-        for factory in (self._http_factory, self._ws_factory):
+        stopping: Deferred[Any] = super().stopService()  # type: ignore[assignment]
+        for factory in (self.http_factory, self.ws_factory):
             if factory is not None:
                 factory.closeConnections()
-        return closing
+        return stopping
 
-    def _close_ports(self) -> Deferred[Any]:
-        ports, self._ports = self._ports, []
-        self._udp = self._api = self._ws = None
-        if not ports:
-            return succeed(None)
-        stopping = [maybeDeferred(p.stopListening) for p in ports]  # type: ignore[misc,call-overload]
-        return DeferredList(stopping).addCallback(lambda _: None)
+    def _maintain(self) -> None:
+        """The maintenance timer's body: it logs what goes wrong and never stops the timer."""
+        try:
+            self.node.check_alone()
+        except Exception:
+            log.failure("grape maintenance failed")
+
+    # --- for programs -----------------------------------------------------------------------
 
     def start(self) -> Deferred[None]:
-        """Bind, start, and fire once the bootstrap walk has ended."""
-        self.startService()
-        return self.node.ready
+        """Bind, start, and fire once every port listens and the first bootstrap walk ended.
+
+        Fails with :class:`ListenError` if a port cannot be bound (nothing is left running).
+        """
+        try:
+            self.startService()
+        except ListenError:
+            return fail()
+        listening = [
+            keeper.when_listening().addErrback(self._late_listen_error, name)
+            for name, (_, _, keeper) in self._keepers.items()
+        ]
+        ready = DeferredList(listening, fireOnOneErrback=True, consumeErrors=True)
+
+        def failed(failure: Failure) -> Deferred[None]:
+            error = failure.value.subFailure  # type: ignore[union-attr]
+            return self.stopService().addBoth(lambda _: error)
+
+        return ready.addCallbacks(lambda _: self.node.ready, failed)
+
+    def _late_listen_error(self, failure: Failure, name: str) -> Failure:
+        if failure.check(CannotListenError):
+            return Failure(ListenError(self._listen_error(name, failure.value)))  # type: ignore[arg-type]
+        return failure
 
     def stop(self) -> Deferred[Any]:
-        """Stop timers and close every port."""
+        """Stop the timers and close every port and connection."""
         return self.stopService()

@@ -2,7 +2,14 @@
 
 With no flags it is a working standalone grape: DHT on UDP 20001, HTTP API on TCP 30001, the
 documented defaults (peers expire after 120 s, 8 KiB API bodies), no bootstrap node. Times on
-the command line are in milliseconds, as Node's.
+the command line are in milliseconds, as Node's. ``--aph`` and ``--apw`` take a port number (as
+Node's) or a Twisted endpoint description (``tcp6:30001``,
+``ssl:30001:privateKey=key.pem:certKey=cert.pem``); ``--bn`` takes host names and
+``[ipv6]:port`` too. docs/deploying.rst is the operator's page.
+
+:func:`makeService` builds a :class:`~grenache.grape.service.Grape`, a ``MultiService`` whose
+children are the listening ports and the maintenance timer, as ``twisted.names``' tap builds
+its server. A port that cannot be bound stops ``twistd`` with a one-line error and status 1.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
+from grenache.endpoints import ListenSpec, server_endpoint
 from grenache.grape.service import Grape, GrapeConfig, ListenError, parse_bootstrap
 
 
@@ -21,6 +29,25 @@ def _port(value: str) -> int:
     if not 0 <= port <= 65535:
         raise ValueError(f"{value} is not a port number (0-65535)")
     return port
+
+
+def _listen_spec(value: str) -> ListenSpec:
+    """A port number (Node's spelling) or an endpoint description, checked now so that a typo
+    or an unreadable TLS key is a usage error, not a traceback at startup."""
+    text = value.strip()
+    if text.isdigit():
+        return _port(text)
+    try:
+        server_endpoint(_NoReactor(), text)
+    except ValueError:
+        raise
+    except Exception as error:  # serverFromString raises many kinds (ssl: file and key errors)
+        raise ValueError(f"cannot listen on {text!r}: {error}") from None
+    return text
+
+
+class _NoReactor:
+    """Stands for the reactor while an endpoint description is only being checked."""
 
 
 def _non_negative(value: str) -> int:
@@ -49,15 +76,40 @@ class Options(usage.Options):
         "Examples:\n"
         "  twistd -n grape                        a standalone grape on 20001/30001\n"
         "  twistd -n grape --dp 20001 --aph 30001 --bn 127.0.0.1:20002\n"
-        "  twistd -n --pidfile g2.pid grape --dp 20002 --aph 40001 --bn 127.0.0.1:20001\n"
+        "  twistd -n --pidfile g2.pid grape --dp 20002 --aph 40001 --bn localhost:20001\n"
+        "  twistd -n grape --aph ssl:30001:privateKey=key.pem:certKey=cert.pem\n"
+        "  twistd -n grape --aph tcp6:30001 --apw 30002 -b ::1\n"
     )
 
     optParameters = [
         ["dp", None, 20001, "DHT UDP port (Node: --dht_port).", _port],
-        ["aph", None, 30001, "HTTP API TCP port (Node: --api_port).", _port],
-        ["apw", None, None, "WebSocket API TCP port (off unless given).", _port],
-        ["bn", None, "", "Bootstrap nodes, comma-separated host:port (Node: --bootstrap)."],
-        ["bind", "b", None, "Address the APIs bind to and announces are stored under."],
+        [
+            "aph",
+            None,
+            30001,
+            "HTTP API: TCP port or endpoint description, e.g. tcp6:30001 (Node: --api_port).",
+            _listen_spec,
+        ],
+        [
+            "apw",
+            None,
+            None,
+            "WebSocket API: TCP port or endpoint description (off unless given).",
+            _listen_spec,
+        ],
+        [
+            "bn",
+            None,
+            "",
+            "Bootstrap nodes, comma-separated host:port; names resolved at start and on every "
+            "retry (Node: --bootstrap).",
+        ],
+        [
+            "bind",
+            "b",
+            None,
+            "Address numeric API ports bind to and own announces are stored under (IPv6 too).",
+        ],
         [
             "dpa",
             None,
@@ -147,14 +199,35 @@ def _node_spellings(options: type[Options]) -> list[list[Any]]:
 Options.optParameters = Options.optParameters + _node_spellings(Options)
 
 
+class TwistdGrape(Grape):
+    """The grape ``twistd`` runs. A port that cannot be bound ends ``twistd -n`` with a one-line
+    error and exit status 1 instead of a traceback. A daemonizing ``twistd`` needs an
+    ``Exception`` to report a failed start through its status pipe (it waits forever
+    otherwise), so there :class:`ListenError` goes through and ``twistd`` prints
+    ``An error has occurred: ...`` and exits 1."""
+
+    def __init__(self, *args: Any, exit_on_listen_error: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.exit_on_listen_error = exit_on_listen_error
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as error:
+            if self.exit_on_listen_error:
+                raise SystemExit(f"twistd grape: {error}") from None
+            raise
+
+
 def makeService(options: Options) -> IService:
-    """Build the grape and bind its ports now, so a taken port is a one-line error."""
+    """Build the grape service; ``twistd`` binds its ports in ``privilegedStartService``."""
     from twisted.internet import reactor
 
-    grape = Grape(options.config(), reactor)
+    twistd = options.parent
+    daemon = twistd is not None and not twistd.get("nodaemon", True)
     try:
-        grape.bind()
-    except ListenError as error:
+        grape = TwistdGrape(options.config(), reactor, exit_on_listen_error=not daemon)
+    except ValueError as error:
         raise SystemExit(f"twistd grape: {error}") from None
     # Keep the startup heap (~55k objects: modules, classes) out of full collections, which
     # otherwise walk it all (20-25 ms pauses under load; bench/README.md, Grape). Process-wide,
