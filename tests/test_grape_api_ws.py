@@ -3,8 +3,8 @@
 The sockets live in memory: ``autobahn.twisted.testing.create_memory_agent`` connects a real
 autobahn client to a server protocol built by the factory under test, over ``iosim`` transports.
 Most tests pump those transports by hand (``_SyncPumper``) so every step is deterministic and
-results are checked with ``successResultOf``; one test uses autobahn's own ``create_pumper``
-(which pumps from the global reactor), and one runs over loopback TCP on a port chosen by the OS.
+results are checked with ``successResultOf``; one runs over loopback TCP on a port chosen by the
+OS, waiting on events (never on time).
 """
 
 from __future__ import annotations
@@ -14,17 +14,18 @@ from typing import Any, cast
 from autobahn.twisted.testing import (
     MemoryReactorClockResolver,
     create_memory_agent,
-    create_pumper,
 )
 from autobahn.twisted.websocket import WebSocketClientProtocol, create_client_agent
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from grenache import codec
+from grenache import codec, endpoints
 from grenache.errors import (
     GrapeAnnounceInvalid,
     GrapeHashFormat,
@@ -50,9 +51,20 @@ class FakeDispatch:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any, Deferred[Any]]] = []
 
+        self._waiting: list[Deferred[tuple[str, Any, Deferred[Any]]]] = []
+
     def __call__(self, operation: str, data: Any) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         self.calls.append((operation, data, d))
+        waiting, self._waiting = self._waiting, []
+        for w in waiting:
+            w.callback((operation, data, d))
+        return d
+
+    def next_call(self) -> Deferred[tuple[str, Any, Deferred[Any]]]:
+        """Fires with ``(operation, data, reply)`` when the dispatcher is next called."""
+        d: Deferred[tuple[str, Any, Deferred[Any]]] = Deferred()
+        self._waiting.append(d)
         return d
 
 
@@ -405,6 +417,74 @@ class ReplyTests(MemorySocketMixin, unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
+class _Wire(StringTransport):
+    """A StringTransport that lets autobahn unregister a producer it never registered."""
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
+class PlainHTTPTests(unittest.TestCase):
+    """What the API answers a client that is not speaking WebSocket."""
+
+    def test_plain_http_request_gets_426(self) -> None:
+        """An ``http://`` grape URL pointed at this port: 426 Upgrade Required, no HTML page,
+        and the connection is closed (an HTTP client can tell it reached the WebSocket API)."""
+        factory = grape_ws_factory(FakeDispatch(), reactor=Clock())
+        server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5))
+        wire = _Wire()
+        server.makeConnection(wire)
+        server.dataReceived(
+            b"POST / HTTP/1.1\r\nHost: 127.0.0.1:30002\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 38\r\n\r\n{"rid":"r","data":"rpc_test"}'
+        )
+        head, _, body = wire.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 426 "), head)
+        self.assertEqual(body, b"")
+        self.assertTrue(wire.disconnecting)
+
+
+class ReactorTests(unittest.TestCase):
+    """The factory's timers run on the reactor it was given, not on the global one."""
+
+    def test_handshake_timeout_on_the_given_clock(self) -> None:
+        clock = Clock()
+        factory = grape_ws_factory(FakeDispatch(), reactor=clock)
+        factory.setProtocolOptions(openHandshakeTimeout=5.0)
+        server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5))
+        wire = _Wire()
+        server.makeConnection(wire)
+        self.assertTrue(clock.getDelayedCalls(), "the handshake timer is on the given clock")
+        clock.advance(4.0)
+        self.assertFalse(wire.disconnecting)
+        clock.advance(1.5)
+        self.assertTrue(wire.disconnecting, "a client that never sends its handshake is dropped")
+
+
+class DispatchOverrideTests(MemorySocketMixin, unittest.TestCase):
+    """A protocol subclass can run operations itself (``dispatch_request``)."""
+
+    def test_dispatch_request_override(self) -> None:
+        class Upper(GrapeWebSocketProtocol):
+            def dispatch_request(self, operation: str, data: Any) -> Any:
+                if operation == "lookup":
+                    return [data.upper()]
+                return super().dispatch_request(operation, data)
+
+        factory = self.make_factory()
+        factory.protocol = Upper
+        pumper = _SyncPumper()
+        agent = create_memory_agent(self.reactor, pumper, self.build_server)
+        d = agent.open("ws://127.0.0.1:30002/", {}, protocol_class=RecordingClient)
+        pumper.flush()
+        client = self.successResultOf(d)
+        client.sendMessage(b'["r1","lookup","abc"]')
+        client.sendMessage(b'["r2","announce",["abc",1]]')
+        pumper.flush()
+        self.assertEqual(client.texts, [b'["r1",null,["ABC"]]'])
+        self.assertEqual([c[:2] for c in self.dispatch.calls], [("announce", ["abc", 1])])
+
+
 class FactoryTests(unittest.TestCase):
     """Construction and the limits handed to autobahn."""
 
@@ -428,63 +508,35 @@ class FactoryTests(unittest.TestCase):
         self.assertRaises(ValueError, GrapeWebSocketFactory, FakeDispatch(), max_in_flight=0)
 
 
-class AutobahnPumperTests(MemorySocketMixin, unittest.TestCase):
-    """The same round trip with autobahn's own pumper, driven by the global reactor."""
-
-    def setUp(self) -> None:
-        self.make_factory()
-        self.pumper = create_pumper()
-        self.pumper.start()
-        self.addCleanup(self.pumper.stop)
-
-    @inlineCallbacks
-    def test_round_trip(self) -> Any:
-        agent = create_memory_agent(self.reactor, self.pumper, self.build_server)
-        client = yield agent.open("ws://127.0.0.1:30002/", {}, protocol_class=RecordingClient)
-        received: Deferred[bytes] = Deferred()
-        client.onMessage = lambda payload, isBinary: received.callback(payload)
-        client.sendMessage(b'["rt","announce",["rpc_test",1337]]')
-        while not self.dispatch.calls:
-            yield _sleep(0.01)
-        self.dispatch.calls[0][2].callback(1)
-        reply = yield received
-        self.assertEqual(reply, b'["rt",null,1]')
-        client.sendClose(1000)
-        while self.servers[0].state != WebSocketProtocol.STATE_CLOSED:
-            yield _sleep(0.01)
-
-
 def _global_reactor() -> Any:
-    """Trial's running reactor, for the tests that need real time or a real socket."""
+    """Trial's running reactor, for the test that needs a real socket."""
     from twisted.internet import reactor
 
     return reactor
 
 
-def _sleep(seconds: float) -> Deferred[None]:
-    return deferLater(_global_reactor(), seconds, lambda: None)
-
-
 class LoopbackTests(unittest.TestCase):
-    """One real TCP round trip on a loopback port chosen by the OS."""
+    """One real TCP round trip on a loopback port chosen by the OS; every wait is on an event."""
 
     @inlineCallbacks
     def test_loopback(self) -> Any:
         reactor = _global_reactor()
         dispatch = FakeDispatch()
-        port = reactor.listenTCP(0, grape_ws_factory(dispatch), interface="127.0.0.1")
+        factory = grape_ws_factory(dispatch, reactor=reactor)
+        port = yield endpoints.listen(reactor, "tcp:0:interface=127.0.0.1", factory)
         self.addCleanup(port.stopListening)
         agent = create_client_agent(reactor)
         url = f"ws://127.0.0.1:{port.getHost().port}/"
         client = yield agent.open(url, {}, protocol_class=RecordingClient)
         received: Deferred[bytes] = Deferred()
         client.onMessage = lambda payload, isBinary: received.callback(payload)
+        called = dispatch.next_call()
         client.sendMessage('["lb","lookup","sérvice"]'.encode())
-        while not dispatch.calls:
-            yield _sleep(0.01)
-        dispatch.calls[0][2].callback(["127.0.0.1:1337"])
-        reply = yield received
-        self.assertEqual(reply, b'["lb",null,["127.0.0.1:1337"]]')
+        operation, data, reply = yield called
+        self.assertEqual((operation, data), ("lookup", "sérvice"))
+        reply.callback(["127.0.0.1:1337"])
+        answer = yield received
+        self.assertEqual(answer, b'["lb",null,["127.0.0.1:1337"]]')
         closed: Deferred[None] = Deferred()
         client.onClose = lambda wasClean, code, reason: closed.callback(None)
         client.sendClose(1000)

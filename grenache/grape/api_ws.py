@@ -1,7 +1,7 @@
 """The grape's WebSocket API (served on ``--apw``): the grape operations over one socket.
 
-This frame format is this project's own. The Node grape 1.0.0 has no WebSocket API at all; the
-legacy one (Grape <= 0.3.1, reference/protocol.md §3.12) answered 2-element arrays
+This frame format is this project's own (docs/protocol.rst, *Grape WebSocket API*). The Node
+grape 1.0.0 has no WebSocket API at all; the legacy one (Grape <= 0.3.1) answered 2-element arrays
 ``[rid, err ? err.message : result]`` where an error was only told apart by its ``ERR_`` prefix.
 This API keeps the legacy request and answers with 3 elements, ``[rid, err, result]``, like the
 RPC transports, so an error can never be confused with a string result.
@@ -50,6 +50,20 @@ autobahn sends; a reply that cannot be sent is replaced by ``ERR_GRAPE_GENERIC``
 
 A reply whose socket has closed in the meantime is dropped; the operation itself is not
 cancelled, because the dispatcher may share it with other callers (lookup coalescing).
+
+A plain HTTP request (no WebSocket upgrade: an ``http://`` grape URL pointing at this port) is
+answered ``426 Upgrade Required`` with ``Upgrade: websocket``, no body, and the connection
+closed, so an HTTP client can say that it reached the WebSocket API rather than fail on an
+HTML page.
+
+Reactor and subclassing
+-----------------------
+
+:func:`grape_ws_factory` (or :class:`GrapeWebSocketFactory`) takes the reactor the grape runs
+on: autobahn's handshake timers run on it. The factory's ``protocol`` is
+:class:`GrapeWebSocketProtocol`; a subclass may override ``onConnect`` (raise autobahn's
+``ConnectionDeny`` to refuse a client), ``onOpen``/``connectionLost`` (call the base method), or
+:meth:`GrapeWebSocketProtocol.dispatch_request` to run operations differently.
 """
 
 from __future__ import annotations
@@ -67,6 +81,8 @@ from twisted.python.failure import Failure
 
 from grenache import codec
 from grenache.errors import GrapePayloadInvalid, GrapePayloadSize, GrenacheError
+from grenache.speedups.autobahn_ws import bind_timers
+from grenache.transports.ws.common import UpgradeRequired
 
 __all__ = [
     "ERR_GRAPE_BUSY",
@@ -122,7 +138,7 @@ def _wire_error(failure: Failure, log: Logger, operation: str) -> str:
     return ERR_GRAPE_GENERIC
 
 
-class GrapeWebSocketProtocol(WebSocketServerProtocol):
+class GrapeWebSocketProtocol(UpgradeRequired, WebSocketServerProtocol):  # type: ignore[misc]
     """One client socket: parses request frames, runs them concurrently, answers each by rid."""
 
     log = Logger()
@@ -171,8 +187,15 @@ class GrapeWebSocketProtocol(WebSocketServerProtocol):
             self._send_reply([rid, ERR_GRAPE_BUSY, None])
             return
         self.in_flight += 1
-        d = maybeDeferred(factory.dispatch, operation, data)
+        d = maybeDeferred(self.dispatch_request, operation, data)
         d.addBoth(self._finished, rid, operation)
+
+    def dispatch_request(self, operation: str, data: Any) -> Any:
+        """Run one operation: its result, a Deferred, or a GrenacheError for an error reply.
+
+        The factory's dispatcher by default (the one the HTTP API uses).
+        """
+        return self._grape_factory.dispatch(operation, data)
 
     def _finished(self, outcome: Any, rid: Any, operation: str) -> None:
         """Turn an operation's result or failure into its reply frame and send it."""
@@ -215,7 +238,11 @@ class GrapeWebSocketProtocol(WebSocketServerProtocol):
 
 
 class GrapeWebSocketFactory(WebSocketServerFactory):
-    """Builds :class:`GrapeWebSocketProtocol` sockets sharing one dispatcher and its limits."""
+    """Builds :class:`GrapeWebSocketProtocol` sockets sharing one dispatcher and its limits.
+
+    ``reactor`` runs autobahn's handshake timers (autobahn falls back to the global reactor
+    when it is ``None``; the grape passes its own).
+    """
 
     protocol = GrapeWebSocketProtocol
 
@@ -233,6 +260,8 @@ class GrapeWebSocketFactory(WebSocketServerFactory):
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be positive")
         super().__init__(url=url, reactor=reactor)
+        if reactor is not None:
+            bind_timers(self, reactor)
         self.dispatch = dispatch
         self.connections: set[GrapeWebSocketProtocol] = set()
         self.max_message_size = max_message_size
@@ -248,6 +277,8 @@ class GrapeWebSocketFactory(WebSocketServerFactory):
             # Past the hard limit, send a 1009 close frame (and then drop) rather than drop the
             # TCP connection silently, so the client learns why.
             failByDrop=False,
+            # A request without an upgrade gets 426 Upgrade Required, not an HTML status page.
+            webStatus=False,
         )
 
     def closeConnections(self) -> None:
@@ -264,14 +295,14 @@ def grape_ws_factory(
     url: str | None = None,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     reactor: IReactorTime | None = None,
-) -> WebSocketServerFactory:
+) -> GrapeWebSocketFactory:
     """The factory for the grape's WebSocket API, to listen on with any stream endpoint.
 
     ``dispatch`` runs one operation (the HTTP API's dispatcher); ``max_message_size`` is the
     request size limit (the grape's ``--check_maxPayloadSize``); ``url`` is the public
     ``ws://host:port`` when the handshake should check it; ``max_in_flight`` bounds unanswered
-    requests per socket; ``reactor`` is the one autobahn schedules its timeouts on (the global one
-    when ``None``, resolved by autobahn, not here).
+    requests per socket; ``reactor`` is the one autobahn schedules its timeouts on (pass the
+    grape's; when ``None`` autobahn itself picks the global one).
     """
     return GrapeWebSocketFactory(
         dispatch,

@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "SUBSCRIBER_MESSAGE_LIMIT",
+    "UpgradeRequired",
     "configure",
     "gather",
     "js_truthy",
@@ -43,6 +44,26 @@ OPEN_HANDSHAKE_TIMEOUT = 10.0
 """Seconds a socket may take from TCP connect to an open WebSocket."""
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class UpgradeRequired:
+    """Server protocol mixin: a request that is not a WebSocket upgrade gets 426.
+
+    autobahn refuses a plain HTTP request (a ``POST`` from an HTTP client, no ``Upgrade``
+    header) with 405 or 426 and a reason text of its own; with this mixin it is always
+    ``426 Upgrade Required`` with ``Upgrade: websocket``, so that an HTTP client pointed at a
+    WebSocket port can tell what it reached and say so. Put it before autobahn's server
+    protocol among the bases.
+    """
+
+    def failHandshake(
+        self, reason: str, code: int = 400, responseHeaders: list[tuple[str, str]] | None = None
+    ) -> None:
+        headers = getattr(self, "http_headers", None)
+        if isinstance(headers, dict) and "upgrade" not in headers:
+            code, reason = 426, "Upgrade Required"
+            responseHeaders = [("Upgrade", "websocket"), ("Connection", "close")]
+        super().failHandshake(reason, code, responseHeaders)  # type: ignore[misc]
 
 
 def configure(protocol: WebSocketProtocol, max_message_size: int) -> None:

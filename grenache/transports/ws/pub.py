@@ -25,7 +25,12 @@ from twisted.python.failure import Failure
 from grenache.endpoints import ListenSpec
 from grenache.speedups.autobahn_ws import FastPath
 from grenache.tls import ServerTLS
-from grenache.transports.ws.common import SUBSCRIBER_MESSAGE_LIMIT, configure, text_bytes
+from grenache.transports.ws.common import (
+    SUBSCRIBER_MESSAGE_LIMIT,
+    UpgradeRequired,
+    configure,
+    text_bytes,
+)
 from grenache.transports.ws.listening import ListeningTransport, ServerFactory
 
 __all__ = ["PubFactory", "PubProtocol", "WSPubTransport"]
@@ -33,7 +38,7 @@ __all__ = ["PubFactory", "PubProtocol", "WSPubTransport"]
 log = Logger()
 
 
-class PubProtocol(FastPath, WebSocketServerProtocol):  # type: ignore[misc]
+class PubProtocol(UpgradeRequired, FastPath, WebSocketServerProtocol):  # type: ignore[misc]
     """One subscriber's socket on a :class:`WSPubTransport` (``self.factory.owner``)."""
 
     def __init__(self) -> None:

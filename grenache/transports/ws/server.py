@@ -42,6 +42,7 @@ from grenache.transports.ws.certificates import VerifyClient, server_tls
 from grenache.transports.ws.common import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_MESSAGE_SIZE,
+    UpgradeRequired,
     configure,
 )
 from grenache.transports.ws.listening import ListeningTransport, ServerFactory
@@ -55,7 +56,7 @@ Serve = Callable[[Request], "Deferred[Any]"]
 _REQUEST_PARSE = RequestParseError.wire
 
 
-class RPCServerProtocol(FastPath, WebSocketServerProtocol):  # type: ignore[misc]
+class RPCServerProtocol(UpgradeRequired, FastPath, WebSocketServerProtocol):  # type: ignore[misc]
     """One client socket of a :class:`WSServerTransport` (see the module's override points).
 
     ``self.factory.owner`` is the transport. ``fingerprint`` and ``certificate_der`` are the
