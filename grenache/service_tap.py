@@ -5,9 +5,13 @@
     twistd -n grenache-service --name fibonacci_worker --transport http --port 1337 \\
         --handler examples.fibonacci_service:fibonacci --grape http://127.0.0.1:30001
 
-listens on the port with the chosen RPC transport, announces each name through the grape
-(again and again, until shutdown), and answers each request with the handler's result.
+listens on the port (or on ``--listen``, an endpoint description such as ``tcp6:0`` or
+``tcp:0:interface=127.0.0.1``) with the chosen RPC transport, announces each name through the
+grape (again and again, until shutdown), and answers each request with the handler's result.
 ``grenache serve NAME ...`` runs the same :class:`GrenacheService` with the same options.
+``--tls-key``/``--tls-cert`` serve over TLS, and ``--tls-ca`` / ``--tls-client-fingerprints``
+restrict the clients (see :mod:`grenache.tls_options` and docs/tls.rst). ``twistd -r asyncio
+grenache-service ...`` runs it on the asyncio reactor, for handlers written with asyncio.
 
 A handler is named ``pkg.module:function`` (see :mod:`grenache.handlers`) and is called with
 one :class:`grenache.peer.Request` (``rid``, ``key``, ``payload``, ``peer_certificate``); it
@@ -17,7 +21,6 @@ reply's error string.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, cast
 
 from twisted.application.service import IService, Service
@@ -27,83 +30,24 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from grenache.endpoints import ListenSpec, describe_listen_spec, server_endpoint
 from grenache.handlers import HandlerError, load_handler
 from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE, Link
 from grenache.peer import Handler, PeerRPCServer, error_message
+from grenache.tls_options import ServerTLSOptions
+from grenache.transports import UnknownTransport, get_transport, transport_names
 
 __all__ = [
-    "RPC_TRANSPORTS",
     "GrenacheService",
     "ListenError",
     "Options",
     "ServiceConfig",
-    "TransportUnavailable",
-    "available_transports",
-    "client_transport",
+    "check_listen",
     "describe_failure",
-    "load_class",
     "makeService",
-    "server_transport",
 ]
 
 log = Logger()
-
-#: RPC transports: name -> (module, server class, client class).
-RPC_TRANSPORTS: dict[str, tuple[str, str, str]] = {
-    "http": ("grenache.transports.http", "HTTPServerTransport", "HTTPClientTransport"),
-    "ws": ("grenache.transports.ws", "WSServerTransport", "WSClientTransport"),
-    "zmq": ("grenache.transports.zmq", "ZMQServerTransport", "ZMQClientTransport"),
-}
-
-
-class TransportUnavailable(ValueError):
-    """The transport's module is not part of this installation (yet)."""
-
-
-def load_class(transport: str, module_name: str, class_name: str) -> Any:
-    """``module_name.class_name``, imported now; TransportUnavailable if it is missing."""
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        raise TransportUnavailable(f"the {transport} transport is not available") from None
-    try:
-        return getattr(module, class_name)
-    except AttributeError:
-        raise TransportUnavailable(f"the {transport} transport has no {class_name}") from None
-
-
-def _transport_class(transport: str, which: int) -> Any:
-    try:
-        module_name, *classes = RPC_TRANSPORTS[transport]
-    except KeyError:
-        names = ", ".join(available_transports())
-        raise TransportUnavailable(f"unknown transport {transport!r} (use {names})") from None
-    return load_class(transport, module_name, classes[which])
-
-
-def available_transports() -> list[str]:
-    """The RPC transports whose module can be imported, in preference order."""
-    names = []
-    for name, (module_name, *_) in RPC_TRANSPORTS.items():
-        try:
-            importlib.import_module(module_name)
-        except ImportError:
-            continue
-        names.append(name)
-    return names
-
-
-def server_transport(transport: str, reactor: Any, *, interface: str | None = None) -> Any:
-    """A new server transport of kind ``transport`` (``http``, ``ws``, ``zmq``) on ``reactor``."""
-    cls = _transport_class(transport, 0)
-    if interface:
-        return cls(reactor, interface=interface)
-    return cls(reactor)
-
-
-def client_transport(transport: str, reactor: Any) -> Any:
-    """A new client transport of kind ``transport`` on ``reactor``."""
-    return _transport_class(transport, 1)(reactor)
 
 
 class ListenError(Exception):
@@ -124,12 +68,28 @@ def _positive(value: str) -> float:
     return number
 
 
-class Options(usage.Options):
+class _Unstarted:
+    """Stands in for the reactor while an endpoint description is only checked."""
+
+
+def check_listen(description: str) -> str:
+    """``description`` if it is an endpoint description a server can listen on (``tcp:0``,
+    ``tcp6:8080:interface=\\:\\:1``, ``unix:/run/svc.sock``, ``ssl:...``); a usage error
+    quoting it otherwise. Nothing is bound."""
+    try:
+        server_endpoint(_Unstarted(), description)
+    except (TypeError, ValueError) as error:
+        raise usage.UsageError(f"--listen: {error}") from None
+    return description
+
+
+class Options(ServerTLSOptions):
     """Options of ``twistd grenache-service`` (and of ``grenache serve``)."""
 
     synopsis = "--name NAME --handler pkg.module:function [options]"
     longdesc = (
-        "Run a Grenache RPC service: listen on --port with --transport, announce each --name "
+        "Run a Grenache RPC service: listen on --port (or --listen) with --transport, "
+        "optionally over TLS (--tls-key, --tls-cert), announce each --name "
         "through the grape at --grape until shutdown, and answer each request with the "
         "--handler function. The handler gets one request object (rid, key, payload, "
         "peer_certificate) and returns a value, a Deferred or a coroutine; an exception it "
@@ -142,11 +102,22 @@ class Options(usage.Options):
         "      --handler examples.fibonacci_service:fibonacci\n"
         "  twistd -n grenache-service --name rpc_ws --transport ws --port 1338 \\\n"
         "      --handler mypkg.handlers:answer --grape http://127.0.0.1:40001\n"
+        "  twistd -n grenache-service --name secure --listen tcp6:8443 \\\n"
+        "      --tls-key server.key --tls-cert server.crt --tls-client-fingerprints AA:BB:... \\\n"
+        "      --handler mypkg.handlers:answer\n"
+        "  twistd -n -r asyncio grenache-service --name aio --handler mypkg.handlers:async_answer\n"
     )
 
-    optParameters = [
-        ["transport", "t", "http", "RPC transport: http or ws."],
-        ["port", "p", 0, "TCP port to listen on; 0 = any free port.", _port],
+    optParameters: list[list[Any]] = [
+        ["transport", "t", "http", f"RPC transport: {' or '.join(transport_names())}."],
+        ["port", "p", None, "TCP port to listen on; 0 = any free port (the default).", _port],
+        [
+            "listen",
+            "l",
+            None,
+            "Endpoint description to listen on instead of --port, e.g. tcp6:0 or "
+            "tcp:0:interface=127.0.0.1.",
+        ],
         ["handler", None, None, "The request handler, as pkg.module:function."],
         ["grape", "g", DEFAULT_GRAPE, "URL of the grape's API to announce through."],
         ["bind", "b", None, "Address to listen on (default: every IPv4 interface)."],
@@ -161,7 +132,7 @@ class Options(usage.Options):
 
     compData = usage.Completions(
         optActions={
-            "transport": usage.CompleteList(["http", "ws"]),
+            "transport": usage.CompleteList(transport_names()),
             "grape": usage.CompleteList([DEFAULT_GRAPE], descr="grape URL"),
             "bind": usage.CompleteHostnames(),
             "name": usage.Completer(descr="service name", repeat=True),
@@ -187,10 +158,23 @@ class Options(usage.Options):
             raise usage.UsageError("a service name must not be empty")
         if not self["handler"]:
             raise usage.UsageError("give the request handler with --handler pkg.module:function")
-        if self["transport"] not in RPC_TRANSPORTS:
-            raise usage.UsageError(
-                f"unknown transport {self['transport']!r} (use {', '.join(available_transports())})"
-            )
+        try:
+            get_transport(self["transport"])
+        except UnknownTransport as error:
+            raise usage.UsageError(str(error)) from None
+        if self["listen"] is not None:
+            if self["port"] is not None:
+                raise usage.UsageError("give --port or --listen, not both")
+            if self["bind"] is not None:
+                raise usage.UsageError(
+                    "--bind applies to --port; put interface=ADDRESS in the --listen description"
+                )
+            check_listen(self["listen"])
+            if self["listen"].startswith("ssl:") and self["tls-key"] is not None:
+                raise usage.UsageError(
+                    "TLS twice: use either an ssl: --listen description or --tls-key/--tls-cert"
+                )
+        self.read_tls()
 
     def config(self) -> ServiceConfig:
         """The service this command line describes."""
@@ -198,15 +182,20 @@ class Options(usage.Options):
             names=tuple(self["names"]),
             handler=self["handler"],
             transport=self["transport"],
-            port=self["port"],
+            port=self["port"] or 0,
             grape=self["grape"],
             interface=self["bind"],
             announce_interval=self["announce-interval"],
+            listen=self["listen"],
+            tls=self["tls"],
         )
 
 
 class ServiceConfig:
-    """What a :class:`GrenacheService` runs: names, handler spec, transport, port, grape."""
+    """What a :class:`GrenacheService` runs: names, handler spec, transport, where to listen
+    (``port`` bound to ``interface``, or ``listen``: an endpoint description or endpoint),
+    ``tls`` (a :class:`~grenache.tls.ServerTLS` or context factory; ``None``: plain TCP),
+    grape."""
 
     def __init__(
         self,
@@ -217,6 +206,8 @@ class ServiceConfig:
         grape: str = DEFAULT_GRAPE,
         interface: str | None = None,
         announce_interval: float = DEFAULT_ANNOUNCE_INTERVAL,
+        listen: ListenSpec | None = None,
+        tls: Any = None,
     ) -> None:
         self.names = names
         self.handler = handler
@@ -225,6 +216,13 @@ class ServiceConfig:
         self.grape = grape
         self.interface = interface
         self.announce_interval = announce_interval
+        self.listen = listen
+        self.tls = tls
+
+    @property
+    def where(self) -> ListenSpec:
+        """What the server listens on: ``listen`` if given, else ``port``."""
+        return self.listen if self.listen is not None else self.port
 
 
 class GrenacheService(Service):
@@ -236,7 +234,7 @@ class GrenacheService(Service):
     announcing, closes the port and the service's connections, and stops the link.
 
     Raises :class:`~grenache.handlers.HandlerError` when the handler cannot be loaded, and
-    :class:`TransportUnavailable` for a transport this installation does not have.
+    :class:`~grenache.transports.UnknownTransport` for a transport that does not exist.
     """
 
     name = "grenache-service"
@@ -247,8 +245,11 @@ class GrenacheService(Service):
         handler = config.handler
         self.handler: Handler = load_handler(handler) if isinstance(handler, str) else handler
         self.link = Link(config.grape, reactor=reactor, announce_interval=config.announce_interval)
-        self.transport = server_transport(config.transport, reactor, interface=config.interface)
-        self.server = PeerRPCServer(self.link, self.transport, self.handler)
+        entry = get_transport(config.transport)
+        self.transport = entry.server_transport(
+            reactor, tls=config.tls, interface=config.interface or ""
+        )
+        self.server = PeerRPCServer(self.link, self.transport, self.handler, reactor=reactor)
         self._listening = False
         self.port: int | None = None
         #: Set by ``startService``: fires with :meth:`announce`'s results once announced.
@@ -259,7 +260,7 @@ class GrenacheService(Service):
         if self._listening:
             return fail(RuntimeError("GrenacheService.listen() was already called"))
         self._listening = True
-        requested = self.config.port
+        requested = self.config.where
 
         def bound(port: int) -> int:
             self.port = port
@@ -267,16 +268,21 @@ class GrenacheService(Service):
                 "Serving {names} with {handler} over {transport} on port {port}",
                 names=", ".join(repr(n) for n in self.config.names),
                 handler=_handler_name(self.config.handler),
-                transport=self.config.transport,
+                transport=self.config.transport + (" with TLS" if self.config.tls else ""),
                 port=port,
             )
             return port
 
         def failed(failure: Failure) -> Failure:
+            where = describe_listen_spec(requested)
+            if isinstance(requested, int):
+                where = f"TCP {where}"
             if failure.check(CannotListenError):
                 error: Any = failure.value
                 reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
-                raise ListenError(f"cannot listen on TCP port {requested}: {reason}")
+                raise ListenError(f"cannot listen on {where}: {reason}")
+            if failure.check(ValueError, TypeError, OSError):
+                raise ListenError(f"cannot listen on {where}: {failure.value}")
             return failure
 
         return self.server.listen(requested).addCallbacks(bound, failed)
@@ -368,7 +374,7 @@ def makeService(options: Options) -> IService:
 
     try:
         service = GrenacheService(options.config(), reactor)
-    except (HandlerError, TransportUnavailable) as error:
+    except (HandlerError, UnknownTransport) as error:
         raise SystemExit(f"twistd grenache-service: {error}") from None
     outcome: list[Any] = []
     service.listen().addBoth(outcome.append)

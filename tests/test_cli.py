@@ -338,7 +338,7 @@ class OptionsTests(TestCase):
         self.assertEqual((options["limit"], options["transport"]), (None, "http"))
         self.assertEqual(options["timeout"], 10.0)
         self.assertEqual(parse("keygen")["file"], cli.DEFAULT_KEY_FILE)
-        self.assertEqual(parse("pub", "x")["port"], 0)
+        self.assertEqual(parse("pub", "x")["where"], 0)
         self.assertIsNone(parse("sub", "x")["count"])
 
     def test_serve_takes_the_service_options(self) -> None:
@@ -568,6 +568,8 @@ class CommandTests(TestCase):
         self.assertFailed(
             result, "request", "'cli_broken' answered an error: ERR_BROKEN: no can do"
         )
+        # The in-process service logs the handler's traceback as well.
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     async def test_request_timeout(self) -> None:
         url = await self.grape_url()
@@ -605,6 +607,7 @@ class CommandTests(TestCase):
         await start_server(self, url, "cli_mixed", broken)
         result = await run_cli(self, "map", "cli_mixed", "1", "-g", url)
         self.assertFailed(result, "map", "answered an error: ERR_BROKEN")
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     async def test_put_and_get_immutable(self) -> None:
         url = await self.grape_url()

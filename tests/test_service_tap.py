@@ -20,9 +20,9 @@ from grenache.service_tap import (
     GrenacheService,
     Options,
     ServiceConfig,
-    available_transports,
     makeService,
 )
+from grenache.transports import transport_names
 from grenache.transports.http import HTTPClientTransport
 from grenache.transports.ws import WSClientTransport
 from tests import test_cli
@@ -93,8 +93,29 @@ class OptionsTests(TestCase):
         self.assertIn("grape", actions)
         self.assertIn("bind", actions)
 
-    def test_transports(self) -> None:
-        self.assertEqual(available_transports()[:2], ["http", "ws"])
+    def test_transports_come_from_the_registry(self) -> None:
+        self.assertEqual(transport_names(), ["http", "ws"])
+        error = self.assertRaises(
+            usage.UsageError, parse, "--name", "x", "--handler", "m:f", "--transport", "zmq"
+        )
+        self.assertEqual(str(error), "unknown transport 'zmq' (available: http, ws)")
+
+    def test_listen(self) -> None:
+        config = parse("--name", "x", "--handler", "m:f", "--listen", "tcp6:0").config()
+        self.assertEqual((config.listen, config.where), ("tcp6:0", "tcp6:0"))
+        config = parse("--name", "x", "--handler", "m:f", "--port", "1337").config()
+        self.assertEqual((config.listen, config.where), (None, 1337))
+        for argv, fragment in (
+            (("--listen", "tcp:0", "--port", "1"), "give --port or --listen, not both"),
+            (("--listen", "tcp:0", "--bind", "::1"), "put interface=ADDRESS in the --listen"),
+            (("--listen", "carrier:7"), "--listen: not a port number or an endpoint"),
+            (("--listen", "tcp:notaport"), "--listen: "),
+        ):
+            with self.subTest(argv=argv):
+                error = self.assertRaises(
+                    usage.UsageError, parse, "--name", "x", "--handler", "m:f", *argv
+                )
+                self.assertIn(fragment, str(error))
 
 
 class HandlerLoadingTests(TestCase):
@@ -230,6 +251,8 @@ class ServiceTests(TestCase):
         _, client, _ = await self.start("tests.test_cli:broken")
         error = await self.assertFailure(client.request("tap_svc", 1), errors.RemoteError)
         self.assertEqual(error.message, "ERR_BROKEN: no can do")
+        # The service logs the handler's traceback too.
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     async def test_stop_ends_announcing_and_closes_the_port(self) -> None:
         service, client, _ = await self.start("tests.test_cli:echo", names=("tap_x", "tap_y"))

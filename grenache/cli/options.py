@@ -1,0 +1,175 @@
+"""What every verb's command line shares: value parsers, GNU-style option order, named
+unknown options, ``--grape``/``--timeout``, the ``--transport`` check and the TLS flags."""
+
+from __future__ import annotations
+
+import getopt
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from twisted.python import usage
+
+from grenache.codec import json_loads
+from grenache.link import DEFAULT_GRAPE
+from grenache.tls_options import ClientTLSOptions, ServerTLSOptions
+from grenache.transports import UnknownTransport, get_transport
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "PROG",
+    "ClientTLSOptions",
+    "GnuOptions",
+    "ServerTLSOptions",
+    "Verb",
+    "check_transport",
+    "non_negative_int",
+    "option_error",
+    "parse_json",
+    "port_number",
+    "positive",
+    "positive_int",
+    "version",
+]
+
+PROG = "grenache"
+DEFAULT_TIMEOUT = 10.0
+
+
+def positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"{value} is not a positive number")
+    return number
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError(f"{value} is not a positive integer")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"{value} must not be negative")
+    return number
+
+
+def port_number(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{value} is not a port number (0-65535)")
+    return port
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import version as distribution_version
+
+        return distribution_version("grenache-twisted")
+    except Exception:
+        return "unknown"
+
+
+def option_error(error: getopt.GetoptError) -> usage.UsageError:
+    """The usage error for what ``getopt`` refused, naming the option."""
+    option = f"-{error.opt}" if len(error.opt) == 1 else f"--{error.opt}"
+    message = error.msg
+    if message.endswith("not recognized"):
+        hint = ""
+        if len(error.opt) == 1 and error.opt.isdigit():
+            hint = " (put -- before an argument that starts with -)"
+        return usage.UsageError(f"unknown option {option}{hint}")
+    if message.endswith("requires argument"):
+        return usage.UsageError(f"option {option} needs a value")
+    if message.endswith("must not have an argument"):
+        return usage.UsageError(f"option {option} takes no value")
+    if message.endswith("not a unique prefix"):
+        return usage.UsageError(f"option {option} is ambiguous (spell it out)")
+    return usage.UsageError(message)
+
+
+def _permute(argv: Sequence[str], short: str, long: Sequence[str]) -> list[str]:
+    """``argv`` with its options first, so that options may follow the arguments (GNU style:
+    ``grenache request NAME JSON --timeout 5``); ``--`` ends the options. An option the verb
+    does not have is a usage error naming it."""
+    try:
+        opts, args = getopt.gnu_getopt(list(argv), short, list(long))
+    except getopt.GetoptError as error:
+        raise option_error(error) from None
+    flat: list[str] = []
+    for name, value in opts:
+        if name.startswith("--"):
+            flat.append(f"{name}={value}" if f"{name[2:]}=" in long else name)
+        else:
+            flat.append(name + value)
+    return [*flat, "--", *args]
+
+
+class GnuOptions(usage.Options):
+    """Options that may come after the positional arguments."""
+
+    examples = ""
+
+    def opt_version(self) -> NoReturn:
+        """Print the version and exit."""
+        print(f"{PROG} {version()}")
+        sys.exit(0)
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        argv = list(sys.argv[1:] if options is None else options)
+        if "--_shell-completion" not in argv:
+            argv = _permute(argv, self.shortOpt, self.longOpt)
+        super().parseOptions(argv)
+
+    def getUsage(self, width: int | None = None) -> str:
+        text = super().getUsage(width)
+        return text + ("\n" + self.examples if self.examples else "")
+
+
+def parse_json(text: str, what: str = "JSON") -> Any:
+    """``text`` (``-``: stdin) as JSON; a usage error quoting it otherwise."""
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        return json_loads(text)
+    except ValueError as error:
+        raise usage.UsageError(f"{what} {text!r} is not JSON ({error})") from None
+
+
+def check_transport(name: str, *, pubsub: bool = False) -> None:
+    """A usage error unless ``name`` is a transport of the registry (with pub/sub)."""
+    try:
+        get_transport(name, pubsub=pubsub)
+    except UnknownTransport as error:
+        raise usage.UsageError(str(error)) from None
+
+
+class Verb(GnuOptions):
+    """Options every verb has."""
+
+    #: Positional argument names, for error messages.
+    arguments: tuple[str, ...] = ()
+
+    optParameters: list[list[Any]] = [
+        ["grape", "g", DEFAULT_GRAPE, "URL of the grape's API (http:// or ws://)."],
+        [
+            "timeout",
+            None,
+            DEFAULT_TIMEOUT,
+            "Seconds to wait for each reply (from the grape or a service).",
+            positive,
+        ],
+    ]
+    compData = usage.Completions(
+        optActions={"grape": usage.CompleteList([DEFAULT_GRAPE], descr="grape URL")}
+    )
+
+    def _arguments(self, args: Sequence[str], optional: int = 0) -> list[str]:
+        expected = self.arguments
+        if not len(expected) - optional <= len(args) <= len(expected):
+            wanted = " ".join(expected)
+            raise usage.UsageError(f"expected {wanted}, got {len(args)} argument(s)")
+        return list(args)

@@ -1,0 +1,172 @@
+"""The publish/subscribe verbs: ``pub`` (publish each line of stdin) and ``sub`` (print each
+message as a line)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.python import usage
+
+from grenache.cli.options import PROG, Verb, check_transport, port_number, positive_int
+from grenache.cli.session import Session, begin_logging, emit
+from grenache.peer import PeerPub, PeerSub
+from grenache.service_tap import check_listen
+from grenache.tls_options import ClientTLSOptions, ServerTLSOptions
+from grenache.transports import get_transport, transport_names
+
+__all__ = ["PubOptions", "SubOptions", "pub", "sub"]
+
+_PUBSUB = transport_names(pubsub=True)
+
+
+class PubOptions(Verb, ServerTLSOptions):
+    synopsis = "NAME [--port P | --listen ENDPOINT] [options]"
+    longdesc = (
+        "Publish each line read from stdin to every subscriber of NAME (announced through the "
+        "grape). Prints one JSON line once listening and announced; ends at the end of stdin. "
+        "Subscribers get the lines published while they are connected. --tls-key and "
+        "--tls-cert publish over TLS; --tls-ca and --tls-client-fingerprints restrict the "
+        "subscribers."
+    )
+    examples = (
+        "Example:\n"
+        "  tail -f /var/log/app.log | grenache pub app_log --port 1338\n"
+        '  => {"name":"app_log","port":1338,"transport":"ws","announced":1}\n'
+    )
+    arguments = ("NAME",)
+    optParameters: list[list[Any]] = [
+        ["port", "p", None, "TCP port to listen on; 0 = any free port (the default).", port_number],
+        [
+            "listen",
+            "l",
+            None,
+            "Endpoint description to listen on instead of --port, e.g. tcp6:0.",
+        ],
+        ["transport", "t", "ws", f"Pub/sub transport: {' or '.join(_PUBSUB)}."],
+    ]
+    compData = usage.Completions(optActions={"transport": usage.CompleteList(_PUBSUB)})
+
+    def parseArgs(self, *args: str) -> None:
+        (self["name"],) = self._arguments(args)
+
+    def postOptions(self) -> None:
+        check_transport(self["transport"], pubsub=True)
+        if self["listen"] is not None:
+            if self["port"] is not None:
+                raise usage.UsageError("give --port or --listen, not both")
+            check_listen(self["listen"])
+            self["where"] = self["listen"]
+        else:
+            self["where"] = self["port"] or 0
+        self.read_tls()
+
+
+class SubOptions(Verb, ClientTLSOptions):
+    synopsis = "NAME [--count N] [options]"
+    longdesc = (
+        "Subscribe to a publisher of NAME and print each message as one line; with --count, "
+        "stop after N messages. Follows the name to another publisher when the connection is "
+        "lost. --tls-ca, --tls-cert/--tls-key and --tls-insecure subscribe over TLS."
+    )
+    examples = "Example:\n  grenache sub app_log --count 10\n"
+    arguments = ("NAME",)
+    optParameters: list[list[Any]] = [
+        ["count", "c", None, "Exit after N messages.", positive_int],
+        ["transport", "t", "ws", f"Pub/sub transport: {' or '.join(_PUBSUB)}."],
+    ]
+    compData = usage.Completions(optActions={"transport": usage.CompleteList(_PUBSUB)})
+
+    def parseArgs(self, *args: str) -> None:
+        (self["name"],) = self._arguments(args)
+
+    def postOptions(self) -> None:
+        check_transport(self["transport"], pubsub=True)
+        self.read_tls()
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+async def pub(session: Session) -> None:
+    from twisted.internet import stdio
+    from twisted.protocols.basic import LineReceiver
+
+    options = session.options
+    begin_logging("warn")
+    entry = get_transport(options["transport"], pubsub=True)
+    transport = entry.pub_transport(session.reactor, tls=options["tls"])
+    publisher = PeerPub(session.link(), transport)
+    session.cleanups.append(publisher.stop)
+    port = await publisher.listen(options["where"])
+    try:
+        announced: int | str = await publisher.announce(options["name"])
+    except Exception as error:
+        announced = session.describe(error)
+        sys.stderr.write(f"{PROG} pub: announcing failed: {announced}; will retry\n")
+    emit(
+        {
+            "name": options["name"],
+            "port": port,
+            "transport": options["transport"],
+            "announced": announced,
+        }
+    )
+    ended: Deferred[None] = Deferred()
+
+    class Lines(LineReceiver):
+        delimiter = b"\n"
+        MAX_LENGTH = 16 * 1024 * 1024
+
+        def lineReceived(self, line: bytes) -> None:
+            publisher.pub(line.removesuffix(b"\r").decode("utf-8", "replace"))
+
+        def connectionLost(self, reason: Any = None) -> None:
+            if self._buffer:  # a last line without a newline
+                self.lineReceived(self._buffer)
+                self._buffer = b""
+            if not ended.called:
+                ended.callback(None)
+
+    stdio.StandardIO(Lines(), reactor=session.reactor)
+    await ended
+
+
+async def sub(session: Session) -> None:
+    options = session.options
+    begin_logging("warn")
+    entry = get_transport(options["transport"], pubsub=True)
+    transport = entry.sub_transport(session.reactor, tls=options["tls"])
+    peer = PeerSub(session.link(), transport, reactor=session.reactor)
+    session.cleanups.append(peer.stop)
+    done: Deferred[None] = Deferred()
+    wanted: int | None = options["count"]
+    received = 0
+
+    def on_message(message: str | bytes) -> None:
+        nonlocal received
+        if done.called:
+            return
+        data = message if isinstance(message, bytes) else message.encode("utf-8", "replace")
+        sys.stdout.buffer.write(data + b"\n")
+        sys.stdout.buffer.flush()
+        received += 1
+        if wanted is not None and received >= wanted:
+            done.callback(None)
+
+    def on_connected(name: str, dest: str) -> None:
+        sys.stderr.write(f"{PROG} sub: connected to {name!r} at {dest}\n")
+        sys.stderr.flush()
+
+    def on_disconnected(name: str, dest: str) -> None:
+        if done.called:
+            return
+        sys.stderr.write(f"{PROG} sub: lost {name!r} at {dest}; resubscribing\n")
+        sys.stderr.flush()
+
+    peer.on_message = on_message
+    peer.on_connected = on_connected
+    peer.on_disconnected = on_disconnected
+    await peer.sub(options["name"])
+    await done
