@@ -3,6 +3,8 @@
 Datagrams between attached protocols are delivered through the test's ``Clock`` (a zero-delay
 call each), so a whole DHT runs with no socket and no real time: ``settle()`` delivers until
 nothing is left at the current instant, ``clock.advance(3)`` lets KRPC timeouts fire.
+:class:`GrapeReactor` runs whole grapes (UDP on the fake network, TCP recorded, a scripted
+resolver).
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 
 
 class FakeUDPTransport:
@@ -107,3 +111,26 @@ def result_of(network: FakeNetwork, d: Any, within: float = 10.0) -> Any:
     if hasattr(result, "raiseException"):
         result.raiseException()
     return result
+
+
+class GrapeReactor(MemoryReactorClock):
+    """A reactor for whole grapes with no socket and no real time: a ``MemoryReactorClock``
+    (TCP listens are recorded, time is a Clock) whose UDP ports are on a :class:`FakeNetwork`
+    and whose ``resolve`` is scripted: each call is recorded in ``resolutions`` as
+    ``(name, Deferred)`` for the test to fire."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.network = FakeNetwork(self)  # type: ignore[arg-type]
+        self.resolutions: list[tuple[str, Deferred[str]]] = []
+
+    def listenUDP(
+        self, port: int, protocol: DatagramProtocol, interface: str = "", maxPacketSize: int = 8192
+    ) -> FakeUDPTransport:
+        self.network.attach(protocol, port=port or None)
+        return protocol.transport  # type: ignore[return-value]
+
+    def resolve(self, name: str, timeout: Any = None) -> Deferred[str]:
+        d: Deferred[str] = Deferred()
+        self.resolutions.append((name, d))
+        return d
