@@ -32,7 +32,9 @@ class _RPCOptions(Verb, ClientTLSOptions):
     optParameters: list[list[Any]] = [
         ["transport", "t", "http", f"RPC transport: {' or '.join(transport_names())}."],
     ]
-    optFlags: list[list[Any]] = [["compress", "z", "gzip the request and reply bodies (http transport)."]]
+    optFlags: list[list[Any]] = [
+        ["compress", "z", "gzip the request and reply bodies (http transport)."]
+    ]
     compData = usage.Completions(optActions={"transport": usage.CompleteList(transport_names())})
 
     def parseArgs(self, *args: str) -> None:

@@ -121,6 +121,8 @@ class Session:
         name = self.options.get("name")
         target = f"{name!r}" if isinstance(name, str) else "the service"
         grape = self.grape
+        if isinstance(error, errors.WrongProtocol):
+            return error.message  # it says what was expected and what answered
         if isinstance(error, errors.LookupEmpty):
             return f"no peer is announced as {target} on the grape at {grape} ({error.wire})"
         if isinstance(error, errors.GrapeUnreachable):
@@ -136,8 +138,6 @@ class Session:
             return f"the grape at {grape} answered an error{status}: {error.message}"
         if isinstance(error, errors.RemoteError):
             return f"{target} answered an error: {error.message}"
-        if isinstance(error, errors.WrongProtocol):
-            return error.message  # it says what was expected and what answered
         if isinstance(error, errors.DestinationUnreachable):
             return f"cannot connect to {target}: {error.message}"
         if isinstance(error, errors.TransportClosed):
