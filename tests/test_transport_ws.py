@@ -3,17 +3,17 @@
 Sockets live in memory: ``autobahn.twisted.testing.create_memory_agent`` connects autobahn
 clients (the transports' own protocols, or a recording one) to server protocols built by the
 transport under test, over ``iosim``, pumped by hand so every step is deterministic on a
-``MemoryReactorClock``. The byte-level tests feed §12.6's exact bytes through a
-``StringTransport``. TLS needs a real handshake, so those tests run over loopback on ports the OS
-picks, with certificates generated here with ``cryptography``.
+``MemoryReactorClock``. The byte-level tests feed the exact bytes of docs/protocol.rst, *RPC over
+WebSocket*, through a ``StringTransport``. TLS needs a real handshake, so those tests run over
+loopback on ports the OS picks, with the certificates of :func:`tests.support.make_pki`.
+Endpoints, destinations, the wrong kind of port and the override points are tested in
+tests/test_ws_endpoints.py; the speedups' fallback in tests/test_speedups_autobahn_ws.py.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
-import ipaddress
 import itertools
 from typing import Any
 
@@ -25,9 +25,7 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket.protocol import WebSocketProtocol
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor as global_reactor
@@ -51,7 +49,7 @@ from grenache.errors import (
 )
 from grenache.peer import OutgoingRequest, Request
 from grenache.speedups.autobahn_ws import LeanPath, xor_mask
-from grenache.tls import ClientTLS, ServerTLS, fingerprint
+from grenache.tls import ClientTLS, ServerTLS
 from grenache.transports.ws import (
     WSClientTransport,
     WSPubTransport,
@@ -59,6 +57,7 @@ from grenache.transports.ws import (
     WSSubTransport,
     fingerprint_whitelist,
 )
+from tests.support import Identity, make_pki
 
 DEST = "127.0.0.1:1337"
 PARSE_ERROR = b'[null,"ERR_REQUEST_PARSE",null]'
@@ -168,7 +167,7 @@ class MemoryNet:
         self.flush()
 
 
-# --- RPC: bytes on the wire (§12.6) ---------------------------------------------------------------
+# --- RPC: bytes on the wire (docs/protocol.rst, *RPC over WebSocket*) ------------------------
 
 NODE_HANDSHAKE = (
     b"GET /ws HTTP/1.1\r\n"
@@ -207,7 +206,7 @@ class ServerBytesTests(unittest.TestCase):
         self.head = head.split(b"\r\n")
 
     def test_handshake(self) -> None:
-        """101 with the accept key of §12.6, and no extension accepted (as ws 7)."""
+        """101 with the documented accept key, and no extension accepted (as ws 7)."""
         self.assertEqual(self.head[0], b"HTTP/1.1 101 Switching Protocols")
         self.assertIn(b"Sec-WebSocket-Accept: fBRX6b1ml1Y9SSvxaHS6FREVmQc=", self.head)
         self.assertFalse([h for h in self.head if h.lower().startswith(b"sec-websocket-ext")])
@@ -944,7 +943,7 @@ class PubSubMemoryTests(unittest.TestCase):
             self.assertEqual(closes, [])
 
     def test_frames_are_verbatim(self) -> None:
-        """No envelope: a text frame ``world``, a binary frame ``bin`` (§12.6)."""
+        """No envelope: a text frame ``world``, a binary frame ``bin``."""
         d = self.net.agent(self.pub.factory).open(
             "ws://127.0.0.1:1337/ws", {}, protocol_class=RecordingClient
         )
@@ -1054,55 +1053,13 @@ class _SilentFactory:
 # --- TLS ----------------------------------------------------------------------------------------
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-class Identity:
-    """A key and certificate, as objects and as PEM."""
-
-    def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
-        self.key = key
-        self.cert = cert
-        self.cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-        self.key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        self.der = cert.public_bytes(serialization.Encoding.DER)
-
-
-def make_identity(cn: str, issuer: Identity | None = None, ca: bool = False) -> Identity:
-    """An EC key and certificate for ``cn`` (SAN localhost and 127.0.0.1 unless a CA),
-    signed by ``issuer`` (self-signed without)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer.cert.subject if issuer else _name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    cert = builder.sign(issuer.key if issuer else key, hashes.SHA256())
-    return Identity(key, cert)
+def der(identity: Identity) -> bytes:
+    return x509.load_pem_x509_certificate(identity.cert).public_bytes(serialization.Encoding.DER)
 
 
 def raw_options(identity: Identity) -> ssl.CertificateOptions:
     """Plain Twisted CertificateOptions (no client verification configured)."""
-    from OpenSSL import crypto
-
-    return ssl.CertificateOptions(
-        privateKey=crypto.PKey.from_cryptography_key(identity.key),
-        certificate=crypto.X509.from_cryptography(identity.cert),
-    )
+    return ssl.PrivateCertificate.loadPEM(identity.cert + identity.key).options()
 
 
 class FingerprintTests(unittest.TestCase):
@@ -1121,24 +1078,24 @@ class FingerprintTests(unittest.TestCase):
             fingerprint_whitelist([hashlib.sha256(b"x").hexdigest()])
 
     def test_whitelist_of_generated_certificate(self) -> None:
-        identity = make_identity("client1")
-        expected = ":".join(f"{b:02X}" for b in hashlib.sha1(identity.der).digest())
-        self.assertTrue(fingerprint_whitelist([expected])(fingerprint(identity.cert)))
+        identity = make_pki().client
+        expected = ":".join(f"{b:02X}" for b in hashlib.sha1(der(identity)).digest())
+        self.assertTrue(fingerprint_whitelist([expected])(identity.fingerprint))
 
 
 class TLSLoopbackTests(unittest.TestCase):
     """wss over loopback: client certificates, the verify hook, the handler's fingerprint."""
 
     def setUp(self) -> None:
-        self.ca = make_identity("grenache test CA", ca=True)
-        self.server_id = make_identity("localhost", self.ca)
-        self.client_id = make_identity("client1", self.ca)
-        self.stranger = make_identity("stranger")
-        self.client_fp = fingerprint(self.client_id.cert)
+        pki = make_pki()
+        self.ca = pki.ca
+        self.server_id = pki.server
+        self.client_id = pki.client
+        self.stranger = pki.rogue_client
+        self.other_ca = pki.rogue_ca
+        self.client_fp = self.client_id.fingerprint
         self.seen: list[Request] = []
-        self.server = self.make_server(
-            ServerTLS(key=self.server_id.key_pem, cert=self.server_id.cert_pem)
-        )
+        self.server = self.make_server(ServerTLS(key=self.server_id.key, cert=self.server_id.cert))
 
     def make_server(self, tls: Any) -> WSServerTransport:
         server = WSServerTransport(
@@ -1158,9 +1115,9 @@ class TLSLoopbackTests(unittest.TestCase):
 
     def client_tls(self, identity: Identity | None, ca: Identity | None = None) -> ClientTLS:
         return ClientTLS(
-            ca=(ca or self.ca).cert_pem,
-            cert=identity.cert_pem if identity else None,
-            key=identity.key_pem if identity else None,
+            ca=(ca or self.ca).cert,
+            cert=identity.cert if identity else None,
+            key=identity.key if identity else None,
         )
 
     async def call(self, client_tls: Any, server: WSServerTransport | None = None) -> Any:
@@ -1178,7 +1135,7 @@ class TLSLoopbackTests(unittest.TestCase):
             self.assertEqual(result, {"hello": "tls"})
             [request] = self.seen
             self.assertEqual(request.peer_certificate, self.client_fp)
-            self.assertEqual(request.peer_certificate_der, self.client_id.der)
+            self.assertEqual(request.peer_certificate_der, der(self.client_id))
 
         return ensureDeferred(run())
 
@@ -1213,9 +1170,8 @@ class TLSLoopbackTests(unittest.TestCase):
         """The client verifies the server's chain against its CA: a TLS handshake error."""
 
         async def run() -> None:
-            other_ca = make_identity("other CA", ca=True)
             with self.assertRaises(TLSHandshakeError):
-                await self.call(self.client_tls(self.client_id, other_ca))
+                await self.call(self.client_tls(self.client_id, self.other_ca))
 
         return ensureDeferred(run())
 
@@ -1223,7 +1179,7 @@ class TLSLoopbackTests(unittest.TestCase):
         async def run() -> None:
             pub = WSPubTransport(
                 global_reactor,
-                tls=ServerTLS(key=self.server_id.key_pem, cert=self.server_id.cert_pem),
+                tls=ServerTLS(key=self.server_id.key, cert=self.server_id.cert),
                 interface="127.0.0.1",
             )
             port = await pub.listen(0)

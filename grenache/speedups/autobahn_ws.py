@@ -156,9 +156,7 @@ def fast_data_received(self: Any, data: bytes) -> None:
         self._dataReceived(data[pos:] if pos else data)
 
 
-def lean_send_data(
-    self: Any, data: bytes, sync: bool = False, chopsize: int | None = None
-) -> None:
+def lean_send_data(self: Any, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
     """autobahn's ``sendData`` without its eagerly formatted debug-log arguments and stats."""
     if sync or chopsize or self.send_queue:
         WebSocketProtocol.sendData(self, data, sync, chopsize)
@@ -275,9 +273,7 @@ class _Wire:
 
 
 def _no_timers(factory: Any) -> Any:
-    factory.setProtocolOptions(
-        openHandshakeTimeout=0, closeHandshakeTimeout=0, autoPingInterval=0
-    )
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, autoPingInterval=0)
     return factory
 
 
