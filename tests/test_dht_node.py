@@ -68,7 +68,7 @@ class Network:
 
 
 class ServingTests(SynchronousTestCase):
-    """Each KRPC handler answers with Node's exact shape (reference/dht.md §3, §9)."""
+    """Each KRPC handler answers with Node's exact shape (docs/protocol.rst, *DHT messages*)."""
 
     def setUp(self) -> None:
         self.network = Network(self)
@@ -443,7 +443,7 @@ class FlowTests(SynchronousTestCase):
 
 
 class RoutingUpkeepTests(SynchronousTestCase):
-    """Liveness sweep and ping-before-evict (reference/dht.md §4.1)."""
+    """Liveness sweep and ping-before-evict."""
 
     def test_liveness_sweep_removes_a_dead_contact(self) -> None:
         network = Network(self, node_liveness=300.0)

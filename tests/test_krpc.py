@@ -1,5 +1,6 @@
-"""Tests for grenache.dht.krpc: wire bytes against reference/dht.md section 9, transaction ids,
-matching, timeouts, the in-flight cap, shutdown and robustness against hostile datagrams.
+"""Tests for grenache.dht.krpc: wire bytes as Node sends them (docs/protocol.rst, *DHT
+messages*), transaction ids, matching, timeouts, the in-flight cap, shutdown and robustness
+against hostile datagrams.
 
 Everything runs on a ``Clock`` and a fake datagram transport except one loopback test that makes
 two protocols ping each other over real UDP sockets.
@@ -34,7 +35,7 @@ A = b"A" * 20  # our id in most tests
 B = b"B" * 20  # the remote node
 C = b"C" * 20
 TOKEN = b"T" * 20
-T7 = b"\x00\x07"  # the transaction id used in dht.md section 9
+T7 = b"\x00\x07"  # the transaction id of the exact-bytes examples
 T1 = b"\x00\x01"  # our first transaction id
 PEER: Address = ("10.0.0.2", 20001)
 
@@ -93,7 +94,7 @@ def ping_query(sender: bytes = B, t: bytes = T7) -> bytes:
     return b"d1:ad2:id20:" + sender + b"e1:q4:ping1:t" + b"%d:" % len(t) + t + b"1:y1:qe"
 
 
-# --- exact bytes (reference/dht.md section 9) --------------------------------------------------
+# --- exact bytes (docs/protocol.rst, *DHT messages*) ----------------------------------------------
 
 
 class QueryBytesTests(SynchronousTestCase):

@@ -3,7 +3,7 @@
 * Immutable item: key = ``SHA1(bencode(v))``.
 * Mutable item: key = ``SHA1(k || salt)``; ``sig`` is an ed25519 signature by ``k`` over the
   *signature buffer*, the bencoded dict ``{salt?, seq, v}`` without its outer ``d``/``e``
-  (reference/dht.md §6.4, reference/protocol.md §3.4).
+  (docs/protocol.rst, *BEP 44 items*).
 
 Ed25519 comes from ``cryptography``; private keys are 32-byte seeds (RFC 8032), not the
 64-byte "expanded" secret keys of ed25519-supercop.

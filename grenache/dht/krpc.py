@@ -2,7 +2,7 @@
 
 One :class:`KRPCProtocol` is the DHT's single UDP socket: it sends our queries, answers the
 queries other nodes send us, and matches their responses to our pending requests.  What it does
-on the wire follows ``reference/dht.md`` sections 1 and 3.7:
+on the wire is described in docs/protocol.rst, *DHT messages*:
 
 * Outgoing messages are canonical bencode (sorted keys, ``None`` omitted) with exactly the
   top-level keys ``a,q,t,y`` / ``r,t,y`` / ``e,t,y`` and no ``v``, so they are byte-identical to
@@ -67,7 +67,7 @@ and nothing is sent.
 NodeSeen = Callable[[bytes, Address], None]
 """Told about every valid 20-byte node id that sent us a query or a response."""
 
-#: Keys that a Node grape reads as byte strings and dies on when they are not (dht.md section 8).
+#: Keys that a Node grape reads as byte strings and dies on when they are not.
 _MUST_BE_BYTES = ("target", "info_hash")
 
 #: Deepest nesting the lenient decoder follows; KRPC messages nest three or four levels.
@@ -118,7 +118,7 @@ def _bstring(data: bytes) -> bytes:
 
 
 def _check_query_args(a: dict[str, Any]) -> None:
-    """Refuse arguments that would crash a Node 10.0.0 grape (dht.md section 3.2, 3.3, 8)."""
+    """Refuse arguments that would crash a Node 10.0.0 grape (docs/protocol.rst, *DHT messages*)."""
     for key in _MUST_BE_BYTES:
         if key in a and not isinstance(a[key], bytes):
             raise ValueError(f"KRPC argument {key!r} must be bytes, not {type(a[key]).__name__}")
@@ -272,7 +272,7 @@ class KRPCProtocol(DatagramProtocol):
     may be replaced after construction.
 
     Listen with ``maxPacketSize=65535``: Node's replies can be far larger than Twisted's default
-    8192 bytes (dht.md section 1.1).
+    8192 bytes (docs/protocol.rst, *DHT messages*).
     """
 
     noisy = False
@@ -545,7 +545,7 @@ class KRPCProtocol(DatagramProtocol):
     def _on_response(self, message: dict[bytes, Any], y: bytes, t: bytes, addr: Address) -> None:
         r = message.get(b"r")
         if isinstance(r, dict):
-            # Also for late or unexpected replies (dht.md section 3.7).
+            # Also for late or unexpected replies.
             self._node_seen(r.get(b"id"), addr)
         if len(t) < 2:
             self.log.debug("KRPC response from {addr} with short t; dropped", addr=addr)

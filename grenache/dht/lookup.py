@@ -3,9 +3,9 @@
 A walk keeps a temporary routing table centred on the target, queries the 20 closest contacts
 it knows that it has not queried yet, learns more contacts from every reply's ``nodes``, and ends
 when the 20 closest known contacts have all been queried and nothing is outstanding
-(reference/dht.md §4.3). Beside it a second table, the *token table*, keeps every responder that
-gave a write token; announce and put send to each of those with its own token, and a node caches
-the table for five minutes so that re-announces do not walk again.
+(docs/protocol.rst, *DHT messages*). Beside it a second table, the *token table*, keeps every
+responder that gave a write token; announce and put send to each of those with its own token,
+and a node caches the table for five minutes so that re-announces do not walk again.
 
 Nothing here owns a timer: timeouts come from the KRPC layer's single sweep, so a walk costs no
 ``DelayedCall`` of its own.

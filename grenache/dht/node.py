@@ -872,7 +872,7 @@ def _fail(error: Exception) -> Deferred[Any]:
 
 
 def _validate_put(item: bep44.Item, cas: int | None) -> None:
-    """Refuse what Node's ``put`` refuses, with its messages (reference/dht.md §6.4)."""
+    """Refuse what Node's ``put`` refuses, with its messages (docs/protocol.rst, *BEP 44 items*)."""
     v = item.v
     if v is None:
         raise InvalidPut("opts.v not given")

@@ -1,7 +1,8 @@
 """Kademlia routing table, ported from k-bucket 5.1.0 so that Python and Node grapes rank
 nodes identically.
 
-Two rules matter for interoperability and are reproduced on purpose (reference/dht.md §7):
+Two rules matter for interoperability and are reproduced on purpose (docs/protocol.rst,
+*DHT messages*):
 
 * :func:`distance` is the k-bucket *float* distance, built byte by byte in IEEE-754 doubles,
   with missing bytes of the shorter id counted as ``255``.  Only ~53 bits are significant and

@@ -1,11 +1,12 @@
 """Bounded, expiring stores used by the DHT node, with Node's semantics.
 
-* :class:`RecordCache` is the announced-peer store (record-cache 1.2.0, reference/dht.md §5.2):
+* :class:`RecordCache` is the announced-peer store (record-cache 1.2.0, docs/protocol.rst,
+  *DHT messages*):
   two generations swapped by a timer, so a peer lives between 2/3 and 4/3 of ``max_age``.
 * :class:`LRUCache` is lru 3.1.0: the BEP 44 value store (no age) and the per-lookup token
-  tables (max age 300 s, reference/dht.md §4.3).
+  tables (max age 300 s).
 * :class:`TokenSecrets` makes and checks write tokens exactly as bittorrent-dht 10.0.0 does
-  (reference/dht.md §5.1), so tokens stay valid for 5 to 10 minutes.
+  (docs/protocol.rst, *DHT messages*), so tokens stay valid for 5 to 10 minutes.
 
 Nothing here touches the global reactor: time comes from an injected ``IReactorTime`` and
 randomness from an injectable :class:`random.Random`.

@@ -1,8 +1,8 @@
 """The four grape operations, shared by the HTTP and the WebSocket API.
 
 ``dispatch(node, operation, data)`` checks ``data`` the way grenache-grape 1.0.0 does, runs the
-operation on the DHT node and answers the JSON-able result Node would send (reference
-protocol.md §3.2 to §3.5), ``None`` standing for the empty body of a get that found nothing.
+operation on the DHT node and answers the JSON-able result Node would send (docs/protocol.rst,
+*Grape HTTP API*), ``None`` standing for the empty body of a get that found nothing.
 The answer is the result itself when the operation completes at once (a lone grape's lookup,
 the hot path of a development network), else a Deferred that fires with it; failures are
 always a failed Deferred, typed (:mod:`grenache.errors`), and each API maps them to its wire

@@ -1,5 +1,5 @@
 """
-The scenarios of grenache-grape 1.0.0's own suite (test/announce.js; reference dht.md §10.1),
+The scenarios of grenache-grape 1.0.0's own suite (test/announce.js),
 run with Python grapes, and mixed with Node grapes where it is cheap.
 
 As in the Node suite's ``createGrapes``: every grape uses a peer max age of 200 ms (DHT
