@@ -186,11 +186,6 @@ class DHTNode:
             raise RuntimeError("the DHT node is not listening")
         return int(transport.getHost().port)  # type: ignore[attr-defined,misc]
 
-    @property
-    def bootstrap_nodes(self) -> tuple[Address, ...]:
-        """The bootstrap nodes as configured (names unresolved)."""
-        return tuple(self.config.bootstrap)
-
     def start(self) -> Deferred[None]:
         """Start timers and bootstrap; fires (never fails) once the first bootstrap walk ended
         (after resolving the bootstrap host names)."""
