@@ -228,3 +228,14 @@ class WrongProtocol(DestinationUnreachable):
     user can fix the transport or URL. A kind of :class:`DestinationUnreachable`: the request
     never reached a handler.
     """
+
+
+class GrapeWrongAPI(GrapeUnreachable, WrongProtocol):
+    """The grape URL points at the grape's other API: an ``http://`` URL at its WebSocket API,
+    or a ``ws://`` URL at its HTTP API. ``message`` names the URL to use instead.
+
+    A :class:`GrapeUnreachable` (the link got no grape answer) and a :class:`WrongProtocol`;
+    never retried, since every attempt would meet the same port.
+    """
+
+    wire = "ERR_GRAPE_WRONG_API"

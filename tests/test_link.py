@@ -1,7 +1,8 @@
 """Tests for grenache.link, in memory.
 
-HTTP mode runs the real treq client against a fake grape ``Resource`` through
-``treq.testing.StubTreq`` (real HTTP requests and responses, no sockets); time is a ``Clock``.
+HTTP mode runs the link's real HTTP client against a fake grape ``Resource`` through
+``treq.testing.RequestTraversalAgent`` (real HTTP requests and responses, no sockets); time is
+a ``Clock``.
 WebSocket mode runs a real autobahn client against the grape's WebSocket API
 (:func:`grenache.grape.api_ws.grape_ws_factory`) around a fake dispatcher, connected by
 ``autobahn.twisted.testing``'s memory agent over ``iosim`` transports that the tests pump.
@@ -18,11 +19,12 @@ from typing import Any, cast
 
 import attrs
 from autobahn.twisted.testing import MemoryReactorClockResolver, create_memory_agent
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
+from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
@@ -33,13 +35,20 @@ from twisted.web.server import NOT_DONE_YET, Request
 from grenache import codec, errors
 from grenache.dht import bep44
 from grenache.grape.api_ws import GrapeWebSocketFactory, grape_ws_factory
-from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, Item, Link
+from grenache.link import (
+    DEFAULT_ANNOUNCE_INTERVAL,
+    HTTPGrapeClient,
+    Item,
+    Link,
+    WSGrapeClient,
+)
+from grenache.link import announce as announce_module
 
 GRAPE = "http://127.0.0.1:30001"
 HELLO_KEY = "6d33adc2b6b2c14c3036feefb7fedbca1a880527"
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
-# A get answered by a remote node for the salted BEP 44 vector (reference/protocol.md §12.4).
+# A get answered by a remote node for the salted BEP 44 vector (docs/protocol.rst, *BEP 44 items*).
 VECTOR_GET = (
     b'{"id":"0036275525529a8122ca4a3fc6cf32f8c5d9dfa0",'
     b'"k":"77ff84905a91936367c01360803104f92432fcd904a43511876df5cdf3e7e548","seq":1,'
@@ -64,7 +73,7 @@ class Seen:
     headers: dict[bytes, list[bytes]]
     body: bytes
     request: Request
-    stub: StubTreq | None = None
+    stub: RequestTraversalAgent | None = None
 
     @property
     def rid(self) -> str:
@@ -98,7 +107,7 @@ class FakeGrape(Resource):
         super().__init__()
         self.handler = handler
         self.seen: list[Seen] = []
-        self.stub: StubTreq | None = None
+        self.stub: RequestTraversalAgent | None = None
 
     def render(self, request: Request) -> bytes | int:
         assert request.content is not None and request.method is not None
@@ -133,20 +142,19 @@ def due(call: Any) -> float:
 
 
 class FlakyHTTP:
-    """A treq-like client whose first ``failures`` posts fail as ``error`` says."""
+    """An agent whose first ``failures`` requests fail as ``error`` says."""
 
-    def __init__(self, stub: Any, failures: int, error: Callable[[], Exception]) -> None:
-        self.stub: Any = stub
+    def __init__(self, agent: Any, failures: int, error: Callable[[], Exception]) -> None:
+        self.agent: Any = agent
         self.failures = failures
         self.error = error
         self.calls = 0
-        self.content = stub.content
 
-    def post(self, url: str, **kwargs: Any) -> Deferred[Any]:
+    def request(self, method: bytes, uri: bytes, headers: Any, body: Any) -> Deferred[Any]:
         self.calls += 1
         if self.calls <= self.failures:
             return fail(self.error())
-        return cast(Deferred[Any], self.stub.post(url, **kwargs))
+        return cast(Deferred[Any], self.agent.request(method, uri, headers, body))
 
 
 class HTTPCase(unittest.TestCase):
@@ -155,10 +163,10 @@ class HTTPCase(unittest.TestCase):
     def make(self, handler: Callable[[Seen], Reply], **kwargs: Any) -> Link:
         self.clock = Clock()
         self.grape = FakeGrape(handler)
-        self.stub = StubTreq(self.grape)
+        self.stub = RequestTraversalAgent(self.grape)
         self.grape.stub = self.stub
-        http = kwargs.pop("http_client", self.stub)
-        self.link = Link(GRAPE, reactor=self.clock, http_client=http, **kwargs)
+        http = kwargs.pop("http_agent", self.stub)
+        self.link = Link(GRAPE, reactor=self.clock, http_agent=http, **kwargs)
         self.link.start()
         return self.link
 
@@ -369,8 +377,8 @@ class ErrorTests(HTTPCase):
         def refused() -> Exception:
             return ConnectionRefusedError("111: Connection refused")
 
-        flaky = FlakyHTTP(StubTreq(FakeGrape(answer(b"1"))), 99, refused)
-        link = self.make(answer(b"1"), http_client=flaky)
+        flaky = FlakyHTTP(RequestTraversalAgent(FakeGrape(answer(b"1"))), 99, refused)
+        link = self.make(answer(b"1"), http_agent=flaky)
         error = self.failureResultOf(link.lookup("x"), errors.GrapeUnreachable).value
         self.assertEqual(flaky.calls, 3)
         self.assertTrue(
@@ -384,8 +392,8 @@ class ErrorTests(HTTPCase):
         def reset() -> Exception:
             return ResponseNeverReceived([Failure(ConnectionLost("Connection reset by peer"))])
 
-        flaky = FlakyHTTP(StubTreq(FakeGrape(answer(b"1"))), 99, reset)
-        link = self.make(answer(b"1"), http_client=flaky)
+        flaky = FlakyHTTP(RequestTraversalAgent(FakeGrape(answer(b"1"))), 99, reset)
+        link = self.make(answer(b"1"), http_agent=flaky)
         error = self.failureResultOf(link.put("x"), errors.GrapeUnreachable).value
         self.assertIn("Connection reset by peer", error.message)
         self.assertEqual(flaky.calls, 1, "put is sent once, as in Node")
@@ -436,16 +444,20 @@ def _mutable_hash(seen: Seen) -> str:
 
 class RetryTests(HTTPCase):
     def test_retry_then_success(self) -> None:
-        flaky = FlakyHTTP(StubTreq(FakeGrape(answer(b"1"))), 2, lambda: ConnectionRefusedError())
-        link = self.make(answer(b'["127.0.0.1:1"]'), http_client=flaky)
-        flaky.stub = self.stub  # the attempts that get through reach this test's grape
+        flaky = FlakyHTTP(
+            RequestTraversalAgent(FakeGrape(answer(b"1"))), 2, lambda: ConnectionRefusedError()
+        )
+        link = self.make(answer(b'["127.0.0.1:1"]'), http_agent=flaky)
+        flaky.agent = self.stub  # the attempts that get through reach this test's grape
         self.assertEqual(self.successResultOf(link.lookup("x")), ["127.0.0.1:1"])
         self.assertEqual(flaky.calls, 3)
         self.assertEqual(len(self.grape.seen), 1)
 
     def test_retry_count(self) -> None:
-        flaky = FlakyHTTP(StubTreq(FakeGrape(answer(b"1"))), 99, lambda: ConnectionRefusedError())
-        link = self.make(answer(b"1"), http_client=flaky)
+        flaky = FlakyHTTP(
+            RequestTraversalAgent(FakeGrape(answer(b"1"))), 99, lambda: ConnectionRefusedError()
+        )
+        link = self.make(answer(b"1"), http_agent=flaky)
         self.failureResultOf(link.lookup("x", retry=5), errors.GrapeUnreachable)
         self.assertEqual(flaky.calls, 5)
         flaky.calls = 0
@@ -624,6 +636,34 @@ class AnnounceLoopTests(HTTPCase):
         self.assertEqual(len(self.grape.seen), 4)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
+    def test_failures_and_recovery_are_logged(self) -> None:
+        """A warning at the first failure of a run, debug for the next ones, one line when
+        announcing works again; then a new run of failures warns again."""
+        events: list[dict[str, Any]] = []
+        self.patch(announce_module, "log", Logger(namespace="test", observer=events.append))
+        outcomes = iter([b"1", b"boom", b"boom", b"boom", b"3", b"4", b"boom", b"5"])
+
+        def reply(seen: Seen) -> Reply:
+            body = next(outcomes)
+            return (500 if body == b"boom" else 200, body)
+
+        link = self.make(reply, rng=random.Random(3))
+        self.successResultOf(link.start_announcing("svc", 1337))
+        for _ in range(7):
+            [call] = self.clock.getDelayedCalls()
+            self.clock.advance(due(call) - self.clock.seconds())
+        self.assertEqual(
+            [(e["log_level"].name, formatEvent(e)) for e in events],
+            [
+                ("warn", "announce of svc:1337 failed (boom); trying again in the next tick"),
+                ("debug", "announce of svc:1337 failed (boom); trying again in the next tick"),
+                ("debug", "announce of svc:1337 failed (boom); trying again in the next tick"),
+                ("info", "announce of svc:1337 recovered after 3 failures"),
+                ("warn", "announce of svc:1337 failed (boom); trying again in the next tick"),
+                ("info", "announce of svc:1337 recovered after 1 failures"),
+            ],
+        )
+
     def test_first_announce_error(self) -> None:
         link = self.make(answer(b'"No nodes to query"'))
         d = link.start_announcing("svc", 1)
@@ -695,15 +735,18 @@ class StopTests(HTTPCase):
         self.assertEqual(len(self.grape.seen), 2)
 
     def test_default_client_and_pool(self) -> None:
-        """Without http_client the link owns a persistent pool; stop closes it."""
+        """Without http_agent the link owns a persistent pool; stop closes it."""
         link = Link(GRAPE, reactor=Clock())
         self.assertFalse(link.running)
         link.start()
-        pool = link._pool
+        client = link._client
+        assert isinstance(client, HTTPGrapeClient)
+        pool = client.pool
         self.assertIsNotNone(pool)
         self.assertTrue(pool.persistent)
         self.successResultOf(link.stop())
-        self.assertIsNone(link._pool)
+        self.assertIsNone(client.pool)
+        self.assertIsNone(link._client)
 
     def test_bad_urls(self) -> None:
         for url in ("127.0.0.1:30001", "ftp://x", ""):
@@ -970,7 +1013,8 @@ class WebSocketTests(unittest.TestCase):
         self.reactor.advance(0.5)
         self.failureResultOf(d1, errors.RequestTimeout)
         # The next request gives the old attempt up; this one connects for real.
-        link._ws_agent = create_memory_agent(self.reactor, self.pumper, self.build_server)
+        assert isinstance(link._client, WSGrapeClient)
+        link._client.agent = create_memory_agent(self.reactor, self.pumper, self.build_server)
         d3 = link.announce("svc", 1)
         self.flush()
         self.assertEqual([op for op, _, _ in self.dispatch.calls], ["lookup", "announce"])
