@@ -6,7 +6,10 @@
 - on a network of Node grapes (grenache-grape 1.0.0): a service announced through one grape
   is found and called through the other, and ``grenache lookup/put/get`` talk to Node grapes;
 - ``grenache pub`` feeds a Node ``PeerSub`` and a Node ``PeerPub`` feeds ``grenache sub``
-  (``node/cli_pubsub.js``).
+  (``node/cli_pubsub.js``);
+- TLS from the shell: a Node HTTP client with ``secure`` options calls ``grenache serve
+  --tls-* --tls-client-fingerprints`` (an unlisted certificate is refused), and ``grenache
+  request --tls-*`` calls Node HTTP and WebSocket servers started with ``secure`` options.
 
 Skipped without Node unless ``GRENACHE_INTEROP=required``.
 """
@@ -22,7 +25,10 @@ from twisted.trial import unittest
 from grenache.dht import bep44
 from tests.interop import harness
 from tests.interop.harness import async_test
+from tests.interop.test_http_rpc import NodeClient
+from tests.support import make_pki
 from tests.test_cli import TWISTD, Proc, grenache, run_cli, spawn
+from tests.test_tls_options import pki_files
 
 
 async def node_request(
@@ -231,3 +237,177 @@ class NodePubSubTests(unittest.TestCase):
         result = await sub.finish()
         self.assertEqual(result.code, 0, result.describe())
         self.assertEqual(result.out.decode(), "from node ✓\nagain\n")
+
+
+class NodeTLSTests(unittest.TestCase):
+    """TLS with a client-certificate whitelist from the shell alone, against Node peers with
+    their ``secure`` options (certificates from tests.support.make_pki, written to files)."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        harness.node_modules_dir()
+
+    def files(self) -> dict[str, str]:
+        return pki_files(self)
+
+    @async_test
+    async def test_node_http_client_calls_grenache_serve_over_tls(self) -> None:
+        """(a) grenache serve --tls-* --tls-client-fingerprints, a Node HTTP client with
+        ``secure``; a Node client with an unlisted certificate is refused."""
+        grape = await harness.start_python_grape(self)
+        files = self.files()
+        pki = make_pki()
+        _, ready = await serve(
+            self,
+            "cli_node_tls",
+            "--transport",
+            "http",
+            "--handler",
+            "tests.test_cli:echo",
+            "--tls-key",
+            files["server.key"],
+            "--tls-cert",
+            files["server.crt"],
+            "--tls-ca",
+            files["ca"],
+            "--tls-client-fingerprints",
+            pki.client.fingerprint,
+            "-g",
+            grape.url,
+        )
+        self.assertEqual(ready["announced"], {"cli_node_tls": 1})
+        op = {
+            "op": "request",
+            "name": "cli_node_tls",
+            "payload": {"n": 1},
+            "opts": {"timeout": 10000},
+        }
+        for stem, allowed in (("client", True), ("other", False)):
+            with self.subTest(client=stem):
+                secure = {
+                    "key": files[f"{stem}.key"],
+                    "cert": files[f"{stem}.crt"],
+                    "ca": files["ca"],
+                    "rejectUnauthorized": True,
+                }
+                proc = harness.spawn_node(
+                    self,
+                    "http_client.js",
+                    [json.dumps({"grape": grape.url, "secure": secure})],
+                    name=f"node-tls-{stem}",
+                )
+                await proc.ready
+                reply = await NodeClient(proc).call(op)
+                if allowed:
+                    self.assertTrue(reply["ok"], reply)
+                    self.assertEqual(reply["result"]["payload"], {"n": 1})
+                    self.assertEqual(reply["result"]["peer_certificate"], pki.client.fingerprint)
+                else:
+                    self.assertFalse(reply["ok"], reply)
+                await proc.stop()
+
+    @async_test
+    async def test_grenache_request_calls_node_http_server_over_tls(self) -> None:
+        """(b) grenache request --tls-* against a Node HTTP server with ``secure`` options
+        (requestCert, rejectUnauthorized): Node's handler sees the CLI's certificate."""
+        grape = await harness.start_python_grape(self)
+        files = self.files()
+        pki = make_pki()
+        secure = {
+            "key": files["server.key"],
+            "cert": files["server.crt"],
+            "ca": files["ca"],
+            "requestCert": True,
+            "rejectUnauthorized": True,
+        }
+        conf = {"grape": grape.url, "names": ["cli_tls_node"], "tag": "node-tls", "secure": secure}
+        proc = harness.spawn_node(
+            self, "http_server.js", [json.dumps(conf)], name="node-tls-server"
+        )
+        await proc.ready
+        call = ("request", "cli_tls_node", '{"via": "cli"}', "-g", grape.url)
+        listed = ("--tls-ca", files["ca"], "--tls-cert", files["client.crt"])
+        result = await run_cli(self, *call, *listed, "--tls-key", files["client.key"])
+        self.assertEqual(result.code, 0, result.describe())
+        reply = result.json()
+        self.assertEqual((reply["server"], reply["echo"]), ("node-tls", {"via": "cli"}))
+        self.assertEqual(reply["fingerprint"], pki.client.fingerprint)
+        # Node refuses a certificate its CA did not sign; an untrusting client refuses Node.
+        rogue = await run_cli(
+            self,
+            *call,
+            "--tls-ca",
+            files["ca"],
+            "--tls-cert",
+            files["rogue.crt"],
+            "--tls-key",
+            files["rogue.key"],
+            "--timeout",
+            "5",
+        )
+        self.assertEqual(rogue.code, 1, rogue.describe())
+        self.assertTrue(rogue.err.startswith(b"grenache request: "), rogue.describe())
+        untrusting = await run_cli(
+            self,
+            *call,
+            "--timeout",
+            "5",
+            "--tls-cert",
+            files["client.crt"],
+            "--tls-key",
+            files["client.key"],
+            "--tls-ca",
+            files["client.crt"],
+        )
+        self.assertEqual(untrusting.code, 1, untrusting.describe())
+
+    @async_test
+    async def test_grenache_request_calls_node_ws_server_with_a_whitelist(self) -> None:
+        """(b) over WebSocket: Node's verifyClient whitelist admits the listed certificate."""
+        grape = await harness.start_python_grape(self)
+        files = self.files()
+        pki = make_pki()
+        tls = {
+            "key": pki.server.key.decode(),
+            "cert": pki.server.cert.decode(),
+            "ca": pki.ca.cert.decode(),
+        }
+        conf = {
+            "grape": grape.url,
+            "name": "cli_tls_ws",
+            "tls": tls,
+            "whitelist": [pki.client.fingerprint],
+        }
+        proc = harness.spawn_node(self, "ws_server.js", [json.dumps(conf)], name="node-wss")
+        ready = await proc.ready
+        dest = f"127.0.0.1:{ready['port']}"
+        await harness.lookup_until(grape.url, "cli_tls_ws", lambda d: dest in d, f"lists {dest}")
+        call = ("request", "cli_tls_ws", "[1, 2]", "-t", "ws", "-g", grape.url, "--timeout", "10")
+        result = await run_cli(
+            self,
+            *call,
+            "--tls-ca",
+            files["ca"],
+            "--tls-cert",
+            files["client.crt"],
+            "--tls-key",
+            files["client.key"],
+        )
+        self.assertEqual(result.code, 0, result.describe())
+        self.assertEqual(
+            result.json(),
+            {"echo": [1, 2], "key": "cli_tls_ws", "fingerprint": pki.client.fingerprint},
+        )
+        refused = await run_cli(
+            self,
+            *call,
+            "--tls-ca",
+            files["ca"],
+            "--tls-cert",
+            files["other.crt"],
+            "--tls-key",
+            files["other.key"],
+        )
+        self.assertEqual(refused.code, 1, refused.describe())
+        self.assertIn(b"401", refused.err)
