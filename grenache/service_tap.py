@@ -80,6 +80,12 @@ def check_listen(description: str) -> str:
         server_endpoint(_Unstarted(), description)
     except (TypeError, ValueError) as error:
         raise usage.UsageError(f"--listen: {error}") from None
+    except OSError as error:  # an ssl: description's key or certificate file
+        raise usage.UsageError(
+            f"--listen {description!r}: cannot read {error.filename}: {error.strerror}"
+        ) from None
+    except Exception as error:  # e.g. a malformed PEM file in an ssl: description
+        raise usage.UsageError(f"--listen {description!r}: {error}") from None
     return description
 
 
@@ -169,11 +175,11 @@ class Options(ServerTLSOptions):
                 raise usage.UsageError(
                     "--bind applies to --port; put interface=ADDRESS in the --listen description"
                 )
-            check_listen(self["listen"])
             if self["listen"].startswith("ssl:") and self["tls-key"] is not None:
                 raise usage.UsageError(
                     "TLS twice: use either an ssl: --listen description or --tls-key/--tls-cert"
                 )
+            check_listen(self["listen"])
         self.read_tls()
 
     def config(self) -> ServiceConfig:

@@ -22,12 +22,16 @@ from grenache.service_tap import (
     ServiceConfig,
     makeService,
 )
+from grenache.tls import ServerTLS
+from grenache.tls_options import ClientWhitelistContextFactory
 from grenache.transports import transport_names
 from grenache.transports.http import HTTPClientTransport
 from grenache.transports.ws import WSClientTransport
 from tests import test_cli
 from tests.interop.harness import start_python_grape
+from tests.support import make_pki
 from tests.test_cli import TWISTD, reactor, run_cli, spawn
+from tests.test_tls_options import pki_files
 
 
 def parse(*argv: str) -> Options:
@@ -99,6 +103,30 @@ class OptionsTests(TestCase):
             usage.UsageError, parse, "--name", "x", "--handler", "m:f", "--transport", "zmq"
         )
         self.assertEqual(str(error), "unknown transport 'zmq' (available: http, ws)")
+
+    def test_tls_flags(self) -> None:
+        files = pki_files(self)
+        base = ("--name", "x", "--handler", "m:f")
+        self.assertIsNone(parse(*base).config().tls)
+        pair = ("--tls-key", files["server.key"], "--tls-cert", files["server.crt"])
+        self.assertIsInstance(parse(*base, *pair).config().tls, ServerTLS)
+        fingerprint = make_pki().client.fingerprint
+        pinned = parse(*base, *pair, "--tls-client-fingerprints", fingerprint).config().tls
+        self.assertIsInstance(pinned, ClientWhitelistContextFactory)
+        self.assertEqual(pinned.fingerprints, {fingerprint})
+        missing = str(Path(self.mktemp()).resolve())
+        error = self.assertRaises(
+            usage.UsageError, parse, *base, "--tls-key", missing, "--tls-cert", files["ca"]
+        )
+        self.assertEqual(str(error), f"--tls-key: cannot read {missing}: No such file or directory")
+        error = self.assertRaises(
+            usage.UsageError, parse, *base, *pair, "--listen", "ssl:0:privateKey=k:certKey=c"
+        )
+        self.assertIn("TLS twice", str(error))
+        error = self.assertRaises(
+            usage.UsageError, parse, *base, "--listen", f"ssl:0:privateKey={missing}"
+        )
+        self.assertIn(f"cannot read {missing}", str(error))
 
     def test_listen(self) -> None:
         config = parse("--name", "x", "--handler", "m:f", "--listen", "tcp6:0").config()

@@ -10,6 +10,7 @@ grape = ServiceMaker(
 grenache_service = ServiceMaker(
     "grenache-service",
     "grenache.service_tap",
-    "A Grenache RPC service: a handler served on HTTP or WebSocket and announced to a grape",
+    "A Grenache RPC service: a handler served on HTTP or WebSocket (TLS optional) and "
+    "announced to a grape",
     "grenache-service",
 )
