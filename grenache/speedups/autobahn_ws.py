@@ -15,8 +15,8 @@ and write methods from :data:`FastPath`, which is one of
 
 :data:`AVAILABLE` is decided at import by :func:`probe`: a server and a client protocol with the
 lean path are connected to in-memory transports, and must find every internal they read and
-deliver and write exactly what autobahn's public path does. Checked with autobahn 26.10.2;
-written against the frame state autobahn has kept since 20.x.
+deliver and write exactly what autobahn's public path does. Checked with autobahn 26.10.2 and
+txaio 26.6.1 (the versions setup.cfg's upper bounds allow).
 
 :func:`bind_timers` also lives here, because it too reaches into autobahn and txaio: autobahn
 schedules a factory's handshake and ping timers through txaio on the global reactor; it makes

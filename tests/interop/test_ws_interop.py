@@ -201,6 +201,8 @@ class WSInteropTests(unittest.TestCase):
             node, {"id": 4, "op": "request", "name": name, "payload": "value-error"}
         )
         self.assertEqual(reply, {"id": 4, "ok": False, "error": "bad value"})
+        # The service may log a handler's exception with its traceback, besides replying with it.
+        self.flushLoggedErrors(errors.RemoteError, ValueError)
 
     @async_test
     async def test_node_client_many_concurrent_on_one_socket(self) -> None:
