@@ -191,7 +191,7 @@ class RequestTooLarge(GrenacheError):
 class GrapeReplyError(LinkError):
     """A grape answered a link request with an error string instead of the operation's result.
 
-    Two shapes reach the link (reference/protocol.md §3.7): a non-2xx HTTP reply, whose body
+    Two shapes reach the link (docs/protocol.rst, *Link*): a non-2xx HTTP reply, whose body
     (JSON-decoded when it parses, raw text otherwise) is the message, e.g. status 302 and
     ``"302 sequence number less than current"``; and a 2xx reply whose JSON result has the wrong
     type for the operation, e.g. ``"No nodes to query"`` or ``"ERR_GRAPE_SERVICE_PORT"`` where an

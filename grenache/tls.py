@@ -2,7 +2,8 @@
 
 Node's RPC servers hand handlers ``req.socket.getPeerCertificate()`` and the documented way to
 authorise a client is by ``cert.fingerprint``: the SHA-1 of the certificate's DER, as uppercase
-hex pairs joined by ``:`` (reference §6.2). :func:`fingerprint` computes exactly that.
+hex pairs joined by ``:`` (docs/protocol.rst, *TLS and fingerprints*). :func:`fingerprint`
+computes exactly that.
 
 :class:`ServerTLS` and :class:`ClientTLS` take PEM bytes and Node's option names (``key``,
 ``cert``, ``ca``, ``requestCert``, ``rejectUnauthorized``), so a Node peer's configuration
