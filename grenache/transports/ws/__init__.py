@@ -25,9 +25,9 @@ Endpoints
 ---------
 
 ``WSServerTransport.listen(where, serve)`` and ``WSPubTransport.listen(where)`` take a port
-number (bound to the transport's ``interface``), an endpoint description (``"tcp:0:
-interface=127.0.0.1"``, ``"tcp6:0"``, ``"ssl:8443:privateKey=key.pem:certKey=cert.pem"``) or an
-``IStreamServerEndpoint``, and fire with the bound port. Clients connect to ``host:port``
+number (bound to the transport's ``interface``), an endpoint description
+(``"tcp:0:interface=127.0.0.1"``, ``"tcp6:0"``, ``"ssl:8443:privateKey=key.pem:certKey=cert.pem"``)
+or an ``IStreamServerEndpoint``, and fire with the bound port. Clients connect to ``host:port``
 destinations: a host name (resolved by the reactor), an IPv4 address, or an IPv6 address in
 brackets (``[::1]:1337``).
 
