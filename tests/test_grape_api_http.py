@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 from grenache import errors
 from grenache.codec import json_dumps
 from grenache.grape.api_http import grape_http_factory
-from grenache.httpserver import HTTPServerFactory, HTTPServerProtocol
+from grenache.http.server import HTTPServerFactory, HTTPServerProtocol
 
 UUID = "74c457fe-eb5e-4c61-908b-da19514551b0"
 

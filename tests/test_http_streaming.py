@@ -1,5 +1,5 @@
-"""Streaming over HTTP (reference §6.6): the lean server's stream path, the RPC transport's
-stream handler, the stream client, and round trips between them.
+"""Streaming over HTTP (docs/protocol.rst, *HTTP streaming*): the lean server's stream path,
+the RPC transport's stream handler, the stream client, and round trips between them.
 
 Everything runs in memory: server and client protocols on StringTransports with a Clock or a
 MemoryReactorClock (framing, flow control, timeouts, errors), round trips (also over TLS)
@@ -25,14 +25,10 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from grenache import errors
-from grenache.httpserver import (
-    HTTPRequest,
-    HTTPResponse,
-    HTTPServerFactory,
-    HTTPStreamRequest,
-    HTTPStreamResponse,
-    read_body,
-)
+from grenache.http.messages import HTTPRequest, HTTPResponse
+from grenache.http.server import HTTPServerFactory
+from grenache.http.server_stream import HTTPStreamRequest, HTTPStreamResponse
+from grenache.http.streams import read_body
 from grenache.peer import PeerRPCClient, PeerRPCServer, Request
 from grenache.tls import ClientTLS, ServerTLS
 from grenache.transports.http import (
@@ -695,7 +691,7 @@ NODE_STREAM_HEAD = (
     b"Host: 127.0.0.1:1337\r\n"
     b"\r\n"
 )
-"""Node's rpc_client_stream.js example request (§6.6): the head as Node writes it."""
+"""Node's rpc_client_stream.js example request: the head as Node writes it."""
 
 
 class RPCStreamServer:
@@ -952,6 +948,19 @@ class ClientStreamTests(SynchronousTestCase):
         c = Client()
         self.failureResultOf(c.open(headers={"x": "a\nb"}), ValueError)
         self.assertEqual(c.reactor.tcpClients, [])
+
+    def test_destinations(self) -> None:
+        """An IPv6 literal connects over TCP6; a host name is resolved through the reactor."""
+        c = Client()
+        c.open(dest="[::1]:1337")
+        ((host, port, _, _, _),) = c.reactor.tcpClients
+        self.assertEqual((host, port), ("::1", 1337))
+        _proto, wire = c.accept()
+        self.assertIn(b"\r\nHost: [::1]:1337\r\n", wire.value())
+        d = c.open(dest="localhost:1337")
+        self.assertNoResult(d)  # HostnameEndpoint: resolving first
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
 
     def test_header_json(self) -> None:
         """Node's JSON.stringify bytes for latin-1 text; escapes beyond (Node throws)."""

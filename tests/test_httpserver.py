@@ -1,4 +1,4 @@
-"""Tests for grenache.httpserver: the lean HTTP/1.1 server protocol.
+"""Tests for grenache.http.server: the lean HTTP/1.1 server protocol.
 
 Almost everything runs on a StringTransport and a Clock; one test uses a real loopback socket.
 """
@@ -14,16 +14,12 @@ from hypothesis import strategies as st
 from twisted.internet import defer, protocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from grenache.httpserver import (
-    HTTPRequest,
-    HTTPResponse,
-    HTTPServerFactory,
-    HTTPServerProtocol,
-)
+from grenache.http.messages import HTTPRequest, HTTPResponse
+from grenache.http.server import HTTPServerFactory, HTTPServerProtocol
 
 KEEP = b"Connection: keep-alive\r\n"
 CLOSE = b"Connection: close\r\n"
@@ -779,21 +775,23 @@ class RealSocketTests(TestCase):
 
 
 class BatchedWriteTests(TestCase):
-    """Plain TCP output goes out in one batch per reactor round, in order, and closes after."""
+    """Plain TCP output goes out in one batch per reactor round, in order, and closes after;
+    without the Twisted internals (grenache.speedups.twisted_tcp) the same bytes go out
+    through transport.write."""
 
     @defer.inlineCallbacks
-    def test_pipelined_and_close_over_tcp(self) -> Any:
+    def pipelined_and_close_over_tcp(self, batched: bool) -> Any:
         from twisted.internet import reactor as global_reactor
         from twisted.internet.protocol import ClientCreator
 
         reactor: Any = global_reactor  # the real reactor, only in this test
-        later: list[Deferred[HTTPResponse]] = []
+        later: Deferred[HTTPResponse] = Deferred()
+        asked: Deferred[None] = Deferred()
 
         def handler(request: HTTPRequest) -> Any:
             if request.path == "/later":
-                d: Deferred[HTTPResponse] = Deferred()
-                later.append(d)
-                return d
+                asked.callback(None)
+                return later
             return echo(request)
 
         h = Harness(handler)
@@ -826,16 +824,28 @@ class BatchedWriteTests(TestCase):
             + post(b"/three", b"333")
             + post(b"/four", b"4", b"Connection: close\r\n")
         )
-        while not later:
-            yield deferLater(reactor, 0.01, lambda: None)
-        self.assertIsNotNone(protos[0]._tcp)  # the batched path is the one under test
+        yield asked
+        # The path under test: batched straight to the socket, or the public transport.write.
+        self.assertEqual(protos[0]._batched is not None, batched)
         big = b"x" * 300000  # more than one send takes: the rest goes through the transport
-        later[0].callback(HTTPResponse(200, big))
+        later.callback(HTTPResponse(200, big))
         yield client.gone
         self.assertEqual(
             client.received,
             ok(b"1") + ok(big) + ok(b"333") + ok(b"4", CLOSE),
         )
+
+    def test_pipelined_and_close_over_tcp(self) -> Any:
+        from grenache.speedups import twisted_tcp
+
+        self.assertTrue(twisted_tcp.AVAILABLE)  # Twisted as pinned has the internals
+        return self.pipelined_and_close_over_tcp(batched=True)
+
+    def test_pipelined_and_close_over_tcp_fallback(self) -> Any:
+        from grenache.speedups import twisted_tcp
+
+        self.patch(twisted_tcp, "AVAILABLE", False)
+        return self.pipelined_and_close_over_tcp(batched=False)
 
 
 class TLSCloseTests(TestCase):

@@ -169,6 +169,7 @@ class ServerTests(SynchronousTestCase):
         body = b'["%s","rpc_test",{}]' % ERR_RID.encode()
         expected = b'["c074a73f-e5a8-48f4-8a52-1fff1a626621","something went wrong",null]'
         self.assertEqual(h.exchange(post(body)), ok_response(expected))
+        self.assertEqual(len(self.flushLoggedErrors(Exception)), 1)  # the service logs it
 
     def test_handler_forms(self) -> None:
         """A value, a Deferred, a coroutine, a GrenacheError, an empty-message error."""
@@ -200,6 +201,7 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual(wire.value(), b"")
         gate.callback("late")
         self.assertEqual(wire.value(), ok_response(b'["r",null,"late"]'))
+        self.flushLoggedErrors()  # the service logs the failing handlers
 
     def test_gzip(self) -> None:
         """grc-compress gzip: body gunzipped, reply gzipped, no Content-Encoding."""
@@ -730,6 +732,7 @@ class RoundTripTests(SynchronousTestCase):
         rt = RoundTrip(lambda r: _raise(ValueError("bad payload")))
         f = self.failureResultOf(rt.call(1), errors.RemoteError)
         self.assertEqual(f.value.message, "bad payload")
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)  # the service logs it
         rt = RoundTrip(lambda r: r.payload, max_body_size=1000)
         self.failureResultOf(rt.call("x" * 2000), errors.RequestTooLarge)
         self.failureResultOf(rt.call("x" * 20000, compress=True), errors.RequestTooLarge)
@@ -843,7 +846,7 @@ class RealTLSStopTests(TestCase):
     """stop() over real TLS sockets: the keep-alive connections close at once.
 
     The server's close pauses reading first; under TLS the close then waits for the client's
-    close_notify, which the lean server now reads (grenache.httpserver), so stop does not
+    close_notify, which the lean server now reads (grenache.http.server), so stop does not
     wait for stop_grace (set long here) or the idle sweep. Loopback, OS-chosen port.
     """
 

@@ -1,4 +1,6 @@
-"""The grape's HTTP API, answering exactly as grenache-grape 1.0.0 does (protocol.md §3.1 to §3.7).
+"""The grape's HTTP API, answering exactly as grenache-grape 1.0.0 does.
+
+The wire format is in docs/protocol.rst, *Grape HTTP API*.
 
 Every request is ``{"rid": ..., "data": ...}`` in the body; the operation is the request target
 minus its leading ``/``, used verbatim (so ``/lookup?x=1`` and ``/LOOKUP`` are unknown
@@ -31,7 +33,7 @@ Deliberate differences from Node 1.0.0:
 - JSON nested deeper than Python's recursion limit (about 1000 levels, which fits in the
   8 KiB default) is treated as not JSON; Node's ``JSON.parse`` would accept it.
 - Malformed HTTP, oversized headers and idle connections are handled by
-  :mod:`grenache.httpserver` (400, 431, idle close) where Node has its own defaults.
+  :mod:`grenache.http.server` (400, 431, idle close) where Node has its own defaults.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ from twisted.python.failure import Failure
 
 from grenache.codec import json_dumps, json_loads
 from grenache.errors import GrapeDataInvalid, GrenacheError, KRPCError
-from grenache.httpserver import HTTPRequest, HTTPResponse, HTTPServerFactory
+from grenache.http.messages import HTTPRequest, HTTPResponse
+from grenache.http.server import HTTPServerFactory
 
 __all__ = ["Dispatch", "GrapeHTTPAPI", "grape_http_factory"]
 

@@ -1,4 +1,5 @@
-"""RPC over HTTP between this project's peers and grenache-nodejs-http 1.0.2 (reference §6, §13).
+"""RPC over HTTP between this project's peers and grenache-nodejs-http 1.0.2
+(docs/protocol.rst, *RPC over HTTP*).
 
 Both directions, over loopback sockets, with services announced through an in-process Python
 grape (a lone grape stores its own announces) by grenache.link.Link and by the Node link:
@@ -209,6 +210,7 @@ class HTTPRPCInteropTests(unittest.TestCase):
             self.assertEqual(summary["sha1"], sha1_of_json(expected))
             reply = await node.call({**base, "payload": {"error": "boom ✗"}, "opts": opts})
             self.assertEqual(reply, {"i": reply["i"], "ok": False, "error": "boom ✗"})
+            self.assertTrue(self.flushLoggedErrors(Exception))  # the service logs the handler
         # Node's stream client: a chunked body with the _gr header, answered raw.
         text = await node.ok(
             {
@@ -270,6 +272,7 @@ class HTTPRPCInteropTests(unittest.TestCase):
         self.assertEqual(len({r["server"] for r in results}), 2)
         with self.assertRaises(errors.RemoteError):
             await client.map("mix:echo", {"error": "map fails"})
+        self.assertTrue(self.flushLoggedErrors(Exception))  # the Python service logs its failure
         node = await self.node_client()
         results = await node.ok(
             {"op": "map", "name": "mix:echo", "payload": {"m": 3}, "opts": {"timeout": 10000}}

@@ -1,4 +1,5 @@
-"""Streaming over HTTP (reference §6.6) between this project and grenache-nodejs-http 1.0.2.
+"""Streaming over HTTP (docs/protocol.rst, *HTTP streaming*) between this project and
+grenache-nodejs-http 1.0.2.
 
 Over loopback sockets, with services announced through an in-process Python grape:
 
@@ -28,7 +29,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from grenache.httpserver import read_body
+from grenache.http.streams import read_body
 from grenache.link import Link
 from grenache.peer import PeerRPCClient, PeerRPCServer
 from grenache.transports.http import (
