@@ -9,7 +9,10 @@ the program was started.
 
 A handler is called with one :class:`grenache.peer.Request` (``rid``, ``key``, ``payload``,
 ``peer_certificate``) and returns the reply's value, a Deferred or a coroutine; an exception
-becomes the reply's error string.
+becomes the reply's error string, and the server logs it with its traceback (rate-limited,
+see :class:`grenache.peer.PeerRPCServer`). Under the asyncio reactor (``--reactor asyncio``,
+``twistd -r asyncio``) an ``async def`` handler runs as an asyncio Task and may await asyncio
+libraries (docs/extending.rst).
 """
 
 from __future__ import annotations
