@@ -28,7 +28,7 @@ from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
-from twisted.web._newclient import ResponseNeverReceived
+from twisted.web.client import ResponseNeverReceived
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
