@@ -1,7 +1,8 @@
 """Tests for grenache.grape.api_http: grenache-grape 1.0.0's HTTP API mapping, byte for byte.
 
 The dispatcher is a fake that records its calls and answers with prepared values, so every
-row of the mapping (protocol.md §3.1 and §3.6) is checked on exact status lines and bodies.
+row of the mapping (docs/protocol.rst, *Grape HTTP API*) is checked on exact status lines and
+bodies.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def envelope(data: Any = None, raw: bytes | None = None) -> bytes:
 
 class SuccessTests(TestCase):
     def test_announce(self) -> None:
-        """protocol.md §12.1: announce answers the number of nodes, as JSON."""
+        """docs/protocol.rst, *Grape HTTP API*: announce answers the number of nodes, as JSON."""
         dispatch = FakeDispatch(announce=1)
         grape = Grape(dispatch)
         body = b'{"rid":"74c457fe-eb5e-4c61-908b-da19514551b0","data":["rpc_test",11337]}'
@@ -111,7 +112,7 @@ class SuccessTests(TestCase):
         self.assertEqual(dispatch.calls, [("announce", ["rpc_test", 11337])])
 
     def test_lookup(self) -> None:
-        """protocol.md §12.2."""
+        """docs/protocol.rst, *Grape HTTP API*."""
         dispatch = FakeDispatch(lookup=["127.0.0.1:11337"])
         grape = Grape(dispatch)
         out = grape.exchange(request(b"/lookup", envelope("rpc_test")))
@@ -119,7 +120,7 @@ class SuccessTests(TestCase):
         self.assertEqual(dispatch.calls, [("lookup", "rpc_test")])
 
     def test_put_and_get(self) -> None:
-        """protocol.md §12.3: a JSON string key, then a compact object with raw UTF-8."""
+        """A JSON string key, then a compact object with raw UTF-8 (*Grape HTTP API*)."""
         key = "6d33adc2b6b2c14c3036feefb7fedbca1a880527"
         item = {"id": "83b7398666f57eb741a0cad519cd029dcf95477f", "token": None, "v": "héllo"}
         dispatch = FakeDispatch(put=key, get=item)
@@ -313,7 +314,7 @@ class ErrorMappingTests(TestCase):
             self.check(error, response(b"200 OK", body))
 
     def test_bad_port_is_24_bytes(self) -> None:
-        """protocol.md §12.1: the bad-port answer is 24 bytes including the quotes."""
+        """The bad-port answer is 24 bytes including the quotes (*Grape HTTP API*)."""
         dispatch = FakeDispatch(announce=errors.GrapeServicePortInvalid())
         grape = Grape(dispatch)
         out = grape.exchange(request(b"/announce", b'{"rid":"x","data":["svc","1337"]}'))

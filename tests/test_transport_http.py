@@ -1,4 +1,5 @@
-"""Tests for grenache.transports.http: RPC over HTTP, byte for byte with Node (reference §6, §12.5).
+"""Tests for grenache.transports.http: RPC over HTTP, byte for byte with Node
+(docs/protocol.rst, *RPC over HTTP*).
 
 Everything runs in memory: the server protocol on a StringTransport, the client's connections
 built from the factories it hands a MemoryReactorClock, and round trips (also over TLS) through
@@ -33,7 +34,7 @@ from tests.support import make_pki
 RID = "854ae9a2-5d09-4a13-8a17-f936df1ab27b"
 ERR_RID = "c074a73f-e5a8-48f4-8a52-1fff1a626621"
 
-# Node client -> Node server, reference §12.5 (verbatim but for the Host port).
+# Node client -> Node server, as captured (verbatim but for the Host port).
 NODE_REQUEST = (
     b"POST / HTTP/1.1\r\n"
     b"grc-compress: none\r\n"
