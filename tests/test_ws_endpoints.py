@@ -115,8 +115,8 @@ class ListenTests(unittest.TestCase):
         await self.round_trip(WSServerTransport(reactor, interface="::1"), 0, "[::1]")
 
     async def test_host_name_destination(self) -> None:
-        """``localhost:port`` is resolved by the reactor (the server listens on both loopbacks
-        when it can, so whichever address the resolver gives first answers)."""
+        """``localhost:port`` is resolved by the reactor; HostnameEndpoint tries each address
+        it gets (::1 and 127.0.0.1), so the IPv4-only server is reached either way."""
         server = WSServerTransport(reactor)
         port = await server.listen("tcp:0:interface=127.0.0.1", echo)
         self.addCleanup(server.stop)
