@@ -1,18 +1,190 @@
-"""The code in docs/ runs as written."""
+"""The README and docs/ render cleanly and the code in them runs as written."""
 
 from __future__ import annotations
 
+import collections
+import io
 import re
 import sys
 from pathlib import Path
+from typing import Any, ClassVar
 
+import docutils.core
+from docutils import nodes
+from docutils.parsers.rst import Directive, directives, roles
+from docutils.parsers.rst.directives.body import CodeBlock
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from grenache.grape.service import Grape, GrapeConfig
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
+
+
+# Sphinx's own roles and directives, so that pages written for Sphinx render with plain
+# docutils: roles as literal text, ``literalinclude`` as the file's text (a missing file is an
+# error), the rest as their content.
+def _literal_role(
+    name: str,
+    rawtext: str,
+    text: str,
+    lineno: int,
+    inliner: Any,
+    options: Any = None,
+    content: Any = None,
+) -> tuple[list[nodes.Node], list[nodes.Node]]:
+    return [nodes.literal(rawtext, text)], []
+
+
+class _AnyOptions(collections.defaultdict):  # type: ignore[type-arg]
+    """An option spec that takes every option (and is truthy, so docutils parses them)."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda: directives.unchanged, name=directives.unchanged)
+
+
+class _Content(Directive):
+    optional_arguments = 1
+    final_argument_whitespace = True
+    has_content = True
+    option_spec: ClassVar[Any] = _AnyOptions()
+
+    def run(self) -> list[nodes.Node]:
+        container = nodes.container()
+        self.state.nested_parse(self.content, self.content_offset, container)
+        return [container]
+
+
+class _LiteralInclude(Directive):
+    required_arguments = 1
+    final_argument_whitespace = True
+    option_spec: ClassVar[Any] = _AnyOptions()
+
+    def run(self) -> list[nodes.Node]:
+        source = Path(self.state.document.current_source).parent
+        path = (source / self.arguments[0]).resolve()
+        if not path.is_file():
+            raise self.error(f"literalinclude: no file {path}")
+        return [nodes.literal_block(text=path.read_text())]
+
+
+for _role in (
+    "ref",
+    "doc",
+    "class",
+    "func",
+    "meth",
+    "mod",
+    "attr",
+    "exc",
+    "data",
+    "obj",
+    "term",
+    "file",
+    "command",
+    "program",
+    "option",
+    "envvar",
+    "samp",
+    "kbd",
+    "py:class",
+    "py:func",
+    "py:meth",
+    "py:mod",
+    "py:attr",
+    "py:exc",
+    "py:data",
+):
+    roles.register_local_role(_role, _literal_role)
+for _name in (
+    "toctree",
+    "seealso",
+    "versionadded",
+    "versionchanged",
+    "deprecated",
+    "highlight",
+    "index",
+    "only",
+    "tabularcolumns",
+):
+    directives.register_directive(_name, _Content)
+directives.register_directive("code-block", CodeBlock)
+directives.register_directive("sourcecode", CodeBlock)
+directives.register_directive("literalinclude", _LiteralInclude)
+
+
+def render(path: Path) -> tuple[nodes.document, str]:
+    """The doctree of an RST file and every message docutils wrote (warnings and worse)."""
+    messages = io.StringIO()
+    document = docutils.core.publish_doctree(
+        path.read_text(),
+        source_path=str(path),
+        settings_overrides={
+            "report_level": 2,
+            "halt_level": 5,
+            "warning_stream": messages,
+            "input_encoding": "utf-8",
+        },
+    )
+    return document, messages.getvalue()
+
+
+def pages() -> list[Path]:
+    return [REPO / "README.rst", *sorted(DOCS.glob("*.rst"))]
+
+
+class RenderingTests(TestCase):
+    def test_pages_render_without_warnings(self) -> None:
+        found = [p.name for p in pages()]
+        self.assertIn("protocol.rst", found)
+        for path in pages():
+            with self.subTest(page=path.name):
+                _, messages = render(path)
+                self.assertEqual(messages, "", path)
+
+    def test_a_broken_page_is_reported(self) -> None:
+        """The check can fail: a table row split in two, an unknown role, a missing include."""
+        broken = Path(self.mktemp() + ".rst")
+        broken.write_text(
+            "Title\n=====\n\n:nosuchrole:`x`\n\n.. literalinclude:: nosuchfile.py\n\n"
+            "=====  =====\na      b\n=====\n"
+        )
+        _, messages = render(broken)
+        self.assertIn("nosuchrole", messages)
+        self.assertIn("nosuchfile.py", messages)
+        self.assertIn("Malformed table", messages)
+
+    def test_no_table_row_is_split(self) -> None:
+        """A simple table's first cell continued on the next line starts a new row, without
+        any warning: no cell of the README's tables is empty, and no row starts with what
+        can only be a continuation (``(--node_spelling)``, ``[--option]``)."""
+        document, _ = render(REPO / "README.rst")
+        for row in document.findall(nodes.row):
+            cells = [entry.astext().strip() for entry in row.findall(nodes.entry)]
+            self.assertTrue(all(cells), cells)
+            self.assertFalse(cells[0].startswith(("(", "[")), cells)
+
+
+# --- the code in the pages ---------------------------------------------------------------
+
+_PYTHON_START = ("from ", "import ", "def ", "class ", "async def ")
+
+
+def python_blocks(path: Path) -> list[tuple[str, str]]:
+    """``(code, text of the paragraph before it)`` for each Python literal block of a page."""
+    document, _ = render(path)
+    blocks = []
+    for block in document.findall(nodes.literal_block):
+        code = block.astext()
+        if not any(line.startswith(_PYTHON_START) for line in code.splitlines()):
+            continue
+        parent = block.parent
+        index = parent.index(block)
+        before = parent[index - 1].astext() if index > 0 else ""
+        blocks.append((code, before))
+    return blocks
 
 
 def code_blocks(text: str) -> list[str]:
@@ -24,6 +196,101 @@ def code_blocks(text: str) -> list[str]:
     return blocks
 
 
+def is_fragment_of(code: str, source: str) -> bool:
+    """Every line of ``code`` is a line of ``source``, in the same order (indentation aside)."""
+    lines = iter(line.strip() for line in source.splitlines())
+    return all(
+        any(line == wanted for line in lines)
+        for wanted in (c.strip() for c in code.splitlines())
+        if wanted
+    )
+
+
+async def run_python(case: TestCase, source: str) -> tuple[int, list[str], bytes]:
+    path = Path(case.mktemp() + ".py").resolve()
+    path.write_text(source)
+    out, err, code = await getProcessOutputAndValue(
+        sys.executable, [str(path)], env={"PYTHONPATH": str(REPO)}, path=str(REPO), reactor=reactor
+    )
+    return code, out.decode().splitlines(), err
+
+
+class CodeInPagesTests(TestCase):
+    def test_python_blocks_run_or_name_their_example(self) -> None:
+        """A Python block in the README either is a complete program (run below) or says, in
+        the paragraph before it, which file of examples/ it comes from, and is a part of it."""
+        blocks = python_blocks(REPO / "README.rst")
+        self.assertGreaterEqual(len(blocks), 3)
+        for code, before in blocks:
+            if "react(" in code:
+                continue
+            named = re.findall(r"examples/\w+\.py", before)
+            self.assertTrue(named, f"no example named before:\n{code}")
+            source = (REPO / named[-1]).read_text()
+            self.assertTrue(is_fragment_of(code, source), f"not a part of {named[-1]}:\n{code}")
+
+    def test_fragment_check_can_fail(self) -> None:
+        self.assertTrue(is_fragment_of("a = 1\n  b()\n", "a = 1\nx\n    b()\n"))
+        self.assertFalse(is_fragment_of("b()\na = 1\n", "a = 1\nb()\n"))
+        self.assertFalse(is_fragment_of("c()\n", "a = 1\nb()\n"))
+
+    async def test_readme_grape_program_runs(self) -> None:
+        (program,) = [code for code, _ in python_blocks(REPO / "README.rst") if "react(" in code]
+        code, out, err = await run_python(self, program)
+        self.assertEqual(code, 0, err)
+        self.assertRegex(
+            "\n".join(out), r"^DHT on UDP port \d+, HTTP API at http://127\.0\.0\.1:\d+$"
+        )
+
+
+class ProtocolPageTests(TestCase):
+    SECTIONS: ClassVar[list[str]] = [
+        "Addresses",
+        "JSON",
+        "Grape HTTP API",
+        "Grape WebSocket API",
+        "DHT messages",
+        "BEP 44 items",
+        "Link",
+        "RPC over HTTP",
+        "HTTP streaming",
+        "RPC over WebSocket",
+        "Pub/sub over WebSocket",
+        "TLS and fingerprints",
+        "Deliberate differences from Node.js",
+    ]
+
+    def test_sections_cited_by_the_code(self) -> None:
+        """The code cites these titles (``docs/protocol.rst, *Title*``); each one exists."""
+        document, _ = render(DOCS / "protocol.rst")
+        titles = [
+            section[0].astext()
+            for section in document.findall(nodes.section)
+            if section.parent is document or isinstance(section.parent, nodes.document)
+        ]
+        self.assertEqual(titles, self.SECTIONS)
+        cited = set()
+        for path in (REPO / "grenache").rglob("*.py"):
+            cited.update(re.findall(r"docs/protocol\.rst,\s+\*([^*]+)\*", path.read_text()))
+        cited = {" ".join(title.split()) for title in cited}
+        self.assertLessEqual(cited, set(self.SECTIONS))
+
+    def test_json_table_is_what_the_codec_writes(self) -> None:
+        from grenache.codec import json_dumps
+
+        document, _ = render(DOCS / "protocol.rst")
+        rows = 0
+        for table in document.findall(nodes.table):
+            header = [e.astext() for e in next(iter(table.findall(nodes.row))).findall(nodes.entry)]
+            if header != ["Python value", "text on the wire"]:
+                continue
+            for row in list(table.findall(nodes.row))[1:]:
+                value, text = (e.astext() for e in row.findall(nodes.entry))
+                self.assertEqual((value, json_dumps(eval(value))), (value, text.encode()))
+                rows += 1
+        self.assertGreater(rows, 5)
+
+
 class PeersGuideTests(TestCase):
     async def test_rpc_example_runs_against_a_grape(self) -> None:
         grape = Grape(GrapeConfig(dht_port=0, api_port=0, host="127.0.0.1"), reactor)
@@ -31,11 +298,5 @@ class PeersGuideTests(TestCase):
         self.addCleanup(grape.stop)
         example = next(b for b in code_blocks((DOCS / "peers.rst").read_text()) if "react(" in b)
         source = example.replace('"http://127.0.0.1:30001"', repr(grape.api_url))
-        path = Path(self.mktemp() + ".py")
-        path.write_text(source)
-        out, err, code = await getProcessOutputAndValue(
-            sys.executable, [str(path)], env=None, reactor=reactor
-        )
-        self.assertEqual(
-            (code, out.decode().splitlines()), (0, ["hello world", "['hello all']"]), err
-        )
+        code, out, err = await run_python(self, source)
+        self.assertEqual((code, out), (0, ["hello world", "['hello all']"]), err)

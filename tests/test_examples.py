@@ -105,3 +105,18 @@ class ExampleTests(TestCase):
         result = await example(self, "ticker_sub.py", "--grape", grape.url).finish()
         self.assertEqual(result.code, 1, result.describe())
         self.assertEqual(result.err, b"ticker_sub: ERR_GRAPE_LOOKUP_EMPTY\n")
+
+
+class StreamEchoExampleTests(TestCase):
+    """examples/stream_echo.py, whose lines the README's "Streaming" section shows."""
+
+    timeout = 120
+
+    async def test_streams_and_reads_the_echo(self) -> None:
+        grape = await start_python_grape(self)
+        size = 3_000_000
+        result = await example(
+            self, "stream_echo.py", "--grape", grape.url, "--size", str(size)
+        ).finish()
+        self.assertEqual(result.code, 0, result.describe())
+        self.assertEqual(result.out, f"streamed {size} bytes, {size} echoed\n".encode())
