@@ -238,6 +238,20 @@ class WhitelistTests(TestCase):
             self.call("http", port, rogue), errors.DestinationUnreachable, errors.TransportClosed
         )
 
+    async def test_listed_but_not_signed_by_the_ca_is_refused(self) -> None:
+        files = pki_files(self)
+        pki = make_pki()
+        listed = f"{pki.client.fingerprint},{pki.rogue_client.fingerprint}"
+        port = await self.serve(
+            "http", server_tls(files["server.key"], files["server.crt"], files["ca"], listed)
+        )
+        good = ClientTLS(pki.ca.cert, pki.client.cert, pki.client.key)
+        self.assertEqual((await self.call("http", port, good))["payload"], {"n": 1})
+        rogue = ClientTLS(pki.ca.cert, pki.rogue_client.cert, pki.rogue_client.key)
+        await self.assertFailure(
+            self.call("http", port, rogue), errors.DestinationUnreachable, errors.TransportClosed
+        )
+
     async def test_publisher_refuses_an_unlisted_subscriber(self) -> None:
         files = pki_files(self)
         pki = make_pki()
