@@ -24,7 +24,7 @@ from typing import Any, Union
 
 from twisted.internet import endpoints
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import (
     IListeningPort,
     IOpenSSLClientConnectionCreator,
@@ -46,20 +46,24 @@ __all__ = [
     "split_host_port",
 ]
 
-ListenSpec = Union[int, str, IStreamServerEndpoint]
+# zope interfaces do not support ``|``, so Union it is.
+ListenSpec = Union[int, str, IStreamServerEndpoint]  # noqa: UP007
 """A port number, an endpoint description, or an endpoint: what every ``listen`` accepts."""
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds a TCP connect may take before it fails (Twisted's own default is 30)."""
 
 
-def server_endpoint(reactor: Any, where: ListenSpec, *, interface: str = "") -> IStreamServerEndpoint:
+def server_endpoint(
+    reactor: Any, where: ListenSpec, *, interface: str = ""
+) -> IStreamServerEndpoint:
     """The server endpoint for ``where`` (see the module docstring for what it may be).
 
     ``interface`` applies to a port number only: an endpoint description names its own
     interface. Anything else raises :class:`TypeError`; a malformed description raises
     :class:`ValueError` naming it.
     """
+    endpoint: Any
     if IStreamServerEndpoint.providedBy(where):
         return where  # type: ignore[return-value]
     if isinstance(where, bool):
@@ -70,15 +74,20 @@ def server_endpoint(reactor: Any, where: ListenSpec, *, interface: str = "") -> 
         if not 0 <= where <= 65535:
             raise ValueError(f"port {where} is not between 0 and 65535")
         if interface and isIPv6Address(interface.strip("[]")):
-            return endpoints.TCP6ServerEndpoint(reactor, where, interface=interface.strip("[]"))
-        return endpoints.TCP4ServerEndpoint(reactor, where, interface=interface)
+            endpoint = endpoints.TCP6ServerEndpoint(reactor, where, interface=interface.strip("[]"))
+        else:
+            endpoint = endpoints.TCP4ServerEndpoint(reactor, where, interface=interface)
+        return endpoint  # type: ignore[no-any-return]
     if isinstance(where, str):
         try:
             return endpoints.serverFromString(reactor, where)
         except (ValueError, TypeError, KeyError) as e:
-            raise ValueError(f"not a port number or an endpoint description: {where!r} ({e})") from e
+            raise ValueError(
+                f"not a port number or an endpoint description: {where!r} ({e})"
+            ) from e
     raise TypeError(
-        f"a port number, an endpoint description or an IStreamServerEndpoint is needed, not {where!r}"
+        "a port number, an endpoint description or an IStreamServerEndpoint is needed,"
+        f" not {where!r}"
     )
 
 
@@ -91,17 +100,16 @@ def listen(
     An invalid ``where`` fails it with :class:`ValueError` or :class:`TypeError`.
     """
     try:
-        endpoint = server_endpoint(reactor, where, interface=interface)
+        endpoint: Any = server_endpoint(reactor, where, interface=interface)
     except (TypeError, ValueError) as e:
-        from twisted.internet.defer import fail
-
         return fail(e)
     return endpoint.listen(factory)  # type: ignore[no-any-return]
 
 
 def bound_port(listening_port: IListeningPort) -> int:
     """The TCP port a listening port is bound to (0 for one with no port, e.g. a UNIX socket)."""
-    return int(getattr(listening_port.getHost(), "port", 0) or 0)
+    host: Any = listening_port.getHost()  # type: ignore[misc]
+    return int(getattr(host, "port", 0) or 0)
 
 
 def describe_listen_spec(where: ListenSpec) -> str:
@@ -136,7 +144,9 @@ def split_host_port(address: str) -> tuple[str, int]:
         if not sep:
             raise ValueError(f"address must be 'host:port', got {address!r}")
     if not host or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
-        raise ValueError(f"address must be 'host:port' with a port from 1 to 65535, got {address!r}")
+        raise ValueError(
+            f"address must be 'host:port' with a port from 1 to 65535, got {address!r}"
+        )
     if ":" in host and not isIPv6Address(host):
         raise ValueError(f"not an IPv6 address in {address!r}")
     return host, int(port_text)
@@ -164,7 +174,7 @@ def client_endpoint(
     reactor's resolver and tries every address it gets, IPv6 and IPv4.
     """
     bare = host.strip("[]")
-    endpoint: IStreamClientEndpoint
+    endpoint: Any
     if isIPAddress(bare):
         endpoint = endpoints.TCP4ClientEndpoint(reactor, bare, port, timeout=timeout)
     elif isIPv6Address(bare):
@@ -172,5 +182,5 @@ def client_endpoint(
     else:
         endpoint = endpoints.HostnameEndpoint(reactor, bare.encode("idna"), port, timeout=timeout)
     if tls is not None:
-        endpoint = endpoints.wrapClientTLS(tls, endpoint)
-    return endpoint
+        endpoint = endpoints.wrapClientTLS(tls, endpoint, clock=reactor)
+    return endpoint  # type: ignore[no-any-return]
