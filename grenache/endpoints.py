@@ -19,6 +19,7 @@ Addresses as Grenache passes them around (lookup results, announces, ``--bn``) a
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 from typing import Any, Union
 
@@ -49,6 +50,9 @@ __all__ = [
 # zope interfaces do not support ``|``, so Union it is.
 ListenSpec = Union[int, str, IStreamServerEndpoint]  # noqa: UP007
 """A port number, an endpoint description, or an endpoint: what every ``listen`` accepts."""
+
+# Twisted 26.4 added ``clock=`` (TLS timers on the given reactor); older ones use the global one.
+_WRAP_TLS_TAKES_CLOCK = "clock" in inspect.signature(endpoints.wrapClientTLS).parameters
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds a TCP connect may take before it fails (Twisted's own default is 30)."""
@@ -182,5 +186,8 @@ def client_endpoint(
     else:
         endpoint = endpoints.HostnameEndpoint(reactor, bare.encode("idna"), port, timeout=timeout)
     if tls is not None:
-        endpoint = endpoints.wrapClientTLS(tls, endpoint, clock=reactor)
+        if _WRAP_TLS_TAKES_CLOCK:
+            endpoint = endpoints.wrapClientTLS(tls, endpoint, clock=reactor)
+        else:  # pragma: no cover - Twisted before 26.4
+            endpoint = endpoints.wrapClientTLS(tls, endpoint)
     return endpoint  # type: ignore[no-any-return]

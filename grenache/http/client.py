@@ -37,7 +37,6 @@ import httptools
 from OpenSSL import SSL
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
@@ -519,12 +518,13 @@ class HTTPClient:
 
     def endpoint(self, host: str, port: int, timeout: float | None = None) -> Any:
         """The client endpoint to ``host:port`` (over TLS when configured)."""
-        endpoint = client_endpoint(
-            self.reactor, host, port, timeout=self.connect_timeout if timeout is None else timeout
+        return client_endpoint(
+            self.reactor,
+            host,
+            port,
+            tls=None if self.tls is None else self.tls.creator_for(host),
+            timeout=self.connect_timeout if timeout is None else timeout,
         )
-        if self.tls is not None:
-            endpoint = wrapClientTLS(self.tls.creator_for(host), endpoint, clock=self.reactor)
-        return endpoint
 
     def submit(self, dest: str, call: ClientCall, timeout: float) -> Deferred[Any]:
         """Send ``call`` to ``dest`` (``host:port``); its Deferred, which always ends."""
