@@ -3,10 +3,10 @@ response header, then one request to itself.
 
 The override points (see :mod:`grenache.http.server`):
 
-- ``acceptConnection(peer)``: ``False`` drops a client before anything is read;
-- ``beforeDispatch(request)``: called before each request's handler (count, log, or answer
+- ``accept_client(peer)``: ``False`` drops a client before anything is read;
+- ``before_dispatch(request)``: called before each request's handler (count, log, or answer
   it yourself by returning an ``HTTPResponse``);
-- ``prepareResponse(request, response)``: the response to send (here with a header added);
+- ``prepare_response(request, response)``: the response to send (here with a header added);
 - the factory's ``protocol`` attribute names the protocol class, and the transport's
   ``factory_class`` (a class attribute, or the ``factory_class=`` keyword) the factory.
 
@@ -41,15 +41,15 @@ class GuardedProtocol(RPCServerProtocol):
 
     factory: GuardedFactory
 
-    def acceptConnection(self, peer: IAddress) -> bool:
+    def accept_client(self, peer: IAddress) -> bool:
         host = getattr(peer, "host", None)
         return host is not None and ipaddress.ip_address(host) in ALLOWED
 
-    def beforeDispatch(self, request: HTTPRequest) -> HTTPResponse | None:
+    def before_dispatch(self, request: HTTPRequest) -> HTTPResponse | None:
         self.factory.requests += 1
         return None  # go on to the RPC handler
 
-    def prepareResponse(self, request: HTTPRequest, response: HTTPResponse) -> HTTPResponse:
+    def prepare_response(self, request: HTTPRequest, response: HTTPResponse) -> HTTPResponse:
         return attrs.evolve(response, headers=(*response.headers, (b"x-served-by", b"guarded")))
 
 

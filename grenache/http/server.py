@@ -50,22 +50,22 @@ endpoint (``"ssl:..."``) or wrap it in a ``TLSMemoryBIOFactory``.
 Override points (subclass, then set the factory's ``protocol`` attribute to your protocol
 class, and pass your factory where one is expected):
 
-- :meth:`HTTPServerProtocol.acceptConnection` -- called with the client's address when the
+- :meth:`HTTPServerProtocol.accept_client` -- called with the client's address when the
   connection is made; return ``False`` to drop the client before anything is read (allow-lists,
   per-address limits);
-- :meth:`HTTPServerProtocol.beforeDispatch` -- called with each complete request before its
+- :meth:`HTTPServerProtocol.before_dispatch` -- called with each complete request before its
   handler; return an :class:`~grenache.http.messages.HTTPResponse` to answer it yourself
   (authentication, rate limits), ``None`` to go on (logging, counting);
-- :meth:`HTTPServerProtocol.prepareResponse` -- called with each request and the response its
+- :meth:`HTTPServerProtocol.prepare_response` -- called with each request and the response its
   handler gave, returns the response to send (add a header, rewrite a status);
-- :meth:`HTTPServerProtocol.clientDisconnected` -- called once when the connection is gone;
+- :meth:`HTTPServerProtocol.socket_closed` -- called once when the connection is gone;
 - :meth:`HTTPServerProtocol.requestReceived` builds the :class:`~grenache.http.messages.HTTPRequest`
   (a subclass may return a subclass carrying more, as the RPC transport adds the client
   certificate over TLS); :attr:`HTTPServerProtocol.stream_request_class` and
   :attr:`HTTPServerProtocol.stream_response_class` are the streamed request and response types;
 - :attr:`HTTPServerFactory.protocol` is the protocol class the factory builds.
 
-The hooks of buffered requests (``beforeDispatch``, ``prepareResponse``) are skipped at no cost
+The hooks of buffered requests (``before_dispatch``, ``prepare_response``) are skipped at no cost
 when not overridden; streamed requests go to their stream handler, which sees everything.
 """
 

@@ -46,8 +46,8 @@ class _StopParsing(Exception):
 
 class HTTPServerProtocol(protocol.Protocol):
     """One HTTP/1.1 server connection (see the module docstring for the behaviour and the
-    override points: :meth:`acceptConnection`, :meth:`beforeDispatch`,
-    :meth:`prepareResponse`, :meth:`clientDisconnected`, :meth:`requestReceived`).
+    override points: :meth:`accept_client`, :meth:`before_dispatch`,
+    :meth:`prepare_response`, :meth:`socket_closed`, :meth:`requestReceived`).
 
     ``factory`` is the :class:`HTTPServerFactory` that built it. The ``on_*`` methods are
     ``httptools`` parser callbacks, not public API.
@@ -66,8 +66,8 @@ class HTTPServerProtocol(protocol.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         # The per-request hooks are called only when a subclass overrides them.
         cls = type(self)
-        self._before = cls.beforeDispatch is not HTTPServerProtocol.beforeDispatch
-        self._prepare = cls.prepareResponse is not HTTPServerProtocol.prepareResponse
+        self._before = cls.before_dispatch is not HTTPServerProtocol.before_dispatch
+        self._prepare = cls.prepare_response is not HTTPServerProtocol.prepare_response
         # Transport methods, bound once in connectionMade (fast, and clear to mypy without
         # the zope plugin). ``_producer`` is None when the transport cannot pause reading.
         self._write: Callable[[bytes], object] | None = None
@@ -111,11 +111,11 @@ class HTTPServerProtocol(protocol.Protocol):
     def connectionMade(self) -> None:
         """Register with the factory's idle sweep and remember the peer address.
 
-        A client that :meth:`acceptConnection` refuses is dropped at once.
+        A client that :meth:`accept_client` refuses is dropped at once.
         """
         transport: Any = self.transport
         self._peer = transport.getPeer()
-        if not self.acceptConnection(self._peer):
+        if not self.accept_client(self._peer):
             self._input_closed = True
             self._closing = True
             abort = getattr(transport, "abortConnection", None)
@@ -150,19 +150,19 @@ class HTTPServerProtocol(protocol.Protocol):
             self._batched.discard()
         self._current = None
         self.factory.connectionClosed(self)
-        self.clientDisconnected(reason)
+        self.socket_closed(reason)
 
     # --- override points -------------------------------------------------------------------
 
-    def acceptConnection(self, peer: IAddress) -> bool:
+    def accept_client(self, peer: IAddress) -> bool:
         """Whether to serve the client at ``peer`` (its address, e.g. an ``IPv4Address``).
 
         Called once when the connection is made; ``False`` drops the client before anything
-        is read (its :meth:`clientDisconnected` is still called). Accepts everyone.
+        is read (its :meth:`socket_closed` is still called). Accepts everyone.
         """
         return True
 
-    def beforeDispatch(self, request: HTTPRequest) -> HTTPResponse | None:
+    def before_dispatch(self, request: HTTPRequest) -> HTTPResponse | None:
         """Called with each complete buffered request before its handler.
 
         Return an :class:`~grenache.http.messages.HTTPResponse` to answer the request without
@@ -170,7 +170,7 @@ class HTTPServerProtocol(protocol.Protocol):
         """
         return None
 
-    def prepareResponse(self, request: HTTPRequest, response: HTTPResponse) -> HTTPResponse:
+    def prepare_response(self, request: HTTPRequest, response: HTTPResponse) -> HTTPResponse:
         """The response to send for ``request``, given the one its handler answered.
 
         Return ``response`` itself or a new one, e.g. with a header added
@@ -179,7 +179,7 @@ class HTTPServerProtocol(protocol.Protocol):
         """
         return response
 
-    def clientDisconnected(self, reason: Failure) -> None:
+    def socket_closed(self, reason: Failure) -> None:
         """Called once when the connection is gone (``reason`` says how)."""
 
     def dataReceived(self, data: bytes) -> None:
@@ -556,7 +556,7 @@ class HTTPServerProtocol(protocol.Protocol):
         try:
             result: Any = None
             if self._before:
-                result = self.beforeDispatch(request)
+                result = self.before_dispatch(request)
             if result is None:
                 result = self._handler(request)
         except Exception:
@@ -583,14 +583,14 @@ class HTTPServerProtocol(protocol.Protocol):
             self._answer(slot, self._prepared(request, result) if self._prepare else result)
 
     def _prepared(self, request: HTTPRequest, response: Any) -> Any:
-        """:meth:`prepareResponse` applied to a handler's answer (a failure answers 500)."""
+        """:meth:`prepare_response` applied to a handler's answer (a failure answers 500)."""
         if not isinstance(response, HTTPResponse):
             return response  # _answer logs it
         try:
-            return self.prepareResponse(request, response)
+            return self.prepare_response(request, response)
         except Exception:
             log.failure(
-                "prepareResponse failed for {method} {path}",
+                "prepare_response failed for {method} {path}",
                 method=request.method,
                 path=request.path,
             )

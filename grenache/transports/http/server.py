@@ -2,7 +2,7 @@
 
 See :mod:`grenache.transports.http` for the behaviour. Override points: subclass
 :class:`RPCServerProtocol` (the hooks of :class:`~grenache.http.server.HTTPServerProtocol`:
-``acceptConnection``, ``beforeDispatch``, ``prepareResponse``, ``clientDisconnected``), set it
+``accept_client``, ``before_dispatch``, ``prepare_response``, ``socket_closed``), set it
 as the ``protocol`` of a :class:`RPCServerFactory` subclass, and give that factory to the
 transport as ``factory_class`` (a class attribute of a transport subclass, or the
 ``factory_class=`` keyword). examples/custom_http_protocol.py does this.
