@@ -158,13 +158,14 @@ class RenderingTests(TestCase):
 
     def test_no_table_row_is_split(self) -> None:
         """A simple table's first cell continued on the next line starts a new row, without
-        any warning: no cell of the README's tables is empty, and no row starts with what
+        any warning: no cell of a table in the README or docs/ is empty, and no row starts with what
         can only be a continuation (``(--node_spelling)``, ``[--option]``)."""
-        document, _ = render(REPO / "README.rst")
-        for row in document.findall(nodes.row):
-            cells = [entry.astext().strip() for entry in row.findall(nodes.entry)]
-            self.assertTrue(all(cells), cells)
-            self.assertFalse(cells[0].startswith(("(", "[")), cells)
+        for page in pages():
+            document, _ = render(page)
+            for row in document.findall(nodes.row):
+                cells = [entry.astext().strip() for entry in row.findall(nodes.entry)]
+                self.assertTrue(all(cells), (page.name, cells))
+                self.assertFalse(cells[0].startswith(("(", "[")), (page.name, cells))
 
 
 # --- the code in the pages ---------------------------------------------------------------
