@@ -151,9 +151,11 @@ class ServerTLS:
         chain = _load_chain(self.cert)
         kwargs: dict[str, Any] = {}
         if self.reject_unauthorized:
-            kwargs["verify"] = True
-            kwargs["requireCertificate"] = True
+            # Twisted takes either verify+caCerts (+requireCertificate) or a trustRoot, which
+            # implies both, never the two together.
             if self.ca:
+                kwargs["verify"] = True
+                kwargs["requireCertificate"] = True
                 kwargs["caCerts"] = _load_chain(self.ca)
             else:
                 kwargs["trustRoot"] = ssl.platformTrust()
@@ -269,8 +271,9 @@ class ClientTLS:
             options["extraCertChain"] = chain[1:]
             options["privateKey"] = _load_key(self.key)
         if self.verify:
-            options["verify"] = True
+            # Twisted takes either verify+caCerts or a trustRoot, never both.
             if self.ca:
+                options["verify"] = True
                 options["caCerts"] = _load_chain(self.ca)
             else:
                 options["trustRoot"] = ssl.platformTrust()

@@ -176,6 +176,20 @@ class HandshakeTests(SynchronousTestCase):
         c, _, _ = handshake(self.server(), ClientTLS(pki.ca.cert), host="example.com")
         self.assertEqual(c.data, b"")
 
+    def test_platform_trust_without_ca(self) -> None:
+        """With no CA, clients and rejecting servers trust the platform's roots: the test CA is
+        not among them, so the handshake fails (it used to raise TypeError before it began)."""
+        pki = self.pki
+        c, _, _ = handshake(self.server(), ClientTLS())
+        self.assertEqual(c.data, b"")
+        self.assertIsNotNone(c.lost)
+        client = ClientTLS(None, pki.client.cert, pki.client.key)
+        c, _, _ = handshake(self.server(), client)
+        self.assertEqual(c.data, b"")
+        server = ServerTLS(pki.server.key, pki.server.cert, reject_unauthorized=True)
+        c, s, _ = handshake(server, ClientTLS(pki.ca.cert, pki.client.cert, pki.client.key))
+        self.assertEqual(s.data, b"")
+
     def test_no_verification(self) -> None:
         """verify=False (Node's rejectUnauthorized false) accepts any server."""
         c, _, _ = handshake(self.server(), ClientTLS(self.pki.rogue_ca.cert, verify=False))
