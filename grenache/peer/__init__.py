@@ -29,6 +29,7 @@ from grenache.peer.pub import PeerPub
 from grenache.peer.request import (
     Handler,
     OutgoingRequest,
+    Reply,
     Request,
     call_handler,
     error_message,
@@ -48,6 +49,7 @@ __all__ = [
     "PeerRPCServer",
     "PeerSub",
     "PubTransport",
+    "Reply",
     "Request",
     "ServerTransport",
     "StreamClientTransport",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -18,6 +18,7 @@ from grenache.peer.coroutines import to_deferred
 __all__ = [
     "Handler",
     "OutgoingRequest",
+    "Reply",
     "Request",
     "call_handler",
     "error_message",
@@ -37,6 +38,11 @@ class Request:
     fingerprint in Node's format (SHA-1 of the DER, uppercase hex pairs joined by ``:``) or
     ``None`` when there is no TLS or the client sent no certificate; ``peer_certificate_der``
     is the same certificate as DER, for other formats or full inspection.
+
+    ``meta`` is what the transport knows of the request beyond rid, key and payload, as
+    Node's handlers get it in ``meta`` (docs/protocol.rst, *RPC over HTTP*): over HTTP the
+    action and its arguments (``_a``, ``_ar`` headers), the ``_gr`` header, whether the body
+    was compressed; empty where the transport has nothing to add. Read-only by convention.
     """
 
     rid: Any
@@ -44,6 +50,20 @@ class Request:
     payload: Any
     peer_certificate: str | None = None
     peer_certificate_der: bytes | None = None
+    meta: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
+
+
+@attrs.frozen
+class Reply:
+    """A handler's answer with an error *and* a result, as Node's ``handler.reply(err, res)``.
+
+    A handler normally returns its result or raises; returning a ``Reply`` sends both
+    ``error`` (the error string, or ``None``) and ``result`` in one reply ``[rid, error,
+    result]``. Transports encode it; every other returned value is a plain result.
+    """
+
+    error: str | None
+    result: Any = None
 
 
 Handler = Callable[[Request], Any]
