@@ -235,6 +235,12 @@ class CodeInPagesTests(TestCase):
         self.assertFalse(is_fragment_of("b()\na = 1\n", "a = 1\nb()\n"))
         self.assertFalse(is_fragment_of("c()\n", "a = 1\nb()\n"))
 
+    async def test_deploying_program_runs(self) -> None:
+        (program,) = [code for code, _ in python_blocks(DOCS / "deploying.rst") if "react(" in code]
+        code, out, err = await run_python(self, program)
+        self.assertEqual(code, 0, err)
+        self.assertRegex("\n".join(out), r"^grape API at http://127\.0\.0\.1:\d+$")
+
     async def test_readme_grape_program_runs(self) -> None:
         (program,) = [code for code, _ in python_blocks(REPO / "README.rst") if "react(" in code]
         code, out, err = await run_python(self, program)
