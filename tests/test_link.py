@@ -1026,3 +1026,172 @@ class WebSocketTests(unittest.TestCase):
         stopped = link.stop()
         self.flush()
         self.successResultOf(stopped)
+
+
+# --- Node's per-call options: timeout, retry; put signed elsewhere; get options ---------------
+
+
+class PerCallOptionTests(HTTPCase):
+    def test_timeout_per_call_and_per_attempt(self) -> None:
+        """``timeout`` bounds each attempt of that call only (Node's ``opts.timeout``)."""
+        link = self.make(hold, request_timeout=5.0)
+        d = link.lookup("x", timeout=0.5, retry=2)
+        [call] = self.clock.getDelayedCalls()
+        self.assertEqual(due(call), 0.5)
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.grape.seen), 2, "a timeout is retried")
+        self.assertNoResult(d)
+        self.clock.advance(0.5)
+        self.failureResultOf(d, errors.RequestTimeout)
+        self.assertNoTimers()
+        for call_ in (
+            lambda: link.announce("x", 1, timeout=1.0, retry=1),
+            lambda: link.put("x", timeout=1.0),
+            lambda: link.get(HELLO_KEY, timeout=1.0),
+        ):
+            d = call_()
+            self.clock.advance(0.75)
+            self.assertNoResult(d)
+            self.clock.advance(0.25)
+            self.failureResultOf(d, errors.RequestTimeout)
+        self.assertNoTimers()
+
+    def test_own_timeout_does_not_change_the_shared_request(self) -> None:
+        """Calls coalesce only with calls of the same timeout; each gets its own deadline."""
+        link = self.make(hold, request_timeout=5.0)
+        default = link.lookup("svc")
+        short = link.lookup("svc", timeout=1.0, retry=1)
+        same_short = link.lookup("svc", timeout=1.0, retry=1)
+        self.assertEqual(len(self.grape.seen), 2)
+        self.clock.advance(1.0)
+        self.failureResultOf(short, errors.RequestTimeout)
+        self.failureResultOf(same_short, errors.RequestTimeout)
+        self.assertNoResult(default)
+        self.grape.seen[0].reply(200, b'["127.0.0.1:1"]')
+        self.assertEqual(self.successResultOf(default), ["127.0.0.1:1"])
+        # The answer is cached under the name, whatever timeout the call had.
+        self.assertEqual(self.successResultOf(link.lookup("svc", timeout=9.0)), ["127.0.0.1:1"])
+        self.assertEqual(len(self.grape.seen), 2, "a cache hit")
+
+    def test_answer_to_a_call_with_its_own_timeout_is_cached(self) -> None:
+        link = self.make(answer(b'["127.0.0.1:2"]'))
+        self.successResultOf(link.lookup("svc", timeout=1.0))
+        self.successResultOf(link.lookup("svc"))
+        self.assertEqual(len(self.grape.seen), 1)
+
+    def test_bad_timeouts(self) -> None:
+        link = self.make(answer(b"1"))
+        for bad in (0, -1, "1", True):
+            self.assertRaises(ValueError, link.lookup, "x", timeout=bad)
+            self.assertRaises(ValueError, link.announce, "x", 1, timeout=bad)
+            self.assertRaises(ValueError, link.put, "x", timeout=bad)
+            self.assertRaises(ValueError, link.get, HELLO_KEY, timeout=bad)
+            self.assertRaises(ValueError, link.start_announcing, "x", 1, timeout=bad)
+        self.assertEqual(self.grape.seen, [])
+
+    def test_start_announcing_passes_retry_and_timeout(self) -> None:
+        flaky = FlakyHTTP(
+            RequestTraversalAgent(FakeGrape(answer(b"1"))), 99, lambda: ConnectionRefusedError()
+        )
+        link = self.make(answer(b"1"), http_agent=flaky, rng=random.Random(1))
+        self.failureResultOf(link.start_announcing("svc", 1, retry=5), errors.GrapeUnreachable)
+        self.assertEqual(flaky.calls, 5)
+        link.stop_announcing("svc", 1)
+        link = self.make(hold)
+        d = link.start_announcing("svc", 2, timeout=0.25, retry=1)
+        [call] = self.clock.getDelayedCalls()
+        self.assertEqual(due(call), 0.25)
+        self.clock.advance(0.25)
+        self.failureResultOf(d, errors.RequestTimeout)
+        link.stop_announcing("svc", 2)
+
+
+class SignedElsewhereTests(HTTPCase):
+    """``put`` with ``k``/``sig`` made elsewhere, sent as Node's link sends them."""
+
+    def signed(self, value: str, seq: int, salt: bytes | None = None) -> tuple[str, str]:
+        public = bep44.public_key_of(SEED)
+        sig = bep44.sign(SEED, bep44.signature_buffer(value.encode(), seq, salt))
+        return public.hex(), sig.hex()
+
+    def test_same_request_as_signing_here(self) -> None:
+        link = self.make(lambda seen: (200, b'"' + _mutable_hash(seen).encode() + b'"'))
+        k, sig = self.signed("välue", 7, b"foobar")
+        key = self.successResultOf(link.put("välue", k=k, sig=sig, seq=7, salt="foobar", cas=6))
+        self.assertEqual(key, bep44.mutable_key(bytes.fromhex(k), b"foobar").hex())
+        self.successResultOf(link.put("välue", private_key=SEED, seq=7, salt="foobar", cas=6))
+        elsewhere, here = (s.data for s in self.grape.seen)
+        self.assertEqual(list(elsewhere), ["v", "seq", "k", "salt", "sig", "cas"])
+        self.assertEqual(elsewhere, here)
+
+    def test_uppercase_hex_is_sent_lowercase(self) -> None:
+        link = self.make(lambda seen: (200, b'"' + _mutable_hash(seen).encode() + b'"'))
+        k, sig = self.signed("v", 1)
+        self.successResultOf(link.put("v", k=k.upper(), sig=sig.upper(), seq=1))
+        self.assertEqual(self.grape.seen[0].data, {"v": "v", "seq": 1, "k": k, "sig": sig})
+
+    def test_refused_before_sending(self) -> None:
+        link = self.make(answer(b"1"))
+        k, sig = self.signed("v", 1, b"s")
+        cases: list[dict[str, Any]] = [
+            {"k": k, "sig": sig, "seq": 2, "salt": "s"},  # signed another seq
+            {"k": k, "sig": sig, "seq": 1},  # signed with a salt
+            {"k": k, "sig": sig, "seq": 1, "salt": "t"},
+            {"k": k, "seq": 1, "salt": "s"},  # no sig
+            {"sig": sig, "seq": 1, "salt": "s"},  # no k
+            {"k": k[:-2], "sig": sig, "seq": 1, "salt": "s"},
+            {"k": k, "sig": sig + "00", "seq": 1, "salt": "s"},
+            {"k": "zz" * 32, "sig": sig, "seq": 1, "salt": "s"},
+            {"k": bytes.fromhex(k), "sig": sig, "seq": 1, "salt": "s"},
+            {"k": k, "sig": sig, "salt": "s"},  # no seq
+            {"k": k, "sig": sig, "seq": 1, "salt": "s", "private_key": SEED},
+        ]
+        for kwargs in cases:
+            with self.assertRaises(ValueError, msg=repr(kwargs)):
+                link.put("v", **kwargs)
+        with self.assertRaises(ValueError) as caught:
+            link.put("v", k=k, sig=sig, seq=2, salt="s")
+        self.assertIn("not k's signature", str(caught.exception))
+        self.assertEqual(self.grape.seen, [])
+        self.successResultOf(link.put("v", k=k, sig=sig, seq=1, salt="s").addErrback(lambda _: 0))
+        self.assertEqual(len(self.grape.seen), 1)
+
+    def test_item_from_get_can_be_put_again(self) -> None:
+        """A get's Item carries what a put needs (k, sig, seq as hex and int)."""
+        link = self.make(answer(VECTOR_GET))
+        item = self.successResultOf(
+            link.get("411eba73b6f087ca51a3795d9c8c938d365e32c1", salt="foobar")
+        )
+        assert item is not None and item.seq is not None
+        self.grape.handler = lambda seen: (200, b'"' + _mutable_hash(seen).encode() + b'"')
+        key = self.successResultOf(
+            link.put(item.v, k=item.k, sig=item.sig, seq=item.seq, salt=item.salt)
+        )
+        self.assertEqual(key, "411eba73b6f087ca51a3795d9c8c938d365e32c1")
+
+
+class GetOptionTests(HTTPCase):
+    def test_cache_false_and_options(self) -> None:
+        link = self.make(answer(b""))
+        self.successResultOf(link.get(HELLO_KEY, cache=False))
+        self.successResultOf(link.get(HELLO_KEY, salt="s", cache=False, options={"x": [1]}))
+        self.successResultOf(link.get(HELLO_KEY, options={"y": True}))
+        self.successResultOf(link.get(HELLO_KEY, options={}))
+        self.assertEqual(
+            [s.data for s in self.grape.seen],
+            [
+                {"hash": HELLO_KEY, "cache": False},
+                {"hash": HELLO_KEY, "salt": "s", "cache": False, "x": [1]},
+                {"hash": HELLO_KEY, "y": True},
+                HELLO_KEY,
+            ],
+        )
+        self.assertIn(
+            b'"data":{"hash":"' + HELLO_KEY.encode() + b'","cache":false}', self.grape.seen[0].body
+        )
+
+    def test_keywords_not_in_options(self) -> None:
+        link = self.make(answer(b""))
+        for name in ("hash", "salt", "cache"):
+            self.assertRaises(ValueError, link.get, HELLO_KEY, options={name: 1})
+        self.assertEqual(self.grape.seen, [])

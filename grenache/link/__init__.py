@@ -14,7 +14,10 @@ What it keeps from the Node link:
   reply (request coalescing);
 - a bounded LRU cache of lookups, ``lookup_cache_ttl`` seconds from insertion (not refreshed
   by reads), ``lookup_cache_size`` entries;
-- immediate retries (no back-off) up to ``retry`` attempts, 3 for lookup and announce;
+- immediate retries (no back-off) up to ``retry`` attempts, 3 for lookup and announce, and a
+  per-call ``timeout`` for each attempt (Node's ``opts``), ``request_timeout`` by default;
+- ``get``'s object form passed to the grape: ``salt``, ``cache=False`` and further
+  ``options``;
 - ``startAnnouncing``'s jitter formula: each gap is uniform in ``[0.5, 1.5) * interval``.
 
 Where it deliberately differs (each is a bug or a trap in Node 1.0.2):
@@ -36,8 +39,9 @@ Where it deliberately differs (each is a bug or a trap in Node 1.0.2):
   announces.
 - **A get that finds nothing gives** ``None`` (Node gives ``""``), and found items are
   :class:`Item` objects.
-- **Mutable puts are signed here** (ed25519, the BEP 44 signature buffer) from a 32-byte
-  seed; the Node link 1.0 dropped ``putMutable`` and expects callers to send ``k``/``sig``.
+- **Mutable puts can be signed here** (ed25519, the BEP 44 signature buffer) from a 32-byte
+  seed; the Node link 1.0 dropped ``putMutable`` and expects callers to send ``k``/``sig``,
+  which :meth:`Link.put` takes too (and checks before sending).
 - **A URL that points at the grape's other API** (``http://`` at the WebSocket API, ``ws://``
   at the HTTP API) fails at once with :class:`~grenache.errors.GrapeWrongAPI`, whose message
   names the URL to use.

@@ -31,11 +31,22 @@ class AnnounceLoop:
     again: "announce of NAME:PORT recovered after K failures".
     """
 
-    def __init__(self, link: Link, name: str, port: int, interval: float) -> None:
+    def __init__(
+        self,
+        link: Link,
+        name: str,
+        port: int,
+        interval: float,
+        *,
+        retry: int = 3,
+        timeout: float | None = None,
+    ) -> None:
         self.link = link
         self.name = name
         self.port = port
         self.interval = interval
+        self.retry = retry
+        self.timeout = timeout
         self.running = False
         self.failures = 0
         self.call: DelayedCall | None = None
@@ -74,7 +85,9 @@ class AnnounceLoop:
 
     def _tick(self) -> None:
         self.call = None
-        d = self.in_flight = self.link.announce(self.name, self.port)
+        d = self.in_flight = self.link.announce(
+            self.name, self.port, retry=self.retry, timeout=self.timeout
+        )
         d.addBoth(self._done)
 
     def _done(self, outcome: Any) -> None:

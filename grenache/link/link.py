@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -55,6 +56,16 @@ DEFAULT_ANNOUNCE_INTERVAL = 40.0
 _RETRYABLE = (GrapeUnreachable, TransportClosed, RequestTimeout)
 
 
+def _hex_bytes(value: Any, name: str, size: int, what: str) -> bytes:
+    """The bytes of a hex text field of ``size`` bytes; ValueError naming ``name`` otherwise."""
+    if isinstance(value, str) and len(value) == 2 * size:
+        try:
+            return bytes.fromhex(value)
+        except ValueError:
+            pass
+    raise ValueError(f"{name} must be the hex text of the {size}-byte {what}, not {value!r}")
+
+
 class _LookupCache:
     """A bounded LRU of lookup results, each valid ``ttl`` seconds from insertion."""
 
@@ -96,6 +107,10 @@ class _Flight:
 
     key: bytes
     type: str
+    #: seconds the grape request may take (the link's request_timeout or a call's timeout)
+    timeout: float
+    #: the lookup cache's key for the result (the flight key without a custom timeout)
+    cache_key: bytes
     waiters: list[Deferred[Any]] = attrs.Factory(list)
     request: Deferred[Any] | None = None
     timer: DelayedCall | None = None
@@ -109,7 +124,8 @@ class Link:
     (``ws://`` URL). Host names and IPv6 literals work in either (``http://[::1]:30001``).
 
     ``reactor`` (required) provides time and connections. ``request_timeout`` bounds every
-    grape request in seconds; ``lookup_cache_ttl`` and ``lookup_cache_size`` shape the lookup
+    grape request in seconds (each operation also takes its own ``timeout``, per attempt, as
+    Node's ``opts.timeout``); ``lookup_cache_ttl`` and ``lookup_cache_size`` shape the lookup
     cache (0 disables it); ``announce_interval`` is the default re-announce interval of
     :meth:`start_announcing`. ``http_agent`` replaces the :class:`~twisted.web.iweb.IAgent`
     that posts to an HTTP API (e.g. ``treq.testing.RequestTraversalAgent``); ``ws_agent`` replaces
@@ -188,13 +204,23 @@ class Link:
 
     # --- operations -------------------------------------------------------------------------
 
-    def lookup(self, name: str, *, retry: int = 3, cache: bool = True) -> Deferred[list[str]]:
+    def lookup(
+        self,
+        name: str,
+        *,
+        retry: int = 3,
+        cache: bool = True,
+        timeout: float | None = None,
+    ) -> Deferred[list[str]]:
         """The ``"ip:port"`` peers announced under ``name``.
 
         Fails with LookupEmpty when the grape knows none (such an answer is not cached), with
         GrapeReplyError when it answers an error string. ``cache=False`` skips the cache read
-        (a fresh answer still refreshes the cache).
+        (a fresh answer still refreshes the cache). ``retry`` is the number of attempts and
+        ``timeout`` (seconds, default :attr:`request_timeout`) bounds each one, as Node's
+        ``opts.retry`` and ``opts.timeout``.
         """
+        t = self._timeout(timeout)
         key = b"lookup:" + json_dumps(name)
         if cache:
             # A cache hit answers at once, without the coroutine and retry loop of _call.
@@ -205,13 +231,16 @@ class Link:
                     return succeed(lookup_result(hit, self._ok_status))
                 except Exception:
                     return fail()
-        d = ensureDeferred(self._attempts("lookup", name, key, max(1, retry), cache))
+        d = ensureDeferred(self._attempts("lookup", name, key, max(1, retry), cache, t))
         return d.addCallback(lookup_result, self._ok_status)
 
-    def announce(self, name: str, port: int, *, retry: int = 3) -> Deferred[int]:
+    def announce(
+        self, name: str, port: int, *, retry: int = 3, timeout: float | None = None
+    ) -> Deferred[int]:
         """Announce ``name`` at ``port`` on this grape's DHT; fires with the number of DHT
-        nodes that stored it (GrapeReplyError for "No nodes to query" and the like)."""
-        d = self._call("announce", [name, port], retry, False)
+        nodes that stored it (GrapeReplyError for "No nodes to query" and the like).
+        ``retry`` and ``timeout`` as for :meth:`lookup`."""
+        d = self._call("announce", [name, port], retry, timeout)
         return d.addCallback(announce_result, self._ok_status)
 
     def put(
@@ -219,56 +248,117 @@ class Link:
         value: str,
         *,
         private_key: bytes | None = None,
+        k: str | None = None,
+        sig: str | None = None,
         seq: int | None = None,
         salt: str | None = None,
         cas: int | None = None,
         retry: int = 1,
+        timeout: float | None = None,
     ) -> Deferred[str]:
         """Store ``value`` as a BEP 44 item; fires with its 40-hex key.
 
-        Without ``private_key`` the item is immutable (key ``sha1(bencode(v))``). With a 32-byte
-        ed25519 seed it is mutable: ``seq`` is required, the link signs
-        ``signature_buffer(utf8(value), seq, utf8(salt))`` and sends ``k``, ``seq``, ``sig``,
-        ``salt`` and ``cas`` (compare-and-swap on the stored ``seq``) as Node's grape expects.
-        ``retry`` is 1 as in Node: a re-sent mutable put could answer "302 ..." to itself.
+        Without a key the item is immutable (key ``sha1(bencode(v))``). A mutable item needs
+        ``seq`` and either
+
+        - ``private_key``, a 32-byte ed25519 seed: the link signs
+          ``signature_buffer(utf8(value), seq, utf8(salt))``; or
+        - ``k`` and ``sig``, the hex public key and the hex signature made elsewhere (a
+          hardware key, another service), sent as they are, as Node's link sends them. The
+          link checks the signature first and raises ``ValueError`` if it does not verify.
+
+        Either way the grape gets ``v``, ``seq``, ``k``, ``salt`` (when given), ``sig`` and
+        ``cas`` (compare-and-swap on the stored ``seq``), as Node's grape expects
+        (docs/protocol.rst, *BEP 44 items*). ``retry`` is 1 as in Node: a re-sent mutable put
+        could answer "302 ..." to itself. ``timeout`` as for :meth:`lookup`.
         """
         if not isinstance(value, str):
             raise TypeError("value must be a str")
         data: dict[str, Any] = {"v": value}
-        if private_key is None:
+        if private_key is None and k is None and sig is None:
             if seq is not None or salt is not None or cas is not None:
-                raise ValueError("seq, salt and cas are for mutable puts: give private_key too")
+                raise ValueError(
+                    "seq, salt and cas are for mutable puts: give private_key, or k and sig"
+                )
         else:
-            if not isinstance(private_key, bytes) or len(private_key) != 32:
-                raise ValueError("private_key must be a 32-byte ed25519 seed")
             if not is_int(seq):
                 raise ValueError("a mutable put needs an integer seq")
             if cas is not None and not is_int(cas):
                 raise ValueError("cas must be an integer")
+            if salt is not None and not isinstance(salt, str):
+                raise ValueError("salt must be a str")
             assert seq is not None
             salt_bytes = salt.encode("utf-8") if salt else None
             message = bep44.signature_buffer(value.encode("utf-8"), seq, salt_bytes)
+            if private_key is not None:
+                if k is not None or sig is not None:
+                    raise ValueError("give private_key, or k and sig, not both")
+                if not isinstance(private_key, bytes) or len(private_key) != 32:
+                    raise ValueError("private_key must be a 32-byte ed25519 seed")
+                k = bep44.public_key_of(private_key).hex()
+                sig = bep44.sign(private_key, message).hex()
+            else:
+                public = _hex_bytes(k, "k", bep44.PUBLIC_KEY_SIZE, "ed25519 public key")
+                signature = _hex_bytes(sig, "sig", bep44.SIGNATURE_SIZE, "ed25519 signature")
+                if not bep44.verify(signature, message, public):
+                    raise ValueError(
+                        "sig is not k's signature of this value, seq and salt"
+                        " (docs/protocol.rst, *BEP 44 items*)"
+                    )
+                assert k is not None and sig is not None
+                k, sig = k.lower(), sig.lower()
             data["seq"] = seq
-            data["k"] = bep44.public_key_of(private_key).hex()
+            data["k"] = k
             if salt:
                 data["salt"] = salt
-            data["sig"] = bep44.sign(private_key, message).hex()
+            data["sig"] = sig
             if cas is not None:
                 data["cas"] = cas
-        d = self._call("put", data, retry, False)
+        d = self._call("put", data, retry, timeout)
         return d.addCallback(put_result, self._ok_status)
 
-    def get(self, key: str, *, salt: str | None = None, retry: int = 1) -> Deferred[Item | None]:
+    def get(
+        self,
+        key: str,
+        *,
+        salt: str | None = None,
+        cache: bool = True,
+        options: Mapping[str, Any] | None = None,
+        retry: int = 1,
+        timeout: float | None = None,
+    ) -> Deferred[Item | None]:
         """The item stored under the 40-hex ``key`` (with ``salt`` for a salted mutable item),
-        or None when the grape finds none."""
-        data: Any = {"hash": key, "salt": salt} if salt else key
-        d = self._call("get", data, retry, False)
+        or None when the grape finds none.
+
+        ``cache=False`` asks the grape to query the DHT even when its own store has the
+        item (Node's ``{hash, cache: false}``). ``options`` are further fields sent to the
+        grape as they are, in the object Node's ``get`` accepts (``hash``, ``salt`` and
+        ``cache`` have their keywords). ``retry`` and ``timeout`` as for :meth:`lookup`.
+        """
+        data: Any = key
+        if salt or not cache or options:
+            data = {"hash": key}
+            if salt:
+                data["salt"] = salt
+            if not cache:
+                data["cache"] = False
+            for name, value in (options or {}).items():
+                if name in ("hash", "salt", "cache"):
+                    raise ValueError(f"give {name} as get's keyword, not in options")
+                data[name] = value
+        d = self._call("get", data, retry, timeout)
         return d.addCallback(get_result, self._ok_status)
 
     # --- announcing loops -------------------------------------------------------------------
 
     def start_announcing(
-        self, name: str, port: int, interval: float | None = None
+        self,
+        name: str,
+        port: int,
+        interval: float | None = None,
+        *,
+        retry: int = 3,
+        timeout: float | None = None,
     ) -> Deferred[int]:
         """Announce ``name``:``port`` now and then again and again, each gap drawn uniformly
         from ``[0.5, 1.5) * interval`` (default :attr:`announce_interval`) after the previous
@@ -278,15 +368,20 @@ class Link:
         until :meth:`stop_announcing` or :meth:`stop`. A failed re-announce is logged and the
         next tick tries again. Stopping the loop before its first announce finished fails the
         Deferred with LinkStopped. If ``name``:``port`` is already announcing, no second loop is
-        started and the Deferred follows the running loop's first announce.
+        started and the Deferred follows the running loop's first announce. ``retry`` and
+        ``timeout`` apply to each announce, as for :meth:`announce` (Node passes
+        ``startAnnouncing``'s ``opts`` on to ``announce``).
         """
         period = self.announce_interval if interval is None else interval
         if period <= 0:
             raise ValueError("interval must be positive")
+        self._timeout(timeout)
         key = (name, port)
         loop = self._loops.get(key)
         if loop is None:
-            loop = self._loops[key] = AnnounceLoop(self, name, port, period)
+            loop = self._loops[key] = AnnounceLoop(
+                self, name, port, period, retry=retry, timeout=timeout
+            )
             loop.start()
         return loop.first_result()
 
@@ -306,17 +401,26 @@ class Link:
 
     # --- requests: retries, cache, coalescing, timeout --------------------------------------
 
-    def _call(self, type_: str, payload: Any, retry: int, cache: bool) -> Deferred[Any]:
+    def _timeout(self, timeout: float | None) -> float:
+        """A call's own ``timeout``, or :attr:`request_timeout`; ValueError unless positive."""
+        if timeout is None:
+            return self.request_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        return float(timeout)
+
+    def _call(self, type_: str, payload: Any, retry: int, timeout: float | None) -> Deferred[Any]:
         """One operation: up to ``retry`` attempts, retried at once on transport failures."""
+        t = self._timeout(timeout)
         key = type_.encode() + b":" + json_dumps(payload)
-        return ensureDeferred(self._attempts(type_, payload, key, max(1, retry), cache))
+        return ensureDeferred(self._attempts(type_, payload, key, max(1, retry), False, t))
 
     async def _attempts(
-        self, type_: str, payload: Any, key: bytes, attempts: int, cache: bool
+        self, type_: str, payload: Any, key: bytes, attempts: int, cache: bool, timeout: float
     ) -> Any:
         for attempt in range(1, attempts + 1):
             try:
-                return await self._request(type_, payload, key, cache)
+                return await self._request(type_, payload, key, cache, timeout)
             except _RETRYABLE as error:
                 if attempt == attempts or isinstance(error, GrapeWrongAPI):
                     raise
@@ -329,17 +433,24 @@ class Link:
                 )
         raise AssertionError("unreachable")
 
-    def _request(self, type_: str, payload: Any, key: bytes, cache: bool) -> Deferred[Any]:
-        """One attempt: a cache hit, or a share of the grape request for ``key``."""
+    def _request(
+        self, type_: str, payload: Any, key: bytes, cache: bool, timeout: float
+    ) -> Deferred[Any]:
+        """One attempt: a cache hit, or a share of the grape request for ``key``.
+
+        Calls coalesce when they also have the same timeout: a call with a timeout of its own
+        does not shorten or stretch the grape request other callers are waiting for.
+        """
         self.start()
         if cache and type_ == "lookup":
             hit = self._cache.get(key)
             if hit is not None:
                 return succeed(hit)
-        flight = self._flights.get(key)
+        flight_key = key if timeout == self.request_timeout else key + b"|%r" % timeout
+        flight = self._flights.get(flight_key)
         new = flight is None
         if flight is None:
-            flight = self._flights[key] = _Flight(key, type_)
+            flight = self._flights[flight_key] = _Flight(flight_key, type_, timeout, key)
         waiter: Deferred[Any] = Deferred(lambda d: self._abandon(flight, d))
         flight.waiters.append(waiter)
         if new:
@@ -348,7 +459,7 @@ class Link:
 
     def _launch(self, flight: _Flight, payload: Any) -> None:
         flight.timer = self.reactor.callLater(
-            self.request_timeout, self._cancel_flight, flight, "timeout"
+            flight.timeout, self._cancel_flight, flight, "timeout"
         )
         assert self._client is not None
         request = self._client.request(flight.type, payload)
@@ -390,7 +501,7 @@ class Link:
             elif flight.cancelled == "stopped":
                 outcome = Failure(LinkStopped())
         elif flight.type == "lookup" and isinstance(outcome, list) and outcome:
-            self._cache.put(flight.key, outcome)
+            self._cache.put(flight.cache_key, outcome)
         waiters, flight.waiters = flight.waiters, []
         for waiter in waiters:
             if isinstance(outcome, Failure):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet import reactor as _global_reactor
 from twisted.trial import unittest
 
@@ -28,6 +29,15 @@ LOOPBACK = harness.LOCALHOST
 HELLO_KEY = "6d33adc2b6b2c14c3036feefb7fedbca1a880527"
 SEQ_TOO_OLD = "302 sequence number less than current"
 CAS_MISMATCH = "301 CAS mismatch, re-read and try again"
+
+
+def sign_elsewhere(value: str, seq: int, salt: str) -> tuple[str, str]:
+    """``(k, sig)`` in hex for a mutable item, signed with ``cryptography``'s ed25519 alone,
+    as a service holding its own key would (the signature buffer built here by hand)."""
+    key = Ed25519PrivateKey.generate()
+    v, s = value.encode(), salt.encode()
+    message = b"4:salt%d:%s3:seqi%de1:v%d:%s" % (len(s), s, seq, len(v), v)
+    return key.public_key().public_bytes_raw().hex(), key.sign(message).hex()
 
 
 class _LinkCase(unittest.TestCase):
@@ -182,6 +192,37 @@ class _PythonGrapeTests(_Mixin):
         self.assertEqual(error.message, CAS_MISMATCH)
         self.assertEqual(error.status, None if self.websocket else 301)
         self.assertEqual(await link.put("v3", private_key=seed, seq=3, cas=2), key)
+
+    @async_test
+    async def test_put_signed_elsewhere(self) -> None:
+        grape = await self.grape()
+        link = self.link(self.url(grape))
+        k, sig = sign_elsewhere("signed elsewhere", 3, "hw")
+        key = await link.put("signed elsewhere", k=k, sig=sig, seq=3, salt="hw")
+        self.assertEqual(key, bep44.mutable_key(bytes.fromhex(k), b"hw").hex())
+        item = await link.get(key, salt="hw")
+        assert item is not None
+        self.assertEqual((item.v, item.seq, item.k, item.sig), ("signed elsewhere", 3, k, sig))
+
+    @async_test
+    async def test_get_cache_false(self) -> None:
+        """The grape's own store answers a get unless ``cache=False``: then the DHT does."""
+        first = await self.grape()
+        second = await self.grape([first.dht_address])
+        link = self.link(self.url(second))
+
+        async def stored() -> Item:
+            await link.put("hello world")
+            item = await link.get(HELLO_KEY, cache=False)
+            if item is None:
+                raise AssertionError("not on the other grape yet")
+            return item
+
+        remote = await self.eventually(stored, "an immutable put reaches the other grape")
+        self.assertEqual((remote.v, remote.id), ("hello world", first.node_id))
+        self.assertIsNotNone(remote.token)
+        local = await link.get(HELLO_KEY, options={"ignored": True})
+        self.assertEqual(local, Item(v="hello world", id=second.node_id, token=None))
 
     @async_test
     async def test_grape_unreachable(self) -> None:
@@ -369,3 +410,52 @@ class NodeGrapeTests(_LinkCase):
             interval=0.2,
         )
         self.assertEqual(result["result"], [f"{LOOPBACK}:5200"])
+
+    @async_test
+    async def test_put_signed_elsewhere(self) -> None:
+        """k/sig made with cryptography's ed25519 pass the Node grapes' verification and come
+        back from the other grape as they were sent."""
+        n1, n2 = await self.network()
+        link1, link2 = self.link(n1.url), self.link(n2.url)
+        k, sig = sign_elsewhere("from a hardware key", 5, "hw")
+        expected_key = bep44.mutable_key(bytes.fromhex(k), b"hw").hex()
+
+        async def put() -> str:
+            return await link1.put("from a hardware key", k=k, sig=sig, seq=5, salt="hw")
+
+        self.assertEqual(await self.eventually(put, "signed put via n1"), expected_key)
+
+        async def get() -> Item:
+            item = await link2.get(expected_key, salt="hw")
+            if item is None:
+                raise AssertionError("not found yet")
+            return item
+
+        item = await self.eventually(get, "signed get via n2")
+        self.assertEqual((item.v, item.seq, item.k, item.sig), ("from a hardware key", 5, k, sig))
+        with self.assertRaises(errors.GrapeReplyError) as caught:
+            await link1.put("from a hardware key", k=k, sig=sig, seq=5, salt="hw")
+        self.assertEqual((caught.exception.message, caught.exception.status), (SEQ_TOO_OLD, 302))
+
+    @async_test
+    async def test_get_options(self) -> None:
+        """``cache=False`` reaches the Node grape: its own store no longer answers, the DHT
+        does (another node's id and a write token); unknown options are passed and ignored."""
+        n1, n2 = await self.network()
+        link1 = self.link(n1.url)
+
+        async def stored() -> Item:
+            await link1.put("hello world")
+            item = await link1.get(HELLO_KEY, cache=False)
+            if item is None:
+                raise AssertionError("not on n2 yet")
+            return item
+
+        remote = await self.eventually(stored, "an immutable put reaches n2")
+        self.assertEqual((remote.v, remote.id), ("hello world", n2.node_id))
+        self.assertIsNotNone(remote.token)
+        local = await link1.get(HELLO_KEY, options={"ignored": [1]})
+        self.assertEqual(
+            (local.v, local.id, local.token) if local else None, ("hello world", n1.node_id, None)
+        )
+        self.assertIsNone(await link1.get("00" * 20, cache=False))
