@@ -640,7 +640,7 @@ class AnnounceLoopTests(HTTPCase):
         """A warning at the first failure of a run, debug for the next ones, one line when
         announcing works again; then a new run of failures warns again."""
         events: list[dict[str, Any]] = []
-        self.patch(announce_module, "log", Logger(namespace="test", observer=events.append))
+        self.patch(announce_module, "log", Logger(namespace="test", observer=cast(Any, events.append)))
         outcomes = iter([b"1", b"boom", b"boom", b"boom", b"3", b"4", b"boom", b"5"])
 
         def reply(seen: Seen) -> Reply:
@@ -1049,11 +1049,11 @@ class PerCallOptionTests(HTTPCase):
             lambda: link.put("x", timeout=1.0),
             lambda: link.get(HELLO_KEY, timeout=1.0),
         ):
-            d = call_()
+            pending: Deferred[Any] = call_()
             self.clock.advance(0.75)
-            self.assertNoResult(d)
+            self.assertNoResult(pending)
             self.clock.advance(0.25)
-            self.failureResultOf(d, errors.RequestTimeout)
+            self.failureResultOf(pending, errors.RequestTimeout)
         self.assertNoTimers()
 
     def test_own_timeout_does_not_change_the_shared_request(self) -> None:
