@@ -5,14 +5,25 @@ grenache-nodejs-base's ``PeerRPCClient`` with finite timeouts (docs/protocol.rst
 - every request has a **finite** timeout (Node 1.0.0 waits forever without ``opts.timeout``);
 - a destination whose connection is refused is **set aside** for a while and the request is
   sent at once to another destination, without using up a retry, so a dead service that is
-  still announced does not fail calls while a live one exists.
+  still announced does not fail calls while a live one exists;
+- ``max_active_key_dests`` (Node's ``maxActiveKeyDests``) has no default limit: Node's 5 keeps
+  a key's traffic on the first five destinations it used for as long as they stay busy,
+  leaving the others idle; give it to get Node's behaviour;
+- ``max_active_dest_transports`` (Node's ``maxActiveDestTransports``) is the transport's
+  per-destination connection pool (HTTP's ``pool_size_per_dest``); WebSocket keeps one socket
+  per destination, which carries any number of requests at once.
+
+A reply that carries an error fails the call with :class:`~grenache.errors.RemoteError`; when
+it carries a result too (Node's ``handler.reply(err, result)``), the error's ``result``
+attribute holds it.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import (
     CancelledError,
@@ -29,9 +40,16 @@ from grenache import errors
 from grenache.peer.protocols import ClientTransport, LinkProtocol
 from grenache.peer.request import OutgoingRequest, new_rid
 
-__all__ = ["PeerRPCClient"]
+__all__ = ["DEFAULT_ACTIVE_WINDOW", "PeerRPCClient"]
 
 log = Logger()
+
+DEFAULT_ACTIVE_WINDOW = 120.0
+"""Seconds a destination stays *active* after its last request, for ``max_active_key_dests``,
+when the transport has no ``idle_timeout`` (Node's ``inactivityTimeout``)."""
+
+#: Entries kept in the last-use table before stale ones are dropped.
+_LAST_USED_PRUNE = 4096
 
 
 class PeerRPCClient:
@@ -43,6 +61,14 @@ class PeerRPCClient:
     ``unreachable_backoff`` is how long a destination that refused a connection is left out
     of the choice (unless every destination is left out). ``rng`` makes the random choices
     reproducible in tests.
+
+    ``max_active_key_dests`` (Node's ``maxActiveKeyDests``; default: no limit) bounds how many
+    of a key's destinations are used: once that many of them are *active* (sent a request
+    within the transport's ``idle_timeout``, while its connections stay open; 120 s when it
+    has none), requests go to the active ones only. ``max_active_dest_transports`` (Node's
+    ``maxActiveDestTransports``) bounds the connections kept per destination: it sets the
+    transport's ``pool_size_per_dest`` (HTTP); a transport without one (WebSocket) keeps a
+    single connection per destination, within any limit.
     """
 
     def __init__(
@@ -53,10 +79,24 @@ class PeerRPCClient:
         reactor: IReactorTime,
         timeout: float = 10.0,
         unreachable_backoff: float = 10.0,
+        max_active_key_dests: int | None = None,
+        max_active_dest_transports: int | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if not timeout > 0:
             raise ValueError("timeout must be a positive number of seconds")
+        _check_limit("max_active_key_dests", max_active_key_dests)
+        _check_limit("max_active_dest_transports", max_active_dest_transports)
+        if max_active_dest_transports is not None and hasattr(transport, "pool_size_per_dest"):
+            cast(Any, transport).pool_size_per_dest = max_active_dest_transports
+        self.max_active_key_dests = max_active_key_dests
+        self.max_active_dest_transports = max_active_dest_transports
+        window: Any = getattr(transport, "idle_timeout", None)
+        if not (isinstance(window, (int, float)) and 0 < window < math.inf):
+            window = DEFAULT_ACTIVE_WINDOW
+        #: seconds a destination stays active after its last request
+        self.active_window = float(window)
+        self._last_used: dict[str, float] = {}  # dest -> clock time of its last request
         self.link = link
         self.transport = transport
         self.timeout = timeout
@@ -91,12 +131,47 @@ class PeerRPCClient:
         usable = [d for d in dests if d not in aside]
         return usable or list(dests)
 
-    def choose(self, dests: Sequence[str], exclude: set[str] | frozenset[str] = frozenset()) -> str:
-        """Pick a destination at random among those not set aside and not in ``exclude``."""
+    def choose(
+        self,
+        dests: Sequence[str],
+        exclude: set[str] | frozenset[str] = frozenset(),
+        max_active: int | None = None,
+    ) -> str:
+        """Pick a destination at random among those not set aside and not in ``exclude``.
+
+        When at least ``max_active`` (default :attr:`max_active_key_dests`) of them are
+        active, the pick is among the active ones only (Node's ``maxActiveKeyDests``).
+        """
         candidates = [d for d in dests if d not in exclude] if exclude else list(dests)
         if not candidates:
             raise ValueError("no destination to choose from")
-        return self._rng.choice(self._usable(candidates))
+        usable = self._usable(candidates)
+        limit = self.max_active_key_dests if max_active is None else max_active
+        if limit is not None and len(usable) > limit:
+            active = self._active_among(usable)
+            if len(active) >= limit:
+                usable = active
+        return self._rng.choice(usable)
+
+    def is_active(self, dest: str) -> bool:
+        """Whether ``dest`` was sent a request within :attr:`active_window` seconds."""
+        last = self._last_used.get(dest)
+        return last is not None and self._now() - last < self.active_window
+
+    def _active_among(self, dests: Sequence[str]) -> list[str]:
+        now = self._now()
+        last_used = self._last_used
+        window = self.active_window
+        return [d for d in dests if now - last_used.get(d, -math.inf) < window]
+
+    def _used(self, dest: str) -> None:
+        """Note a request to ``dest`` (what makes it active)."""
+        last_used = self._last_used
+        now = last_used[dest] = self._now()
+        if len(last_used) > _LAST_USED_PRUNE:
+            for d, t in list(last_used.items()):
+                if now - t >= self.active_window:
+                    del last_used[d]
 
     def is_set_aside(self, dest: str) -> bool:
         """Whether ``dest`` is currently left out after refusing a connection."""
@@ -125,6 +200,7 @@ class PeerRPCClient:
         timeout: float | None = None,
         retry: int = 1,
         compress: bool = False,
+        max_active_key_dests: int | None = None,
     ) -> Deferred[Any]:
         """Look ``key`` up, send ``payload`` to one of its destinations, fire with the result.
 
@@ -132,14 +208,18 @@ class PeerRPCClient:
         other than a refused connection uses one up, and each attempt picks a destination
         afresh. A refused connection sets the destination aside and tries another one at
         once; when every destination has refused, the call fails with
-        :class:`~grenache.errors.DestinationUnreachable`.
+        :class:`~grenache.errors.DestinationUnreachable`. A reply with an error fails with
+        :class:`~grenache.errors.RemoteError` (its ``result`` is the reply's result, if it
+        had one). ``max_active_key_dests`` replaces the client's for this call.
         """
         if self._stopped:
             return fail(errors.TransportClosed("ERR_TRANSPORT_CLOSE: client stopped"))
         try:
             t = self._call_timeout(timeout)
+            _check_limit("max_active_key_dests", max_active_key_dests)
         except ValueError as e:
             return fail(e)
+        limit = self.max_active_key_dests if max_active_key_dests is None else max_active_key_dests
         # Callbacks rather than a coroutine: this is the hot path of every call.
         d: Deferred[Any] = self.link.lookup(key)
         attempts = max(1, int(retry))
@@ -148,10 +228,10 @@ class PeerRPCClient:
             # Answered at once (a cache hit): go on now rather than chain the transport's
             # Deferred onto this one (a quarter of the peer's own time per request).
             try:
-                return self._first_attempt(dests, key, payload, t, attempts, compress)
+                return self._first_attempt(dests, key, payload, t, attempts, compress, limit)
             except Exception:
                 return fail()
-        return d.addCallback(self._first_attempt, key, payload, t, attempts, compress)
+        return d.addCallback(self._first_attempt, key, payload, t, attempts, compress, limit)
 
     def _first_attempt(
         self,
@@ -161,10 +241,11 @@ class PeerRPCClient:
         timeout: float,
         attempts: int,
         compress: bool,
+        limit: int | None,
     ) -> Deferred[Any]:
         if not dests:
             raise errors.LookupEmpty()
-        return self._attempt(dests, key, payload, timeout, attempts, compress, None)
+        return self._attempt(dests, key, payload, timeout, attempts, compress, limit, None)
 
     def _attempt(
         self,
@@ -174,14 +255,25 @@ class PeerRPCClient:
         timeout: float,
         attempts: int,
         compress: bool,
+        limit: int | None,
         refused: set[str] | None,
     ) -> Deferred[Any]:
-        dest = self.choose(dests, refused or frozenset())
+        dest = self.choose(dests, refused or frozenset(), limit)
+        self._used(dest)
         d = self.transport.request(
             dest, OutgoingRequest(new_rid(), key, payload, timeout, compress)
         )
         return d.addErrback(
-            self._attempt_failed, dest, dests, key, payload, timeout, attempts, compress, refused
+            self._attempt_failed,
+            dest,
+            dests,
+            key,
+            payload,
+            timeout,
+            attempts,
+            compress,
+            limit,
+            refused,
         )
 
     def _attempt_failed(
@@ -194,6 +286,7 @@ class PeerRPCClient:
         timeout: float,
         attempts: int,
         compress: bool,
+        limit: int | None,
         refused: set[str] | None,
     ) -> Any:
         if failure.check(errors.DestinationUnreachable):
@@ -207,7 +300,7 @@ class PeerRPCClient:
             attempts -= 1
             if attempts <= 0:
                 return failure
-        return self._attempt(dests, key, payload, timeout, attempts, compress, refused)
+        return self._attempt(dests, key, payload, timeout, attempts, compress, limit, refused)
 
     def map(
         self,
@@ -240,6 +333,7 @@ class PeerRPCClient:
             dests = self._rng.sample(dests, max(0, limit))
         calls: list[Deferred[Any]] = []
         for dest in dests:
+            self._used(dest)
             d = self.transport.request(dest, self._outgoing(key, payload, timeout, compress))
             d.addErrback(self._note_unreachable, dest)
             calls.append(d)
@@ -257,6 +351,7 @@ class PeerRPCClient:
         *,
         headers: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        max_active_key_dests: int | None = None,
     ) -> Deferred[Any]:
         """Look ``key`` up and open a stream to one of its destinations (Node's ``stream``).
 
@@ -267,6 +362,7 @@ class PeerRPCClient:
         ``timeout`` (default: the client's) is the stream's idle timeout. A destination that
         refuses the connection is set aside and another one is tried, as for requests;
         nothing else is retried (a stream's body cannot be replayed).
+        ``max_active_key_dests`` as for :meth:`request`.
         """
         if self._stopped:
             return fail(errors.TransportClosed("ERR_TRANSPORT_CLOSE: client stopped"))
@@ -277,9 +373,12 @@ class PeerRPCClient:
             )
         try:
             t = self._call_timeout(timeout)
+            _check_limit("max_active_key_dests", max_active_key_dests)
         except ValueError as e:
             return fail(e)
-        return Deferred.fromCoroutine(self._stream(open_stream, key, headers, t))
+        return Deferred.fromCoroutine(
+            self._stream(open_stream, key, headers, t, max_active_key_dests)
+        )
 
     async def _stream(
         self,
@@ -287,13 +386,15 @@ class PeerRPCClient:
         key: str,
         headers: Mapping[str, Any] | None,
         timeout: float,
+        limit: int | None,
     ) -> Any:
         dests: list[str] = await self.link.lookup(key)
         if not dests:
             raise errors.LookupEmpty()
         refused: set[str] = set()
         while True:
-            dest = self.choose(dests, refused)
+            dest = self.choose(dests, refused, limit)
+            self._used(dest)
             try:
                 return await open_stream(dest, key, headers=headers, timeout=timeout)
             except errors.DestinationUnreachable:
@@ -311,3 +412,9 @@ class PeerRPCClient:
         """Refuse new calls and stop the transport (its pending requests fail)."""
         self._stopped = True
         return self.transport.stop()
+
+
+def _check_limit(name: str, value: int | None) -> None:
+    """ValueError unless ``value`` is None or an integer of at least 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be an integer of at least 1, not {value!r}")

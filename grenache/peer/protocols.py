@@ -66,13 +66,21 @@ class ServerTransport(Protocol):
 
 
 class ClientTransport(Protocol):
-    """The client side of an RPC transport."""
+    """The client side of an RPC transport.
+
+    Two optional attributes, read by :class:`~grenache.peer.PeerRPCClient` when present:
+    ``pool_size_per_dest`` (int, writable), the most connections kept per destination, which
+    the client's ``max_active_dest_transports`` sets; and ``idle_timeout`` (seconds), after
+    which an idle connection is closed, the time a destination counts as active for
+    ``max_active_key_dests``.
+    """
 
     def request(self, dest: str, request: OutgoingRequest) -> Deferred[Any]:
         """Send ``request`` to ``dest`` (``"host:port"``, an IPv6 literal in brackets) and fire
         with the reply's result.
 
-        Fails with :class:`~grenache.errors.RemoteError` (the reply's error string),
+        Fails with :class:`~grenache.errors.RemoteError` (the reply's error string; its
+        ``result`` is the reply's result when the reply carried both),
         :class:`~grenache.errors.RequestTimeout`, :class:`~grenache.errors.TransportClosed`,
         :class:`~grenache.errors.DestinationUnreachable` (no connection could be made: the
         request certainly never reached a handler) or :class:`~grenache.errors.RequestTooLarge`.

@@ -21,7 +21,7 @@ __all__ = ["PeerSub"]
 
 log = Logger()
 
-_EVENTS = ("message", "connected", "disconnected")
+_EVENTS = ("message", "connected", "disconnected", "error")
 
 
 class _Subscription:
@@ -102,6 +102,7 @@ class _Subscription:
                 error=error_message(failure),
             )
             self._schedule(avoid)
+            self.peer._emit("error", self.name, failure.value)
 
         Deferred.fromCoroutine(self.connect_once(avoid)).addErrback(failed)
 
@@ -119,8 +120,12 @@ class PeerSub:
     """Subscribes to publishers by name and resubscribes when a publisher goes away.
 
     Events (see :meth:`add_listener`): ``"message"`` ``(message)`` for each message,
-    ``"connected"`` ``(name, dest)`` and ``"disconnected"`` ``(name, dest)``. The attributes
-    ``on_message``, ``on_connected`` and ``on_disconnected`` may also be set to a callable.
+    ``"connected"`` ``(name, dest)``, ``"disconnected"`` ``(name, dest)`` and ``"error"``
+    ``(name, error)`` when subscribing fails (the lookup, or every publisher refused): the
+    first :meth:`sub` (whose Deferred fails too) and each failed resubscribe attempt, as
+    Node's ``PeerSub`` emits ``error`` (there only for lookup errors). The attributes
+    ``on_message``, ``on_connected``, ``on_disconnected`` and ``on_error`` may also be set to
+    a callable.
     With ``resubscribe`` (the default) a lost connection is replaced after a backoff that
     doubles from ``backoff_initial`` up to ``backoff_max`` seconds, preferring another
     publisher when the name has several. Disconnects are events, never logged tracebacks.
@@ -151,10 +156,12 @@ class PeerSub:
         self.on_message: Callable[[str | bytes], Any] | None = None
         self.on_connected: Callable[[str, str], Any] | None = None
         self.on_disconnected: Callable[[str, str], Any] | None = None
+        self.on_error: Callable[[str, Exception], Any] | None = None
         self._stopped = False
 
     def add_listener(self, event: str, fn: Callable[..., Any]) -> None:
-        """Call ``fn`` on ``event`` (``"message"``, ``"connected"`` or ``"disconnected"``)."""
+        """Call ``fn`` on ``event`` (``"message"``, ``"connected"``, ``"disconnected"`` or
+        ``"error"``)."""
         if event not in self._listeners:
             raise ValueError(f"unknown event {event!r}; expected one of {_EVENTS}")
         self._listeners[event].append(fn)
@@ -183,8 +190,9 @@ class PeerSub:
         """Subscribe to ``name``; fires once connected to one of its publishers.
 
         The first connection is tried on each looked-up publisher in random order; if none
-        accepts (or the lookup fails) the Deferred fails and nothing is retried. After a
-        successful connection, losses are handled by resubscribing.
+        accepts (or the lookup fails) the ``"error"`` event is emitted, the Deferred fails and
+        nothing is retried. After a successful connection, losses are handled by
+        resubscribing.
         """
         if self._stopped:
             return fail(errors.TransportClosed("ERR_TRANSPORT_CLOSE: subscriber stopped"))
@@ -196,7 +204,10 @@ class PeerSub:
         def failed(failure: Failure) -> Failure:
             if self._subscriptions.get(name) is subscription:
                 del self._subscriptions[name]
+            cancelled = subscription.closed or failure.check(CancelledError)
             subscription.close()
+            if not cancelled:
+                self._emit("error", name, failure.value)
             return failure
 
         d = Deferred.fromCoroutine(subscription.connect_once(None))
