@@ -27,6 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from grenache import errors
 from grenache.http.messages import HTTPRequest, HTTPResponse
 from grenache.http.server import HTTPServerFactory
+from grenache.http.server_protocol import _OutputFlow
 from grenache.http.server_stream import HTTPStreamRequest, HTTPStreamResponse
 from grenache.http.streams import read_body
 from grenache.peer import PeerRPCClient, PeerRPCServer, Request
@@ -247,7 +248,8 @@ class ServerStreamTests(SynchronousTestCase):
             wire.value(),
             b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: keep-alive\r\n\r\nbuffered:ok",
         )
-        self.assertIsNone(wire.producer)  # the response's producer went with it
+        # The response's producer went with it; the connection's output flow is back.
+        self.assertIsInstance(wire.producer, _OutputFlow)
 
     def test_content_length_stream(self) -> None:
         """A router may stream any request, e.g. one with Content-Length."""
@@ -372,7 +374,7 @@ class ServerStreamTests(SynchronousTestCase):
         flow.resumeProducing()
         self.assertTrue(response.finished)
         self.assertTrue(wire.value().endswith(chunk(b"one") + chunk(b"two") + LAST))
-        self.assertIsNone(wire.producer)
+        self.assertIsNot(wire.producer, flow)
 
     def test_pipeline_order(self) -> None:
         """A stream behind a pending response is held (its producer paused) until its turn."""

@@ -630,7 +630,8 @@ class IdleTests(TestCase):
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
     def test_disabled(self) -> None:
-        h = Harness(idle_timeout=None)
+        """With every deadline disabled there is no sweep at all."""
+        h = Harness(idle_timeout=None, header_timeout=None, min_body_rate=None, output_timeout=None)
         _, transport = h.connect()
         self.assertEqual(h.clock.getDelayedCalls(), [])
         h.clock.advance(10_000)

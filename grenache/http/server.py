@@ -21,7 +21,18 @@ needs:
   the connection keeps serving;
 - an idle timeout without one timer per connection: the factory runs a single sweep
   (a :class:`~twisted.internet.task.LoopingCall` on the injected clock, running only while
-  connections exist) that closes connections idle for ``idle_timeout`` seconds.
+  connections exist) that closes connections idle for ``idle_timeout`` seconds;
+- bounded output for a client that sends and does not read: each connection registers a push
+  producer with its transport, which pauses it when its send buffer is full (Twisted: over
+  64 KiB); from then on no response is written and nothing is read until the buffer drains,
+  and a connection that stays so for ``output_timeout`` seconds without the client reading
+  anything is dropped by the sweep (while a stream's response is being sent, the stream's
+  own producer follows the buffer instead);
+- slow clients: a header section must be complete ``header_timeout`` seconds after its first
+  byte, and a buffered body must arrive at ``min_body_rate`` bytes a second or more (averaged
+  from the end of the header section, checked after ``body_grace`` seconds); either failing
+  is answered with the factory's ``timed_out`` response (``408``) and the connection closed.
+  The same sweep checks them; time during which the server was not reading does not count.
 
 Requests are delivered whole (``HTTPRequest.body`` is bytes), unless the factory's
 ``stream_router`` claims them (:mod:`grenache.http.server_stream`): it is called with the
@@ -84,9 +95,28 @@ from grenache.http.server_protocol import HTTPServerProtocol
 from grenache.http.server_stream import StreamRouter
 from grenache.speedups import twisted_tcp
 
-__all__ = ["HTTPServerFactory", "HTTPServerProtocol"]
+__all__ = [
+    "DEFAULT_BODY_GRACE",
+    "DEFAULT_HEADER_TIMEOUT",
+    "DEFAULT_MIN_BODY_RATE",
+    "DEFAULT_OUTPUT_TIMEOUT",
+    "HTTPServerFactory",
+    "HTTPServerProtocol",
+]
 
 log = Logger()
+
+DEFAULT_HEADER_TIMEOUT = 20.0
+"""Seconds from a request's first byte to the end of its header section (Node: 60 s)."""
+
+DEFAULT_MIN_BODY_RATE = 1024.0
+"""Bytes a second a buffered request body must average (after :data:`DEFAULT_BODY_GRACE`)."""
+
+DEFAULT_BODY_GRACE = 10.0
+"""Seconds into a buffered body before its rate is checked."""
+
+DEFAULT_OUTPUT_TIMEOUT = 30.0
+"""Seconds a client may leave a full send buffer unread before it is dropped."""
 
 
 class HTTPServerFactory(protocol.Factory):
@@ -99,6 +129,14 @@ class HTTPServerFactory(protocol.Factory):
     ``stream_router`` chooses the requests whose bodies are streamed (module docstring);
     ``max_stream_size`` limits those bodies (``None``: no limit), answered with ``too_large``
     if the response has not started, else by dropping the connection.
+
+    Deadlines (seconds; ``None`` or ``0`` disables each): ``header_timeout`` from a request's
+    first byte to the end of its header section; ``min_body_rate`` (bytes a second) for
+    buffered bodies, enforced ``body_grace`` seconds into the body; ``output_timeout`` for a
+    client that reads nothing while its send buffer is full. The first two are answered with
+    ``timed_out``; the last drops the connection. One sweep checks every deadline, every
+    quarter of the shortest of them (and of ``idle_timeout``), so each is exact to within
+    that.
 
     :attr:`protocol` is the class each connection is built from: set it to a subclass of
     :class:`HTTPServerProtocol` (on the factory or a subclass of it) to use the override points.
@@ -118,6 +156,11 @@ class HTTPServerFactory(protocol.Factory):
         max_pipeline: int = 64,
         stream_router: StreamRouter | None = None,
         max_stream_size: int | None = None,
+        header_timeout: float | None = DEFAULT_HEADER_TIMEOUT,
+        min_body_rate: float | None = DEFAULT_MIN_BODY_RATE,
+        body_grace: float = DEFAULT_BODY_GRACE,
+        output_timeout: float | None = DEFAULT_OUTPUT_TIMEOUT,
+        timed_out: HTTPResponse = HTTPResponse(408, b"Request Timeout"),
     ) -> None:
         self.handler = handler
         self.stream_router = stream_router
@@ -132,6 +175,17 @@ class HTTPServerFactory(protocol.Factory):
         self.idle_timeout = idle_timeout
         self.too_large = too_large
         self.max_pipeline = max_pipeline
+        self.header_timeout = header_timeout
+        self.min_body_rate = min_body_rate
+        self.body_grace = body_grace
+        self.output_timeout = output_timeout
+        self.timed_out = timed_out
+        periods = [
+            p
+            for p in (idle_timeout, header_timeout, output_timeout, min_body_rate and body_grace)
+            if p
+        ]
+        self.sweep_interval: float | None = max(min(periods) / 4, 0.01) if periods else None
         self.connections: set[HTTPServerProtocol] = set()
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
@@ -145,8 +199,8 @@ class HTTPServerFactory(protocol.Factory):
     def connectionOpened(self, proto: HTTPServerProtocol) -> None:
         """Track ``proto`` and start the idle sweep with the first connection."""
         self.connections.add(proto)
-        if self.idle_timeout and not self._sweeper.running:
-            self._sweeper.start(self.idle_timeout / 4, now=False)
+        if self.sweep_interval and not self._sweeper.running:
+            self._sweeper.start(self.sweep_interval, now=False)
 
     def connectionClosed(self, proto: HTTPServerProtocol) -> None:
         """Forget ``proto`` and stop the sweep when no connection remains."""
@@ -164,13 +218,10 @@ class HTTPServerFactory(protocol.Factory):
             proto.closeConnection(abort)
 
     def _sweep(self) -> None:
-        """Close connections idle for longer than ``idle_timeout``; never raises."""
-        timeout = self.idle_timeout
-        if not timeout:
-            return
+        """Enforce every connection's deadlines (idle, header, body, output); never raises."""
         now = self.seconds()
         for proto in list(self.connections):
             try:
-                proto.checkIdle(now, timeout)
+                proto.checkDeadlines(now)
             except Exception:
-                log.failure("HTTP idle sweep failed for a connection")
+                log.failure("HTTP server sweep failed for a connection")

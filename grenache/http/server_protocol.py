@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from grenache import errors
 from grenache.http.messages import HTTPRequest, HTTPResponse, serialize_response
@@ -63,6 +64,7 @@ class HTTPServerProtocol(protocol.Protocol):
         self._seconds = factory.seconds
         self._max_body = factory.max_body_size
         self._max_header = factory.max_header_size
+        self._header_timeout = factory.header_timeout
         self._parser = httptools.HttpRequestParser(self)
         # The per-request hooks are called only when a subclass overrides them.
         cls = type(self)
@@ -105,6 +107,15 @@ class HTTPServerProtocol(protocol.Protocol):
         self._closing = False  # loseConnection was called
         self._disconnected = False
         self.lastActivity = 0.0  # clock time of the last byte in or response out
+        # Deadlines, checked by the factory's sweep (no timer per request).
+        self._head_started = 0.0  # clock time the current header section began (0: none)
+        self._body_started = 0.0  # clock time the body clock (re)started
+        self._body_base = 0  # body bytes already counted when it did
+        # Output flow: the transport pauses ``_flow`` when its send buffer is full.
+        self._flow: _OutputFlow | None = None
+        self._out_full = False  # the client is not reading: write nothing more, read nothing
+        self._out_since = 0.0  # clock time output last stalled or made progress
+        self._out_seen = -1  # pending output bytes seen by the last sweep (-1: unknown)
 
     # --- connection events ---------------------------------------------------------------
 
@@ -131,12 +142,14 @@ class HTTPServerProtocol(protocol.Protocol):
         if IPushProducer.providedBy(transport):
             self._producer = transport
         self.lastActivity = self._seconds()
+        self._register_flow()
         self.factory.connectionOpened(self)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         """Forget every pending response: results of handlers still running are discarded."""
         self._disconnected = True
         self._input_closed = True
+        self._flow = None
         self._drop_streams(
             Failure(
                 errors.TransportClosed(
@@ -144,7 +157,7 @@ class HTTPServerProtocol(protocol.Protocol):
                 )
             )
         )
-        self._pending.clear()
+        self._forget_pending()
         self._buffered.clear()
         if self._batched is not None:
             self._batched.discard()
@@ -186,7 +199,9 @@ class HTTPServerProtocol(protocol.Protocol):
         """Parse ``data``; never raises (errors become 400/431/413/500 responses)."""
         if self._input_closed:
             return  # discarded; not activity either (a closing connection must finish)
-        self.lastActivity = self._seconds()
+        now = self.lastActivity = self._seconds()
+        if not self._head_started and self._in_headers:
+            self._head_started = now
         if self._paused or self._feeding or self._buffered:
             self._buffered.append(data)
             if not self._feeding and not self._paused:
@@ -280,12 +295,19 @@ class HTTPServerProtocol(protocol.Protocol):
 
     def _update_reading(self) -> None:
         """Pause or resume parsing (and reading) after the pipeline or a stream changed."""
-        paused = self._pipeline_full or self._stream_hold
+        paused = self._pipeline_full or self._stream_hold or self._out_full
         if paused == self._paused:
             return
         self._paused = paused
         if self._input_closed:
             return
+        if not paused:
+            # The client is not to blame for the time it was not read: restart its clocks.
+            now = self._seconds()
+            if self._head_started:
+                self._head_started = now
+            self._body_started = now
+            self._body_base = self._body_size
         self._set_reading(not paused)
         if not paused and self._buffered and not self._feeding:
             self._drain()
@@ -324,6 +346,9 @@ class HTTPServerProtocol(protocol.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
+        self._head_started = 0.0
+        self._body_started = self.lastActivity
+        self._body_base = 0
         self._messages += 1
         self._header_raw = 0
         parser = self._parser
@@ -572,6 +597,7 @@ class HTTPServerProtocol(protocol.Protocol):
             result = Deferred.fromCoroutine(result)
         if isinstance(result, Deferred):
             slot.running = True
+            slot.waiting = result
             self._running += 1
             result.addCallbacks(
                 self._deferred_answer,
@@ -597,13 +623,19 @@ class HTTPServerProtocol(protocol.Protocol):
             return INTERNAL_ERROR
 
     def _deferred_answer(self, response: HTTPResponse, slot: Slot, request: HTTPRequest) -> None:
+        if not slot.running:
+            return  # abandoned: the connection closed first
         self._running -= 1
         slot.running = False
+        slot.waiting = None
         self._answer(slot, self._prepared(request, response) if self._prepare else response)
 
     def _deferred_failure(self, failure: Failure, slot: Slot, request: HTTPRequest) -> None:
+        if not slot.running:
+            return None  # abandoned (and cancelled): the connection closed first
         self._running -= 1
         slot.running = False
+        slot.waiting = None
         log.failure(
             "HTTP handler failed for {method} {path}",
             failure,
@@ -643,7 +675,7 @@ class HTTPServerProtocol(protocol.Protocol):
         if write is None or self._closing:
             return
         wrote = False
-        while pending:
+        while pending and not self._out_full:
             slot = pending[0]
             stream = slot.stream
             if stream is not None:
@@ -652,6 +684,8 @@ class HTTPServerProtocol(protocol.Protocol):
                     slot.interim = None
                 if stream._transport is None:
                     self._spill()
+                    # The stream's own producer follows the send buffer while it is live.
+                    self._unregister_flow()
                     stream._go_live(self.transport)
                     if self._flush_again or self._closing or not pending or pending[0] is not slot:
                         return  # the handler acted meanwhile: flushed again from the top
@@ -662,11 +696,14 @@ class HTTPServerProtocol(protocol.Protocol):
                 if slot.close:
                     self._close()
                     return
+                self._register_flow()
                 continue
             if slot.response is None:
                 if slot.interim is not None:
                     write(slot.interim)
                     slot.interim = None
+                    if slot is self._current:
+                        self._body_started = self._seconds()  # the client may send it now
                 break
             pending.popleft()
             write(serialize_response(slot.response, slot.close, slot.head))
@@ -684,6 +721,65 @@ class HTTPServerProtocol(protocol.Protocol):
             self._pipeline_full = False
             self._update_reading()
 
+    # --- output flow ----------------------------------------------------------------------
+
+    def _register_flow(self) -> None:
+        """Follow the transport's send buffer (a push producer it pauses when full)."""
+        if self._flow is not None or self._disconnected or self._closing:
+            return
+        register = getattr(self.transport, "registerProducer", None)
+        if register is None:
+            return
+        flow = _OutputFlow(self)
+        try:
+            register(flow, True)
+        except RuntimeError:
+            return  # another producer is registered (a test transport's, say): no bound
+        self._flow = flow
+
+    def _unregister_flow(self) -> None:
+        """Stop following the send buffer (a stream's producer takes over, or closing)."""
+        flow, self._flow = self._flow, None
+        if flow is None:
+            return
+        flow.proto = None
+        if self._out_full:
+            self._output_paused(False, flow_gone=True)
+        transport: Any = self.transport
+        if transport is not None and not self._disconnected:
+            transport.unregisterProducer()
+
+    def _output_paused(self, full: bool, flow_gone: bool = False) -> None:
+        """The transport's send buffer filled (``full``) or drained.
+
+        While it is full nothing more is written (responses wait in their slots) and nothing
+        is read, so one client that does not read holds at most the buffer and one response;
+        the sweep drops it after ``output_timeout`` without progress.
+        """
+        if full == self._out_full or self._disconnected:
+            return
+        self._out_full = full
+        if full:
+            self._out_since = self._seconds()
+            self._out_seen = -1
+        elif not flow_gone:
+            self._flush()  # may fill the buffer again before reading resumes
+        self._update_reading()
+
+    def _forget_pending(self) -> None:
+        """Drop every pending response; handlers still running are cancelled (their
+        Deferreds), since nobody will read what they answer."""
+        pending = self._pending
+        if self._running:
+            running = [slot for slot in pending if slot.running]
+            self._running = 0
+            for slot in running:
+                slot.running = False
+                waiting, slot.waiting = slot.waiting, None
+                if waiting is not None:
+                    waiting.cancel()
+        pending.clear()
+
     def _spill(self) -> None:
         """Hand batched output to the transport now, before something else is written to it."""
         if self._batched is not None:
@@ -698,7 +794,7 @@ class HTTPServerProtocol(protocol.Protocol):
         self._drop_streams(
             Failure(errors.TransportClosed("ERR_TRANSPORT_CLOSE: connection closed"))
         )
-        self._pending.clear()
+        self._forget_pending()
         self._current = None
         if not self._closing:
             self._lose()
@@ -708,8 +804,10 @@ class HTTPServerProtocol(protocol.Protocol):
 
         TLS shuts down with ``close_notify`` both ways: the close waits for the peer's, which
         a socket paused by :meth:`_stop_input` would never read (the connection would linger
-        until the idle sweep). Input is discarded by now, so reading costs nothing.
+        until the idle sweep). Input is discarded by now, so reading costs nothing. The output
+        flow is unregistered first: a transport does not close while a producer is registered.
         """
+        self._unregister_flow()
         producer: Any = self._producer
         if self._reading_paused and producer is not None and not self._disconnected:
             self._reading_paused = False
@@ -726,7 +824,7 @@ class HTTPServerProtocol(protocol.Protocol):
         self._drop_streams(
             Failure(errors.TransportClosed("ERR_TRANSPORT_CLOSE: connection closed"))
         )
-        self._pending.clear()
+        self._forget_pending()
         self._current = None
         if abort and self._abort_connection is not None:
             if self._batched is not None:
@@ -735,6 +833,56 @@ class HTTPServerProtocol(protocol.Protocol):
             self._abort_connection()
         elif not self._closing:
             self._lose()
+
+    # --- the sweep ------------------------------------------------------------------------
+
+    def checkDeadlines(self, now: float) -> None:
+        """Enforce this connection's deadlines (the factory's sweep calls it periodically).
+
+        - output: a client that has not read for ``output_timeout`` seconds while the send
+          buffer is full is dropped (aborted: it would not read a goodbye either);
+        - header section: one not complete ``header_timeout`` seconds after its first byte
+          is answered ``408`` (the factory's ``timed_out``) and the connection closed;
+        - buffered body: one arriving slower than ``min_body_rate`` bytes a second (averaged
+          since the header section, after ``body_grace`` seconds) likewise;
+        - idle: see :meth:`checkIdle`.
+
+        Time during which the server itself did not read (a full pipeline, a stream holding
+        its body, a full send buffer) does not count against the client.
+        """
+        if self._disconnected:
+            return
+        factory = self.factory
+        if self._out_full:
+            limit = factory.output_timeout
+            if limit:
+                seen = twisted_tcp.pending_output(self.transport)
+                if seen is not None and 0 <= seen < self._out_seen:
+                    self._out_since = now  # the client read some: progress
+                if seen is not None:
+                    self._out_seen = seen
+                if now - self._out_since >= limit:
+                    self.closeConnection(abort=True)
+                    return
+        elif not self._paused and not self._input_closed:
+            if self._in_headers:
+                started = self._head_started
+                limit = self._header_timeout
+                if started and limit and now - started >= limit:
+                    self._reject(factory.timed_out)
+                    return
+            elif self._stream_in is None and (self._current is None or not self._current.interim):
+                rate = factory.min_body_rate
+                elapsed = now - self._body_started
+                if (
+                    rate
+                    and elapsed >= factory.body_grace
+                    and self._body_size - self._body_base < rate * elapsed
+                ):
+                    self._reject(factory.timed_out)
+                    return
+        if factory.idle_timeout:
+            self.checkIdle(now, factory.idle_timeout)
 
     # --- idle sweep -----------------------------------------------------------------------
 
@@ -757,9 +905,30 @@ class HTTPServerProtocol(protocol.Protocol):
             return
         self._stop_input(errors.RequestTimeout())
         self._drop_streams(Failure(errors.RequestTimeout()))
-        self._pending.clear()
+        self._forget_pending()
         self.lastActivity = now
         self._lose()
+
+
+@implementer(IPushProducer)
+class _OutputFlow:
+    """Registered on the transport: relays its send-buffer backpressure to the protocol."""
+
+    __slots__ = ("proto",)
+
+    def __init__(self, proto: HTTPServerProtocol) -> None:
+        self.proto: HTTPServerProtocol | None = proto
+
+    def pauseProducing(self) -> None:
+        if self.proto is not None:
+            self.proto._output_paused(True)
+
+    def resumeProducing(self) -> None:
+        if self.proto is not None:
+            self.proto._output_paused(False)
+
+    def stopProducing(self) -> None:
+        """The connection is going: ``connectionLost`` follows."""
 
 
 def _nothing() -> None:

@@ -163,6 +163,7 @@ class Slot:
         "response",
         "running",
         "stream",
+        "waiting",
     )
 
     def __init__(self) -> None:
@@ -171,6 +172,7 @@ class Slot:
         self.head = False  # HEAD request: send headers only
         self.interim: bytes | None = None  # a 100 Continue to send when this slot is first
         self.running = False  # the handler was called and has not answered yet
+        self.waiting: Any = None  # and the Deferred of its answer, cancelled if abandoned
         self.stream: HTTPStreamResponse | None = None  # a streamed response
         self.request: HTTPStreamRequest | None = None  # and its request
         self.request_done = False  # (streams) the request body was read to its end

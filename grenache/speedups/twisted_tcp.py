@@ -17,6 +17,12 @@ connection); when they are not, or for any other transport (TLS, test transports
 :func:`batched_writer` answers ``None`` and the server writes through the public
 ``transport.write``: the same bytes, in the same order. Written and tested against Twisted
 26.10; the project pins Twisted below the next major version for this module's sake.
+
+Output held for the next round is bounded: past :data:`SPILL` bytes it goes to
+``transport.write`` at once, so that the transport's own backpressure (it pauses the server's
+registered producer when its buffer is full) sees it, exactly as on the public path.
+:func:`pending_output` reads how many bytes Twisted still holds for a connection, so the
+server can tell a client that reads slowly from one that does not read at all.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-__all__ = ["AVAILABLE", "Batch", "BatchedWriter", "batched_writer"]
+__all__ = ["AVAILABLE", "SPILL", "Batch", "BatchedWriter", "batched_writer", "pending_output"]
 
 log = Logger()
 
@@ -44,6 +50,7 @@ def _check() -> tuple[bool, Any]:
         callable(getattr(server, "writeSomeData", None))
         and callable(getattr(server, "write", None))
         and isinstance(getattr(server, "dataBuffer", None), bytes)
+        and isinstance(getattr(server, "offset", None), int)
         and hasattr(server, "disconnecting")
         and hasattr(server, "TLS")
         and init is not None
@@ -55,6 +62,10 @@ def _check() -> tuple[bool, Any]:
 
 AVAILABLE, _SERVER = _check()
 """Whether the private ``tcp.Server`` internals are there (else the public path is used)."""
+
+SPILL = 65536
+"""Bytes a :class:`BatchedWriter` holds for the next round before handing them to the
+transport at once (Twisted's own send-buffer bound is the same 64 KiB)."""
 
 
 class Batch:
@@ -93,21 +104,26 @@ class BatchedWriter:
     connection.
     """
 
-    __slots__ = ("_batch", "_on_error", "_out", "closed", "transport")
+    __slots__ = ("_batch", "_held", "_on_error", "_out", "closed", "transport")
 
     def __init__(self, transport: Any, batch: Batch, on_error: Any) -> None:
         self.transport = transport
         self._batch = batch
         self._on_error = on_error
         self._out: list[bytes] = []
+        self._held = 0
         self.closed = False
 
     def write(self, data: bytes) -> None:
-        """Hold ``data`` for the next batch."""
+        """Hold ``data`` for the next batch (or hand it on now past :data:`SPILL` bytes)."""
         out = self._out
         if not out:
             self._batch.add(self)
+            self._held = 0
         out.append(data)
+        self._held += len(data)
+        if self._held > SPILL:
+            self.spill()
 
     def send(self) -> None:
         """Send the held output: straight to the socket when Twisted holds nothing itself."""
@@ -131,7 +147,9 @@ class BatchedWriter:
         """Hand held output to the transport now, before something else is written to it."""
         if self._out:
             out, self._out = self._out, []
-            self.transport.write(b"".join(out))
+            self._held = 0
+            if not self.closed:
+                self.transport.write(b"".join(out))
 
     def discard(self) -> None:
         """The connection is gone: drop what is held."""
@@ -140,6 +158,18 @@ class BatchedWriter:
 
     def failed(self) -> None:
         self._on_error()
+
+
+def pending_output(transport: Any) -> int | None:
+    """Bytes Twisted still holds to send on ``transport`` (the reactor's plain-TCP server
+    connection, or a TLS connection over one), or ``None`` when that cannot be read."""
+    if not AVAILABLE:
+        return None
+    if type(transport) is not _SERVER:
+        transport = getattr(transport, "transport", None)  # TLS over TCP
+        if type(transport) is not _SERVER:
+            return None
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
 def batched_writer(transport: Any, batch: Batch, on_error: Any) -> BatchedWriter | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -20,7 +21,7 @@ from twisted.python.failure import Failure
 from grenache import errors
 from grenache.codec import json_dumps, json_loads
 from grenache.http.messages import HTTPResponse
-from grenache.peer import error_message
+from grenache.peer import Reply, error_message
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
@@ -30,6 +31,7 @@ __all__ = [
     "gunzip",
     "gzip",
     "header_json",
+    "node_meta",
     "parse_reply",
     "rpc_reply",
     "stream_head",
@@ -99,8 +101,14 @@ def truthy(value: Any) -> bool:
 
 
 def header_json_value(value: bytes) -> Any:
-    """A header holding JSON, read as Node reads it (header bytes are latin-1 characters)."""
-    return json_loads(value.decode("latin-1"))
+    """A header holding JSON, read as Node reads it (header bytes are latin-1 characters).
+
+    Raises ``ValueError`` when it is not JSON, JSON nested too deep for the decoder included.
+    """
+    try:
+        return json_loads(value.decode("latin-1"))
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
 
 
 @attrs.frozen
@@ -188,6 +196,42 @@ def stream_meta_checked(
         certificate[1] if certificate is not None else None,
     )
     return meta, gr_ok
+
+
+_NO_ARGS: Mapping[str, Any] = MappingProxyType({})
+# Node's meta of the common request (no _gr, _a or _ar header, not chunked), shared read-only.
+PLAIN_META: Mapping[str, Any] = MappingProxyType(
+    {"isStream": False, "compress": False, "action": None, "args": _NO_ARGS}
+)
+GZIP_META: Mapping[str, Any] = MappingProxyType(
+    {"isStream": False, "compress": True, "action": None, "args": _NO_ARGS}
+)
+META_HEADERS = frozenset({b"_a", b"_ar", b"transfer-encoding"})
+"""Headers besides ``_gr`` and ``grc-compress`` that change a request's ``meta``."""
+
+
+def node_meta(headers: tuple[tuple[bytes, bytes], ...]) -> dict[str, Any]:
+    """Node's ``meta`` for a buffered request with these headers, under Node's keys.
+
+    ``isStream`` (``transfer-encoding`` is exactly ``chunked``), ``compress``
+    (``grc-compress`` holds ``gzip``), ``action`` (the ``_a`` header, ``None`` if absent or
+    empty), ``args`` (the ``_ar`` header's JSON, ``{}`` when absent or not JSON), and
+    ``infoHeaders`` (the ``_gr`` header's JSON) only when ``_gr`` is there. Node's ``cert`` is
+    :class:`~grenache.peer.Request`'s ``peer_certificate`` instead. Requests without any of
+    those headers share :data:`PLAIN_META` or :data:`GZIP_META`.
+    """
+    meta, _ = stream_meta_checked(headers, None)
+    out: dict[str, Any] = {
+        "isStream": meta.is_stream,
+        "compress": meta.compress,
+        "action": meta.action,
+        "args": meta.args,
+    }
+    for name, _value in headers:
+        if name == b"_gr":
+            out["infoHeaders"] = meta.info_headers
+            break
+    return out
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -278,6 +322,13 @@ def rpc_reply(rid: Any, err: str | None, result: Any, compress: bool) -> HTTPRes
 
 
 def reply_result(result: Any, rid: Any, compress: bool) -> HTTPResponse:
+    """The reply to a handler's result; a :class:`~grenache.peer.Reply` sends its error
+    and result together (an empty error is success, as Node's ``err ? err.message : null``)."""
+    if type(result) is Reply:
+        error: Any = result.error
+        if isinstance(error, BaseException):
+            error = error_message(error)
+        return rpc_reply(rid, error or None, result.result, compress)
     return rpc_reply(rid, None, result, compress)
 
 
@@ -305,13 +356,14 @@ def parse_reply(
     - not JSON, a falsy value or not an array: ``RemoteError("ERR_REPLY_EMPTY")``;
     - a reply for another rid: ``RemoteError("ERR_REPLY_RID_MISMATCH")`` (Node drops it and
       waits forever);
-    - ``[rid, err, result]`` with a truthy ``err``: ``RemoteError(err)``.
+    - ``[rid, err, result]`` with a truthy ``err``: ``RemoteError(err)``, its ``result``
+      attribute the reply's result (Node's ``handler.reply(err, result)`` sends both).
     """
     if not 200 <= status < 300:
         text = body.decode("utf-8", "replace")
         try:
             data = json_loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
         if isinstance(data, list) and len(data) > 1:
             if data[1] == errors.RequestParseError.wire:
@@ -328,7 +380,7 @@ def parse_reply(
             raise errors.RemoteError("ERR_REPLY_ENCODING_COMPRESSION") from None
     try:
         data = json_loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise errors.RemoteError("ERR_REPLY_EMPTY") from None
     if not truthy(data) or not isinstance(data, list):
         raise errors.RemoteError("ERR_REPLY_EMPTY")
@@ -337,6 +389,9 @@ def parse_reply(
     err = data[1] if n > 1 else None
     if reply_rid != rid:
         raise errors.RemoteError("ERR_REPLY_RID_MISMATCH")
+    result = data[2] if n > 2 else None
     if truthy(err):
-        raise errors.RemoteError(err if isinstance(err, str) else json_dumps(err).decode())
-    return data[2] if n > 2 else None
+        error = errors.RemoteError(err if isinstance(err, str) else json_dumps(err).decode())
+        error.result = result  # type: ignore[attr-defined]  # Node's handler.reply(err, result)
+        raise error
+    return result

@@ -22,11 +22,18 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from grenache import endpoints
+from grenache import endpoints, errors
 from grenache.codec import json_dumps, json_loads
 from grenache.endpoints import ListenSpec
 from grenache.http.messages import HTTPRequest, HTTPResponse
-from grenache.http.server import HTTPServerFactory, HTTPServerProtocol
+from grenache.http.server import (
+    DEFAULT_BODY_GRACE,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MIN_BODY_RATE,
+    DEFAULT_OUTPUT_TIMEOUT,
+    HTTPServerFactory,
+    HTTPServerProtocol,
+)
 from grenache.http.server_stream import (
     HTTPStreamRequest,
     HTTPStreamResponse,
@@ -37,11 +44,15 @@ from grenache.tls import ServerTLS, peer_certificate
 from grenache.transports.http.framing import (
     DEFAULT_MAX_BODY_SIZE,
     GR_ERROR,
+    GZIP_META,
+    META_HEADERS,
     PARSE_ERROR,
+    PLAIN_META,
     TOO_LARGE,
     BodyTooLarge,
     gunzip,
     header_json_value,
+    node_meta,
     reply_failure,
     reply_result,
     rpc_reply,
@@ -51,9 +62,11 @@ from grenache.transports.http.framing import (
 
 __all__ = [
     "DEFAULT_SERVER_IDLE_TIMEOUT",
+    "TIMED_OUT",
     "HTTPServerTransport",
     "RPCServerFactory",
     "RPCServerProtocol",
+    "RequestErrorHook",
     "StreamHandlerFn",
     "StreamRequest",
     "StreamResponse",
@@ -66,6 +79,15 @@ DEFAULT_SERVER_IDLE_TIMEOUT = 30.0
 """Seconds an idle keep-alive connection stays open on the server. Longer than the clients'
 own idle time (Node's agent: 5 s; this client: 4 s), so clients close first and never send
 on a connection the server is closing."""
+
+
+TIMED_OUT = HTTPResponse(408, b'[null,"ERR_REQUEST_TIMEOUT",null]')
+"""The answer to a request whose header section or body arrives too slowly."""
+
+RequestErrorHook = Callable[[errors.RequestParseError, HTTPRequest], Any]
+"""``on_request_error(error, request)``: ``None`` (send the default 400), an
+:class:`~grenache.http.messages.HTTPResponse` to send instead, or a Deferred/coroutine of
+either (see :class:`HTTPServerTransport`)."""
 
 
 @attrs.frozen
@@ -250,6 +272,27 @@ class HTTPServerTransport:
     :attr:`factory_class` (or the ``factory_class=`` keyword) is the factory the transport
     builds, an :class:`RPCServerFactory` subclass whose ``protocol`` may be a subclass of
     :class:`RPCServerProtocol` (see examples/custom_http_protocol.py).
+
+    Handlers get :class:`~grenache.peer.Request` with ``meta`` as Node's handlers get it
+    (:func:`~grenache.transports.http.framing.node_meta`: ``isStream``, ``compress``,
+    ``action``, ``args``, and ``infoHeaders`` when the ``_gr`` header is there), and may
+    return a :class:`~grenache.peer.Reply` to send an error and a result together.
+
+    ``on_request_error`` is Node's ``'request-error'`` event: called as
+    ``on_request_error(error, request)`` for a body that is not a JSON array, with a
+    :class:`~grenache.errors.RequestParseError` (its ``__cause__`` the decoder's error, if
+    any) and the :class:`~grenache.http.messages.HTTPRequest` (raw body, headers, peer). It
+    may observe (return ``None``: the default ``400 [null,"ERR_REQUEST_PARSE",null]`` is
+    sent) or answer (return an :class:`~grenache.http.messages.HTTPResponse`, or a Deferred
+    or coroutine of one or of ``None``). If it raises, the failure is logged and the default
+    is sent. Every request still gets an answer: Node's silence is not an option here.
+
+    Limits against one hostile client (:class:`~grenache.http.server.HTTPServerFactory`
+    enforces them): ``max_pipeline`` responses outstanding before reading pauses;
+    ``header_timeout`` seconds for a header section, ``min_body_rate`` bytes a second for a
+    body after ``body_grace`` seconds (both answered ``408 [null,"ERR_REQUEST_TIMEOUT",null]``
+    and closed); ``output_timeout`` seconds for a client that reads nothing while its send
+    buffer is full (dropped). ``None`` disables a deadline.
     """
 
     factory_class: type[RPCServerFactory] = RPCServerFactory
@@ -269,6 +312,12 @@ class HTTPServerTransport:
         disable_buffered: bool = False,
         max_stream_size: int | None = None,
         factory_class: type[RPCServerFactory] | None = None,
+        on_request_error: RequestErrorHook | None = None,
+        max_pipeline: int = 64,
+        header_timeout: float | None = DEFAULT_HEADER_TIMEOUT,
+        min_body_rate: float | None = DEFAULT_MIN_BODY_RATE,
+        body_grace: float = DEFAULT_BODY_GRACE,
+        output_timeout: float | None = DEFAULT_OUTPUT_TIMEOUT,
     ) -> None:
         if factory_class is not None:
             self.factory_class = factory_class
@@ -280,6 +329,7 @@ class HTTPServerTransport:
         self.max_body_size = max_body_size
         self.idle_timeout = idle_timeout
         self.interface = interface
+        self.on_request_error = on_request_error
         self.factory = self.factory_class(
             self.handle,
             reactor,
@@ -289,6 +339,12 @@ class HTTPServerTransport:
             too_large=TOO_LARGE,
             stream_router=self._route_stream if stream_handler is not None else None,
             max_stream_size=max_stream_size,
+            max_pipeline=max_pipeline,
+            header_timeout=header_timeout,
+            min_body_rate=min_body_rate,
+            body_grace=body_grace,
+            output_timeout=output_timeout,
+            timed_out=TIMED_OUT,
         )
         self.factory.tls = tls is not None
         self._serve: Callable[[Request], Deferred[Any]] | None = None
@@ -400,11 +456,14 @@ class HTTPServerTransport:
         """Answer one HTTP request (the lean server's handler)."""
         compress = False
         gr: bytes | None = None
+        extra = False  # a header that changes meta (_a, _ar, transfer-encoding)
         for name, value in request.headers:
             if name == b"grc-compress":
                 compress = b"gzip" in value
             elif name == b"_gr":
                 gr = value
+            elif name in META_HEADERS:
+                extra = True
         info: Any = None
         if gr is not None:
             try:
@@ -421,10 +480,10 @@ class HTTPServerTransport:
                 pass  # Node keeps the raw bytes when gunzip fails
         try:
             data = json_loads(body)
-        except ValueError:
-            return PARSE_ERROR
+        except (ValueError, RecursionError) as e:
+            return self._request_error(request, e)
         if not isinstance(data, list):
-            return PARSE_ERROR
+            return self._request_error(request, None)
         n = len(data)
         rid = data[0] if n > 0 else None
         key = data[1] if n > 1 else None
@@ -434,11 +493,15 @@ class HTTPServerTransport:
                 rid = info[0]
             if len(info) > 1 and truthy(info[1]):
                 key = info[1]
+        if gr is None and not extra:
+            meta = GZIP_META if compress else PLAIN_META
+        else:
+            meta = node_meta(request.headers)
         cert = getattr(request, "certificate", None)
         rpc = (
-            Request(rid, key, payload)  # type: ignore[arg-type]
+            Request(rid, key, payload, None, None, meta)  # type: ignore[arg-type]
             if cert is None
-            else Request(rid, key, payload, cert[0], cert[1])  # type: ignore[arg-type]
+            else Request(rid, key, payload, cert[0], cert[1], meta)  # type: ignore[arg-type]
         )
         serve = self._serve
         if serve is None:
@@ -456,6 +519,44 @@ class HTTPServerTransport:
             if isinstance(result, HTTPResponse):
                 return result
         return d
+
+    def _request_error(
+        self, request: HTTPRequest, cause: BaseException | None
+    ) -> HTTPResponse | Deferred[HTTPResponse]:
+        """Answer a body that is not a JSON array: ``on_request_error``'s answer, or 400."""
+        hook = self.on_request_error
+        if hook is None:
+            return PARSE_ERROR
+        error = errors.RequestParseError(
+            "ERR_REQUEST_PARSE: "
+            + ("body is not a JSON array" if cause is None else "body is not JSON")
+        )
+        error.__cause__ = cause
+        try:
+            answer = hook(error, request)
+        except Exception:
+            log.failure("on_request_error failed")
+            return PARSE_ERROR
+        if isinstance(answer, Coroutine):
+            answer = Deferred.fromCoroutine(answer)
+        if isinstance(answer, Deferred):
+            return answer.addCallbacks(_hook_answer, _hook_failed)
+        return _hook_answer(answer)
+
+
+def _hook_answer(answer: Any) -> HTTPResponse:
+    """``on_request_error``'s answer: ``None`` is the default 400, else an HTTPResponse."""
+    if answer is None:
+        return PARSE_ERROR
+    if isinstance(answer, HTTPResponse):
+        return answer
+    log.error("on_request_error returned {answer!r}, not an HTTPResponse", answer=answer)
+    return PARSE_ERROR
+
+
+def _hook_failed(failure: Failure) -> HTTPResponse:
+    log.failure("on_request_error failed", failure)
+    return PARSE_ERROR
 
 
 def _answer_gr_error(request: HTTPStreamRequest, response: HTTPStreamResponse) -> None:
