@@ -640,7 +640,9 @@ class AnnounceLoopTests(HTTPCase):
         """A warning at the first failure of a run, debug for the next ones, one line when
         announcing works again; then a new run of failures warns again."""
         events: list[dict[str, Any]] = []
-        self.patch(announce_module, "log", Logger(namespace="test", observer=cast(Any, events.append)))
+        self.patch(
+            announce_module, "log", Logger(namespace="test", observer=cast(Any, events.append))
+        )
         outcomes = iter([b"1", b"boom", b"boom", b"boom", b"3", b"4", b"boom", b"5"])
 
         def reply(seen: Seen) -> Reply:
