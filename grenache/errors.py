@@ -172,6 +172,17 @@ class RequestParseError(GrenacheError):
     wire = "ERR_REQUEST_PARSE"
 
 
+class HandlerTimeout(GrenacheError):
+    """The server's handler did not answer within the server's handler deadline.
+
+    The server sends this string as the reply's error and discards the handler's late
+    outcome (cancelling it when it is a Deferred or a coroutine). A Python client sees a
+    :class:`RemoteError` with this message, a Node client an ``err.message`` equal to it.
+    """
+
+    wire = "ERR_HANDLER_TIMEOUT"
+
+
 class RemoteError(GrenacheError):
     """The remote handler answered with an error; ``message`` is its string as sent."""
 

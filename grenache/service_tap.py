@@ -34,6 +34,7 @@ from grenache.endpoints import ListenSpec, describe_listen_spec, server_endpoint
 from grenache.handlers import HandlerError, load_handler
 from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE, Link
 from grenache.peer import Handler, PeerRPCServer, error_message
+from grenache.peer.server import DEFAULT_HANDLER_TIMEOUT
 from grenache.tls_options import ServerTLSOptions
 from grenache.transports import UnknownTransport, get_transport, transport_names
 
@@ -59,6 +60,16 @@ def _port(value: str) -> int:
     if not 0 <= port <= 65535:
         raise ValueError(f"{value} is not a port number (0-65535)")
     return port
+
+
+def _handler_timeout(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number < float("inf"):
+        raise ValueError(f"--handler-timeout {value}: give seconds (0: no deadline)")
+    return number or None
 
 
 def _positive(value: str) -> float:
@@ -134,6 +145,14 @@ class Options(ServerTLSOptions):
             "Seconds between announces (each gap jittered to 0.5-1.5 times this).",
             _positive,
         ],
+        [
+            "handler-timeout",
+            None,
+            DEFAULT_HANDLER_TIMEOUT,
+            "Seconds a handler has to answer before the request is answered with "
+            "ERR_HANDLER_TIMEOUT and the handler cancelled; 0 = no deadline.",
+            _handler_timeout,
+        ],
     ]
 
     compData = usage.Completions(
@@ -194,6 +213,7 @@ class Options(ServerTLSOptions):
             announce_interval=self["announce-interval"],
             listen=self["listen"],
             tls=self["tls"],
+            handler_timeout=self["handler-timeout"],
         )
 
 
@@ -201,7 +221,7 @@ class ServiceConfig:
     """What a :class:`GrenacheService` runs: names, handler spec, transport, where to listen
     (``port`` bound to ``interface``, or ``listen``: an endpoint description or endpoint),
     ``tls`` (a :class:`~grenache.tls.ServerTLS` or context factory; ``None``: plain TCP),
-    grape."""
+    grape, ``handler_timeout`` (seconds a handler has to answer; ``None``: no deadline)."""
 
     def __init__(
         self,
@@ -214,6 +234,7 @@ class ServiceConfig:
         announce_interval: float = DEFAULT_ANNOUNCE_INTERVAL,
         listen: ListenSpec | None = None,
         tls: Any = None,
+        handler_timeout: float | None = DEFAULT_HANDLER_TIMEOUT,
     ) -> None:
         self.names = names
         self.handler = handler
@@ -224,6 +245,7 @@ class ServiceConfig:
         self.announce_interval = announce_interval
         self.listen = listen
         self.tls = tls
+        self.handler_timeout = handler_timeout
 
     @property
     def where(self) -> ListenSpec:
@@ -255,7 +277,13 @@ class GrenacheService(Service):
         self.transport = entry.server_transport(
             reactor, tls=config.tls, interface=config.interface or ""
         )
-        self.server = PeerRPCServer(self.link, self.transport, self.handler, reactor=reactor)
+        self.server = PeerRPCServer(
+            self.link,
+            self.transport,
+            self.handler,
+            reactor=reactor,
+            handler_timeout=config.handler_timeout,
+        )
         self._listening = False
         self.port: int | None = None
         #: Set by ``startService``: fires with :meth:`announce`'s results once announced.
