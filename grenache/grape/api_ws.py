@@ -51,6 +51,12 @@ autobahn sends; a reply that cannot be sent is replaced by ``ERR_GRAPE_GENERIC``
 A reply whose socket has closed in the meantime is dropped; the operation itself is not
 cancelled, because the dispatcher may share it with other callers (lookup coalescing).
 
+A client that does not read its replies (or the pongs of its pings) is not read from either
+once its transport's buffer is full, and is dropped once more than ``max_pending_output`` bytes
+(1 MiB) wait for it or its output has not drained for ``pending_output_timeout`` seconds (30);
+the opening handshake must finish within 10 seconds with a request head of at most 16 KiB
+(:mod:`grenache.transports.ws.limits`, shared with the RPC server and the publisher).
+
 A plain HTTP request (no WebSocket upgrade: an ``http://`` grape URL pointing at this port) is
 answered ``426 Upgrade Required`` with ``Upgrade: websocket``, no body, and the connection
 closed, so an HTTP client can say that it reached the WebSocket API rather than fail on an
@@ -82,7 +88,13 @@ from twisted.python.failure import Failure
 from grenache import codec
 from grenache.errors import GrapePayloadInvalid, GrapePayloadSize, GrenacheError
 from grenache.speedups.autobahn_ws import bind_timers
-from grenache.transports.ws.common import UpgradeRequired
+from grenache.transports.ws.common import OPEN_HANDSHAKE_TIMEOUT, UpgradeRequired
+from grenache.transports.ws.limits import (
+    DEFAULT_MAX_PENDING_OUTPUT,
+    DEFAULT_PENDING_OUTPUT_TIMEOUT,
+    Limits,
+    SocketLimits,
+)
 
 __all__ = [
     "ERR_GRAPE_BUSY",
@@ -138,7 +150,9 @@ def _wire_error(failure: Failure, log: Logger, operation: str) -> str:
     return ERR_GRAPE_GENERIC
 
 
-class GrapeWebSocketProtocol(UpgradeRequired, WebSocketServerProtocol):  # type: ignore[misc]
+class GrapeWebSocketProtocol(  # type: ignore[misc]
+    UpgradeRequired, SocketLimits, WebSocketServerProtocol
+):
     """One client socket: parses request frames, runs them concurrently, answers each by rid."""
 
     log = Logger()
@@ -160,8 +174,10 @@ class GrapeWebSocketProtocol(UpgradeRequired, WebSocketServerProtocol):  # type:
     def connectionMade(self) -> None:
         self._grape_factory.connections.add(self)
         super().connectionMade()
+        self.limit_output(self._grape_factory.limits)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_output_deadline()
         self._grape_factory.connections.discard(self)
         super().connectionLost(reason)
 
@@ -233,15 +249,20 @@ class GrapeWebSocketProtocol(UpgradeRequired, WebSocketServerProtocol):  # type:
             except (TypeError, ValueError, RecursionError):
                 self.log.failure("grape WS API: cannot send the reply for rid {rid!r}", rid=rid)
                 continue
+            blocked = self.output_blocked
             self.sendMessage(frame, isBinary=False)
+            if blocked:
+                self.count_output(len(frame))
             return
 
 
 class GrapeWebSocketFactory(WebSocketServerFactory):
     """Builds :class:`GrapeWebSocketProtocol` sockets sharing one dispatcher and its limits.
 
-    ``reactor`` runs autobahn's handshake timers (autobahn falls back to the global reactor
-    when it is ``None``; the grape passes its own).
+    ``reactor`` runs autobahn's handshake timers and the output deadlines (autobahn falls
+    back to the global reactor when it is ``None``; the grape passes its own).
+    ``max_pending_output`` and ``pending_output_timeout`` bound what a client that does not
+    read can make the grape hold (``limits.dropped`` counts the sockets dropped for it).
     """
 
     protocol = GrapeWebSocketProtocol
@@ -254,6 +275,8 @@ class GrapeWebSocketFactory(WebSocketServerFactory):
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         url: str | None = None,
         reactor: IReactorTime | None = None,
+        max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT,
+        pending_output_timeout: float = DEFAULT_PENDING_OUTPUT_TIMEOUT,
     ) -> None:
         if max_message_size < 1:
             raise ValueError("max_message_size must be positive")
@@ -262,6 +285,12 @@ class GrapeWebSocketFactory(WebSocketServerFactory):
         super().__init__(url=url, reactor=reactor)
         if reactor is not None:
             bind_timers(self, reactor)
+        self.limits = Limits(
+            reactor if reactor is not None else self.reactor,
+            "grape WebSocket API",
+            max_pending_output=max_pending_output,
+            pending_output_timeout=pending_output_timeout,
+        )
         self.dispatch = dispatch
         self.connections: set[GrapeWebSocketProtocol] = set()
         self.max_message_size = max_message_size
@@ -279,6 +308,8 @@ class GrapeWebSocketFactory(WebSocketServerFactory):
             failByDrop=False,
             # A request without an upgrade gets 426 Upgrade Required, not an HTML status page.
             webStatus=False,
+            openHandshakeTimeout=OPEN_HANDSHAKE_TIMEOUT,
+            closeHandshakeTimeout=1.0,
         )
 
     def closeConnections(self) -> None:
@@ -295,6 +326,8 @@ def grape_ws_factory(
     url: str | None = None,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     reactor: IReactorTime | None = None,
+    max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT,
+    pending_output_timeout: float = DEFAULT_PENDING_OUTPUT_TIMEOUT,
 ) -> GrapeWebSocketFactory:
     """The factory for the grape's WebSocket API, to listen on with any stream endpoint.
 
@@ -302,7 +335,8 @@ def grape_ws_factory(
     request size limit (the grape's ``--check_maxPayloadSize``); ``url`` is the public
     ``ws://host:port`` when the handshake should check it; ``max_in_flight`` bounds unanswered
     requests per socket; ``reactor`` is the one autobahn schedules its timeouts on (pass the
-    grape's; when ``None`` autobahn itself picks the global one).
+    grape's; when ``None`` autobahn itself picks the global one); ``max_pending_output`` and
+    ``pending_output_timeout`` bound a client that does not read (see the module docstring).
     """
     return GrapeWebSocketFactory(
         dispatch,
@@ -310,4 +344,6 @@ def grape_ws_factory(
         max_in_flight=max_in_flight,
         url=url,
         reactor=reactor,
+        max_pending_output=max_pending_output,
+        pending_output_timeout=pending_output_timeout,
     )

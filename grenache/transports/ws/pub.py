@@ -9,6 +9,13 @@ Override points of :class:`PubProtocol` (subclass it, subclass :class:`PubFactor
 :meth:`~PubProtocol.accept_client` ``(request) -> bool`` (false refuses the subscriber with HTTP
 403), :meth:`~PubProtocol.socket_opened`, :meth:`~PubProtocol.socket_closed` and
 :meth:`~PubProtocol.message_received` (what a subscriber sends; ignored by default, as Node).
+
+A subscriber that does not read what it is sent is not queued for without bound: once its
+transport's buffer is full, what it is still sent is counted, and it is dropped past
+``max_pending_output`` bytes or when its output has not drained for
+``pending_output_timeout`` seconds (:mod:`grenache.transports.ws.limits`). Node's publisher
+queues for it forever. Drops are counted in ``WSPubTransport.limits.dropped`` and logged at
+most once a minute.
 """
 
 from __future__ import annotations
@@ -31,6 +38,12 @@ from grenache.transports.ws.common import (
     configure,
     text_bytes,
 )
+from grenache.transports.ws.limits import (
+    DEFAULT_MAX_PENDING_OUTPUT,
+    DEFAULT_PENDING_OUTPUT_TIMEOUT,
+    Limits,
+    SocketLimits,
+)
 from grenache.transports.ws.listening import ListeningTransport, ServerFactory
 
 __all__ = ["PubFactory", "PubProtocol", "WSPubTransport"]
@@ -38,7 +51,9 @@ __all__ = ["PubFactory", "PubProtocol", "WSPubTransport"]
 log = Logger()
 
 
-class PubProtocol(UpgradeRequired, FastPath, WebSocketServerProtocol):  # type: ignore[misc]
+class PubProtocol(  # type: ignore[misc]
+    UpgradeRequired, SocketLimits, FastPath, WebSocketServerProtocol
+):
     """One subscriber's socket on a :class:`WSPubTransport` (``self.factory.owner``)."""
 
     def __init__(self) -> None:
@@ -68,6 +83,7 @@ class PubProtocol(UpgradeRequired, FastPath, WebSocketServerProtocol):  # type: 
         configure(self, SUBSCRIBER_MESSAGE_LIMIT)
         super().connectionMade()
         owner._all.add(self)
+        self.limit_output(owner.limits)
 
     def onConnect(self, request: ConnectionRequest) -> None:
         if not self.accept_client(request):
@@ -83,7 +99,13 @@ class PubProtocol(UpgradeRequired, FastPath, WebSocketServerProtocol):  # type: 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._owner._subscribers.discard(self)
 
+    def drop_slow_client(self, reason: str) -> None:
+        """Drop a subscriber that does not keep up; it gets no more messages."""
+        self._owner._subscribers.discard(self)
+        super().drop_slow_client(reason)
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._cancel_output_deadline()
         super().connectionLost(reason)
         self._owner._subscribers.discard(self)
         self._owner._all.discard(self)
@@ -106,7 +128,9 @@ class WSPubTransport(ListeningTransport):
 
     :meth:`listen` takes a port number (bound to ``interface``), an endpoint description or an
     endpoint. ``tls`` makes it ``wss`` (Python subscribers only; Node's subscriber has no
-    TLS). ``factory_class`` replaces the class attribute of the same name.
+    TLS). A subscriber that does not read is dropped once more than ``max_pending_output``
+    bytes wait for it or its output has not drained for ``pending_output_timeout`` seconds.
+    ``factory_class`` replaces the class attribute of the same name.
     """
 
     factory_class: type[PubFactory] = PubFactory
@@ -117,9 +141,17 @@ class WSPubTransport(ListeningTransport):
         *,
         tls: Any = None,
         interface: str = "",
+        max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT,
+        pending_output_timeout: float = DEFAULT_PENDING_OUTPUT_TIMEOUT,
         factory_class: type[PubFactory] | None = None,
     ) -> None:
         self._reactor = reactor
+        self.limits = Limits(
+            reactor,
+            "WebSocket publisher",
+            max_pending_output=max_pending_output,
+            pending_output_timeout=pending_output_timeout,
+        )
         self.tls = tls.context_factory() if isinstance(tls, ServerTLS) else tls
         self.interface = interface
         self._port: Any = None
@@ -148,11 +180,15 @@ class WSPubTransport(ListeningTransport):
         else:
             payload, binary = bytes(message), True
         prepared = self.factory.prepareMessage(payload, isBinary=binary)
+        size = len(payload)
         sent = 0
         for protocol in list(self._subscribers):
             if protocol.state == WebSocketProtocol.STATE_OPEN:
+                blocked = protocol.output_blocked
                 protocol.sendPreparedMessage(prepared)
                 sent += 1
+                if blocked:
+                    protocol.count_output(size)
         return sent
 
     def stop(self) -> Deferred[None]:

@@ -15,13 +15,20 @@ Override points of :class:`RPCServerProtocol` (subclass it, subclass the factory
 - :meth:`~RPCServerProtocol.socket_opened` and :meth:`~RPCServerProtocol.socket_closed`: the
   socket is open, the socket is gone;
 - :meth:`~RPCServerProtocol.request_received` ``(request) -> value | Deferred``: one request,
-  answered with what it returns (an exception becomes the reply's error string); by default
-  the transport's ``serve``.
+  answered with what it returns (an exception becomes the reply's error string, a
+  :class:`~grenache.peer.Reply` sends its error and result together); by default the
+  transport's ``serve``.
+
+A request's :attr:`~grenache.peer.Request.meta` is empty: Node's WebSocket server gives its
+handlers nothing beyond rid, key, payload and the client certificate
+(:attr:`~grenache.peer.Request.peer_certificate`). The socket's bounds (output a client does
+not read, the opening handshake) are those of :mod:`grenache.transports.ws.limits`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -34,7 +41,7 @@ from twisted.python.failure import Failure
 from grenache import codec
 from grenache.endpoints import ListenSpec
 from grenache.errors import RequestParseError
-from grenache.peer import Request, error_message
+from grenache.peer import Reply, Request, error_message
 from grenache.speedups.autobahn_ws import FastPath
 from grenache.timers import DeadlineTimer
 from grenache.tls import peer_certificate
@@ -45,6 +52,13 @@ from grenache.transports.ws.common import (
     UpgradeRequired,
     configure,
 )
+from grenache.transports.ws.limits import (
+    DEFAULT_MAX_PENDING_OUTPUT,
+    DEFAULT_PENDING_OUTPUT_TIMEOUT,
+    HOLD_IN_FLIGHT,
+    Limits,
+    SocketLimits,
+)
 from grenache.transports.ws.listening import ListeningTransport, ServerFactory
 
 __all__ = ["RPCServerFactory", "RPCServerProtocol", "Serve", "WSServerTransport"]
@@ -53,10 +67,18 @@ log = Logger()
 
 Serve = Callable[[Request], "Deferred[Any]"]
 
+OnRequestError = Callable[[bytes], Any]
+"""``on_request_error(message)``: told of each unparseable request (the message's bytes)."""
+
 _REQUEST_PARSE = RequestParseError.wire
 
+_NO_META: MappingProxyType[str, Any] = MappingProxyType({})
+"""The meta of every WebSocket request (shared: nothing is allocated per request)."""
 
-class RPCServerProtocol(UpgradeRequired, FastPath, WebSocketServerProtocol):  # type: ignore[misc]
+
+class RPCServerProtocol(  # type: ignore[misc]
+    UpgradeRequired, SocketLimits, FastPath, WebSocketServerProtocol
+):
     """One client socket of a :class:`WSServerTransport` (see the module's override points).
 
     ``self.factory.owner`` is the transport. ``fingerprint`` and ``certificate_der`` are the
@@ -69,7 +91,6 @@ class RPCServerProtocol(UpgradeRequired, FastPath, WebSocketServerProtocol):  # 
         self.last_activity = 0.0
         self.fingerprint: str | None = None
         self.certificate_der: bytes | None = None
-        self._paused = False
         self.gone: Deferred[None] = Deferred()
 
     # --- override points ---------------------------------------------------------------------
@@ -100,6 +121,7 @@ class RPCServerProtocol(UpgradeRequired, FastPath, WebSocketServerProtocol):  # 
         self.utf8validateIncoming = False
         super().connectionMade()
         owner._sockets.add(self)
+        self.limit_output(owner.limits)
 
     def onConnect(self, request: ConnectionRequest) -> None:
         """Read the client certificate; ``verify_client`` (401) and :meth:`accept_client`
@@ -134,32 +156,44 @@ class RPCServerProtocol(UpgradeRequired, FastPath, WebSocketServerProtocol):  # 
         try:
             message = codec.json_loads(payload)
         except (ValueError, RecursionError):
-            self._reply([None, _REQUEST_PARSE, None])
+            self._unparseable(payload, None)
             return
         if not isinstance(message, list) or len(message) < 2 or not isinstance(message[1], str):
             rid = message[0] if isinstance(message, list) and message else None
-            self._reply([rid, _REQUEST_PARSE, None])
+            self._unparseable(payload, rid)
             return
         rid, key = message[0], message[1]
         payload_value = message[2] if len(message) > 2 else None
-        request = Request(rid, key, payload_value, self.fingerprint, self.certificate_der)
+        request = Request(rid, key, payload_value, self.fingerprint, self.certificate_der, _NO_META)
         self.in_flight += 1
-        if self.in_flight >= owner.max_in_flight and not self._paused:
-            self._paused = True
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+        if self.in_flight >= owner.max_in_flight:
+            self.hold_reading(HOLD_IN_FLIGHT)
         maybeDeferred(self.request_received, request).addBoth(self._finished, rid)
+
+    def _unparseable(self, payload: bytes, rid: Any) -> None:
+        """Answer ``ERR_REQUEST_PARSE`` after telling ``on_request_error``, if there is one."""
+        hook = self._owner.on_request_error
+        if hook is not None:
+            try:
+                hook(payload)
+            except Exception:
+                self._owner._hook_failed()
+        self._reply([rid, _REQUEST_PARSE, None])
 
     def _finished(self, outcome: Any, rid: Any) -> None:
         self.in_flight -= 1
         owner = self._owner
         if not self.in_flight:
             owner._sweeper.due(owner._clock.seconds() + owner.idle_timeout)
-        if self._paused and self.in_flight < owner.max_in_flight:
-            self._paused = False
-            if self.transport is not None:
-                self.transport.resumeProducing()
+        if self._reading_holds and self.in_flight < owner.max_in_flight:
+            self.release_reading(HOLD_IN_FLIGHT)
         if isinstance(outcome, Failure):
             self._reply([rid, error_message(outcome), None])
+        elif type(outcome) is Reply:
+            error = outcome.error
+            if isinstance(error, BaseException):
+                error = error_message(error)
+            self._reply([rid, error, outcome.result])
         else:
             self._reply([rid, None, outcome])
 
@@ -174,9 +208,14 @@ class RPCServerProtocol(UpgradeRequired, FastPath, WebSocketServerProtocol):  # 
         except (TypeError, ValueError, RecursionError) as e:
             log.failure("cannot encode the reply for rid {rid!r}", rid=reply[0])
             frame = codec.json_dumps([reply[0], error_message(e), None])
-        self.send_text(frame)
+        if self.output_blocked:
+            self.send_text(frame)
+            self.count_output(len(frame))
+        else:
+            self.send_text(frame)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._cancel_output_deadline()
         super().connectionLost(reason)
         self._owner._sockets.discard(self)
         if not self.gone.called:
@@ -204,8 +243,14 @@ class WSServerTransport(ListeningTransport):
     TLS) and refuses the socket with HTTP 401 when it returns false. Sockets with no request
     running are closed after ``idle_timeout`` seconds without traffic. Messages above
     ``max_message_size`` bytes close the socket (code 1009). A socket running
-    ``max_in_flight`` requests is not read from until one finishes. ``factory_class``
-    replaces the class attribute of the same name (an :class:`RPCServerFactory` subclass).
+    ``max_in_flight`` requests is not read from until one finishes. A socket whose client
+    does not read its replies stops being read from, and is dropped once more than
+    ``max_pending_output`` bytes wait for it or its output has not drained for
+    ``pending_output_timeout`` seconds (:mod:`grenache.transports.ws.limits`; ``limits.dropped``
+    counts them). ``on_request_error`` is called with each unparseable message, as Node's
+    ``request-error`` event is emitted; the message is answered ``ERR_REQUEST_PARSE`` all the
+    same. ``factory_class`` replaces the class attribute of the same name (an
+    :class:`RPCServerFactory` subclass).
     """
 
     factory_class: type[RPCServerFactory] = RPCServerFactory
@@ -219,6 +264,9 @@ class WSServerTransport(ListeningTransport):
         idle_timeout: float = 300.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT,
+        pending_output_timeout: float = DEFAULT_PENDING_OUTPUT_TIMEOUT,
+        on_request_error: OnRequestError | None = None,
         interface: str = "",
         factory_class: type[RPCServerFactory] | None = None,
     ) -> None:
@@ -226,6 +274,14 @@ class WSServerTransport(ListeningTransport):
             raise ValueError("limits and idle_timeout must be positive")
         self._reactor = reactor
         self._clock: Any = reactor
+        self.limits = Limits(
+            reactor,
+            "WebSocket RPC server",
+            max_pending_output=max_pending_output,
+            pending_output_timeout=pending_output_timeout,
+        )
+        self.on_request_error = on_request_error
+        self._hook_failures = 0
         self.tls = server_tls(tls) if tls is not None else None
         self.verify_client = verify_client
         self.idle_timeout = idle_timeout
@@ -252,6 +308,13 @@ class WSServerTransport(ListeningTransport):
     def sockets(self) -> int:
         """How many client sockets are open."""
         return len(self._sockets)
+
+    def _hook_failed(self) -> None:
+        # Logged once with its traceback, then counted: a hook failing on every bad
+        # message must not write a traceback per message.
+        self._hook_failures += 1
+        if self._hook_failures == 1:
+            log.failure("on_request_error raised (later failures are counted, not logged)")
 
     def _sweep(self, now: float) -> float | None:
         nxt: float | None = None
