@@ -352,7 +352,7 @@ class OptionsTests(TestCase):
     def test_usage_errors(self) -> None:
         bad = [
             ("lookup",),
-            ("lookup", "a", "b"),
+            ("lookup", "a", "b", "--first", "--random"),  # several NAMEs are fine, not picks
             ("announce", "svc", "70000"),
             ("announce", "svc", "port"),
             ("put", "v", "--seq", "3"),

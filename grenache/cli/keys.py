@@ -4,8 +4,13 @@ them.
 A key file is JSON, ``{"publicKey": "<64 hex>", "secretKey": "<64 hex>"}`` where
 ``secretKey`` is the 32-byte ed25519 seed of RFC 8032, written with mode 0600. A 128-hex
 ``secretKey`` (seed followed by public key, as libsodium and tweetnacl write it) is read too.
-The 64-byte *expanded* keys of grenache-cli (``~/.grenache-cli/key``) are a different thing and
-cannot be used.
+
+The key files of grenache-cli's ``grenache-keygen`` are read as well: ``~/.grenache-cli/key``
+holds 128 hex digits, the 64-byte *expanded* secret key of orlp/ed25519 (the clamped scalar and
+the nonce prefix, hashed from a seed that is not kept), and ``key.pub`` beside it the 64-hex
+public key. Such a key has no seed to give the link, so the command signs with it itself
+(:mod:`grenache.cli.expanded_key`) and hands the link the public key and signature.
+:func:`read_signing_key` reads either kind; :func:`read_key_file` only the JSON kind.
 
 Without a file name, ``grenache keygen`` writes :data:`DEFAULT_KEY_FILE`,
 ``~/.grenache/key.json``: in the user's home directory, never the working directory, in a
@@ -18,13 +23,28 @@ import json
 import os
 from pathlib import Path
 
+import attrs
+
+from grenache.cli.expanded_key import is_clamped, public_key_of_expanded, sign_expanded
 from grenache.cli.session import CommandError
 from grenache.dht import bep44
 
-__all__ = ["DEFAULT_KEY_FILE", "default_key_file", "read_key_file", "write_key_file"]
+__all__ = [
+    "DEFAULT_KEY_FILE",
+    "GRENACHE_CLI_KEY_FILE",
+    "SigningKey",
+    "default_key_file",
+    "default_signing_key_file",
+    "read_key_file",
+    "read_signing_key",
+    "write_key_file",
+]
 
 DEFAULT_KEY_FILE = "~/.grenache/key.json"
 """Where ``grenache keygen`` writes without a file name (``~`` is the user's home)."""
+
+GRENACHE_CLI_KEY_FILE = "~/.grenache-cli/key"
+"""Where grenache-cli's ``grenache-keygen`` writes its secret key (``key.pub`` beside it)."""
 
 
 def default_key_file() -> Path:
@@ -93,3 +113,83 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
     if public is not None and (not isinstance(public, str) or public.lower() != derived.hex()):
         raise CommandError(f"key file {source}: publicKey does not belong to secretKey")
     return seed
+
+
+@attrs.frozen
+class SigningKey:
+    """An ed25519 key read from a key file: its public key, and how to sign with it."""
+
+    public_key: bytes
+    #: The 32-byte RFC 8032 seed, or None for an expanded key.
+    seed: bytes | None
+    #: The 64-byte expanded secret key (grenache-cli), or None for a seed.
+    expanded: bytes | None = attrs.field(default=None, repr=False)
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte signature of ``message``."""
+        if self.seed is not None:
+            return bep44.sign(self.seed, message)
+        assert self.expanded is not None
+        return sign_expanded(self.expanded, self.public_key, message)
+
+
+def _read_grenache_cli_key(source: Path, text: str) -> SigningKey:
+    """A grenache-cli ``key`` file (128 hex digits) and the ``key.pub`` beside it."""
+    try:
+        raw = bytes.fromhex(text.strip())
+    except ValueError:
+        raw = b""
+    if len(raw) != 64:
+        raise CommandError(
+            f"key file {source} is neither JSON (as grenache keygen writes) nor 128 hex digits "
+            "(as grenache-cli's grenache-keygen writes)"
+        )
+    if bep44.public_key_of(raw[:32]) == raw[32:]:  # seed || public key, written as hex
+        return SigningKey(public_key=raw[32:], seed=raw[:32])
+    if not is_clamped(raw):
+        raise CommandError(f"key file {source} is not an ed25519 secret key")
+    public = public_key_of_expanded(raw)
+    pub_file = source.with_name(source.name + ".pub")
+    try:
+        pub_text = pub_file.read_text("ascii").strip()
+    except FileNotFoundError:
+        pub_text = None
+    except (OSError, ValueError) as error:
+        raise CommandError(f"cannot read {pub_file}: {error}") from None
+    if pub_text is not None and pub_text.lower() != public.hex():
+        raise CommandError(f"{pub_file} is not the public key of {source}")
+    return SigningKey(public_key=public, seed=None, expanded=raw)
+
+
+def read_signing_key(path: str | os.PathLike[str]) -> SigningKey:
+    """The key in the key file at ``path``: a JSON key file (see the module docstring) or a
+    grenache-cli ``key`` file."""
+    source = Path(path).expanduser()
+    if source.name.endswith(".pub"):
+        secret = source.with_name(source.name[: -len(".pub")])
+        raise CommandError(f"{source} is a public key: give the secret key file ({secret})")
+    try:
+        text = source.read_text("utf-8")
+    except OSError as error:
+        raise CommandError(f"cannot read key file {source}: {error.strerror}") from None
+    except ValueError:
+        raise CommandError(f"key file {source} is neither JSON nor hex") from None
+    if text.lstrip().startswith("{"):
+        seed = read_key_file(source)
+        return SigningKey(public_key=bep44.public_key_of(seed), seed=seed)
+    return _read_grenache_cli_key(source, text)
+
+
+def default_signing_key_file() -> Path:
+    """The key ``grenache put --mutable`` signs with when no ``--key`` is given:
+    :data:`DEFAULT_KEY_FILE` if it exists, else grenache-cli's :data:`GRENACHE_CLI_KEY_FILE`;
+    CommandError when neither does."""
+    ours = default_key_file()
+    if ours.exists():
+        return ours
+    theirs = Path(GRENACHE_CLI_KEY_FILE).expanduser()
+    if theirs.exists():
+        return theirs
+    raise CommandError(
+        f"no key file: neither {ours} nor {theirs} exists (run grenache keygen, or give --key)"
+    )

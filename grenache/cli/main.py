@@ -14,7 +14,7 @@ from twisted.python import usage
 
 from grenache.cli import grape_verbs, pubsub_verbs, rpc_verbs
 from grenache.cli.options import PROG, GnuOptions, option_error
-from grenache.cli.session import CommandError, Session, one_line
+from grenache.cli.session import CommandError, Reported, Session, one_line
 from grenache.handlers import HandlerError
 from grenache.service_tap import ListenError
 from grenache.transports import UnknownTransport
@@ -105,6 +105,9 @@ async def run(reactor: Any, options: Options) -> None:
         await ACTIONS[verb](session)
     except (SystemExit, KeyboardInterrupt):
         raise
+    except Reported:
+        await session.close()
+        raise SystemExit(1) from None
     except Exception as error:
         message = one_line(session.describe(_unwrap(error)))
         sys.stderr.write(f"{PROG} {verb}: {message}\n")

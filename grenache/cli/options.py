@@ -1,5 +1,6 @@
 """What every verb's command line shares: value parsers, GNU-style option order, named
-unknown options, ``--grape``/``--timeout``, the ``--transport`` check and the TLS flags."""
+unknown options, ``--grape``/``--timeout`` (with grenache-cli's ``-g HOST``, ``-p PORT`` and
+``-t``), the ``--transport`` check and the TLS flags."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import getopt
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from twisted.python import usage
 
 from grenache.codec import json_loads
+from grenache.endpoints import join_host_port
 from grenache.link import DEFAULT_GRAPE
 from grenache.tls_options import ClientTLSOptions, ServerTLSOptions
 from grenache.transports import UnknownTransport, get_transport
@@ -20,9 +23,12 @@ __all__ = [
     "PROG",
     "ClientTLSOptions",
     "GnuOptions",
+    "GrapePortOption",
+    "GrapeTLSOption",
     "ServerTLSOptions",
     "Verb",
     "check_transport",
+    "grape_url",
     "non_negative_int",
     "option_error",
     "parse_json",
@@ -147,6 +153,71 @@ def check_transport(name: str, *, pubsub: bool = False) -> None:
         raise usage.UsageError(str(error)) from None
 
 
+def grape_url(grape: str, port: int | None = None, tls: bool = False) -> str:
+    """The grape API URL that ``--grape``, ``--port`` and ``--tls`` name.
+
+    ``grape`` is a URL (``http://127.0.0.1:30001``, ``ws://[::1]:30002``) or, as grenache-cli's
+    ``-g`` takes it, a host name or address alone (``-g 10.0.0.5``), which means
+    ``http://HOST`` on the port of the default URL (30001). ``port`` replaces the URL's port;
+    ``tls`` makes ``http`` ``https`` (and ``ws`` ``wss``), as grenache-cli's ``-t`` does.
+    A usage error names what is wrong.
+    """
+    if "://" in grape:
+        try:
+            parts = urlsplit(grape)
+            host, old_port = parts.hostname, parts.port
+        except ValueError as error:
+            raise usage.UsageError(f"--grape {grape!r} is not a URL ({error})") from None
+        scheme = parts.scheme.lower()
+        if not host:
+            raise usage.UsageError(f"--grape {grape!r} has no host")
+        if port is None and not tls:
+            return grape
+        if port is None:
+            port = old_port
+        if tls:
+            scheme = {"http": "https", "ws": "wss"}.get(scheme, scheme)
+        netloc = host if port is None else join_host_port(host, port)
+        if ":" in host and port is None:
+            netloc = f"[{host}]"
+        return parts._replace(scheme=scheme, netloc=netloc).geturl()
+    host = grape.strip()
+    if not host or any(c in host for c in "/?#@ "):
+        raise usage.UsageError(f"--grape {grape!r} is neither a URL nor a host name")
+    default_port = urlsplit(DEFAULT_GRAPE).port or 30001
+    try:
+        address = join_host_port(host, default_port if port is None else port)
+    except ValueError:
+        raise usage.UsageError(f"--grape {grape!r} is not an IPv6 address") from None
+    return f"{'https' if tls else 'http'}://{address}"
+
+
+class GrapePortOption(usage.Options):
+    """``-p/--port``: the grape's port, as grenache-cli's verbs take it beside ``-g``."""
+
+    def opt_port(self, value: str) -> None:
+        """The grape's port: replaces the port of --grape (e.g. -g 10.0.0.5 -p 30002)."""
+        try:
+            number = port_number(value)
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        if number == 0:
+            raise usage.UsageError("--port 0 is not a grape's port")
+        self["grape_port"] = number
+
+    opt_p = opt_port
+
+
+class GrapeTLSOption(usage.Options):
+    """``-t/--tls``: the grape's HTTP API over TLS (``https://``), as grenache-cli's ``-t``."""
+
+    def opt_tls(self) -> None:
+        """Talk to the grape over TLS: https:// (wss:// for a ws:// --grape)."""
+        self["grape_tls"] = True
+
+    opt_t = opt_tls
+
+
 class Verb(GnuOptions):
     """Options every verb has."""
 
@@ -154,7 +225,12 @@ class Verb(GnuOptions):
     arguments: tuple[str, ...] = ()
 
     optParameters: list[list[Any]] = [
-        ["grape", "g", DEFAULT_GRAPE, "URL of the grape's API (http:// or ws://)."],
+        [
+            "grape",
+            "g",
+            DEFAULT_GRAPE,
+            "URL of the grape's API (http:// or ws://), or its host alone (as grenache-cli's -g).",
+        ],
         [
             "timeout",
             None,
@@ -166,6 +242,13 @@ class Verb(GnuOptions):
     compData = usage.Completions(
         optActions={"grape": usage.CompleteList([DEFAULT_GRAPE], descr="grape URL")}
     )
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        super().parseOptions(options)
+        if "--_shell-completion" not in (options or ()):
+            self["grape"] = grape_url(
+                str(self["grape"]), self.get("grape_port"), bool(self.get("grape_tls"))
+            )
 
     def _arguments(self, args: Sequence[str], optional: int = 0) -> list[str]:
         expected = self.arguments

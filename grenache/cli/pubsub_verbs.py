@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from grenache.cli.options import PROG, Verb, check_transport, port_number, positive_int
-from grenache.cli.session import Session, begin_logging, emit
+from grenache.cli.session import Session, begin_logging, emit, stdin_lines
 from grenache.peer import PeerPub, PeerSub
 from grenache.service_tap import check_listen
 from grenache.tls_options import ClientTLSOptions, ServerTLSOptions
@@ -90,9 +90,6 @@ class SubOptions(Verb, ClientTLSOptions):
 
 
 async def pub(session: Session) -> None:
-    from twisted.internet import stdio
-    from twisted.protocols.basic import LineReceiver
-
     options = session.options
     begin_logging("warn")
     entry = get_transport(options["transport"], pubsub=True)
@@ -113,24 +110,11 @@ async def pub(session: Session) -> None:
             "announced": announced,
         }
     )
-    ended: Deferred[None] = Deferred()
 
-    class Lines(LineReceiver):
-        delimiter = b"\n"
-        MAX_LENGTH = 16 * 1024 * 1024
+    def publish(line: bytes) -> None:
+        publisher.pub(line.decode("utf-8", "replace"))
 
-        def lineReceived(self, line: bytes) -> None:
-            publisher.pub(line.removesuffix(b"\r").decode("utf-8", "replace"))
-
-        def connectionLost(self, reason: Any = None) -> None:
-            if self._buffer:  # a last line without a newline
-                self.lineReceived(self._buffer)
-                self._buffer = b""
-            if not ended.called:
-                ended.callback(None)
-
-    stdio.StandardIO(Lines(), reactor=session.reactor)
-    await ended
+    await stdin_lines(session.reactor, publish)
 
 
 async def sub(session: Session) -> None:

@@ -12,15 +12,71 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from grenache import errors
-from grenache.cli.options import DEFAULT_TIMEOUT
+from grenache.cli.options import DEFAULT_TIMEOUT, PROG
 from grenache.codec import json_dumps
 from grenache.link import Link
 
-__all__ = ["CommandError", "Session", "WatchedLink", "begin_logging", "emit", "one_line"]
+__all__ = [
+    "CommandError",
+    "Reported",
+    "Session",
+    "WatchedLink",
+    "begin_logging",
+    "emit",
+    "emit_text",
+    "one_line",
+    "stdin_lines",
+    "warn",
+]
 
 
 class CommandError(Exception):
     """A failure the command reports as one line on stderr, with exit status 1."""
+
+
+class Reported(CommandError):
+    """Failures already reported on stderr one by one (a line of input, a name among several):
+    exit status 1 and nothing more printed."""
+
+
+def warn(verb: str, message: str) -> None:
+    """Write ``grenache VERB: message`` as one line on stderr (a failure the verb goes on
+    after)."""
+    sys.stderr.write(f"{PROG} {verb}: {one_line(message)}\n")
+    sys.stderr.flush()
+
+
+def emit_text(text: str) -> None:
+    """Write ``text`` as one plain line on stdout (for shell scripts: an address, a token)."""
+    sys.stdout.buffer.write(text.encode("utf-8") + b"\n")
+    sys.stdout.buffer.flush()
+
+
+def stdin_lines(reactor: Any, receive: Callable[[bytes], None]) -> Deferred[None]:
+    """Call ``receive`` with each line of stdin (without its ``\\n`` or ``\\r\\n``) as it
+    arrives, without blocking the reactor (a pipe, a FIFO or a file); fires at its end. A last
+    line without a newline is passed too."""
+    from twisted.internet import stdio
+    from twisted.protocols.basic import LineReceiver
+
+    ended: Deferred[None] = Deferred()
+
+    class Lines(LineReceiver):
+        delimiter = b"\n"
+        MAX_LENGTH = 16 * 1024 * 1024
+
+        def lineReceived(self, line: bytes) -> None:
+            receive(line.removesuffix(b"\r"))
+
+        def connectionLost(self, reason: Any = None) -> None:
+            if self._buffer:
+                self.lineReceived(self._buffer)
+                self._buffer = b""
+            if not ended.called:
+                ended.callback(None)
+
+    stdio.StandardIO(Lines(), reactor=reactor)
+    return ended
 
 
 def emit(value: Any) -> None:
@@ -116,9 +172,10 @@ class Session:
             except Exception:
                 pass
 
-    def describe(self, error: BaseException) -> str:
-        """The one-line message for ``error``."""
-        name = self.options.get("name")
+    def describe(self, error: BaseException, name: str | None = None) -> str:
+        """The one-line message for ``error`` (about the service ``name``, default the
+        verb's NAME)."""
+        name = self.options.get("name") if name is None else name
         target = f"{name!r}" if isinstance(name, str) else "the service"
         grape = self.grape
         if isinstance(error, errors.WrongProtocol):
