@@ -184,7 +184,16 @@ class HandlerTimeout(GrenacheError):
 
 
 class RemoteError(GrenacheError):
-    """The remote handler answered with an error; ``message`` is its string as sent."""
+    """The remote handler answered with an error; ``message`` is its string as sent.
+
+    ``result`` is the result the reply carried beside the error (Node's
+    ``handler.reply(err, result)``; :class:`grenache.peer.Reply` on this side), ``None`` when
+    it carried none.
+    """
+
+    def __init__(self, message: str | None = None, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class DestinationUnreachable(GrenacheError):
