@@ -6,10 +6,11 @@ against it and the Python peers use :class:`grenache.link.Link`. Ports are picke
 Skipped without Node unless ``GRENACHE_INTEROP=required``.
 
 Covered: Node client -> Python server and Python client -> Node server (results, error
-replies, many concurrent requests on one socket answered out of order, a socket closed with
-requests in flight), pub/sub both ways with text and binary messages, wss both ways with
-client-certificate fingerprints, and a Node publisher killed and restarted while a Python
-PeerSub (resubscribe on) follows it.
+replies, an error and a result together from a handler returning ``Reply``, many concurrent
+requests on one socket answered out of order, a socket closed with requests in flight),
+pub/sub both ways with text and binary messages, wss both ways with client-certificate
+fingerprints, and a Node publisher killed and restarted while a Python PeerSub (resubscribe
+on) follows it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from twisted.trial import unittest
 
 from grenache import errors
 from grenache.link import Link
-from grenache.peer import PeerPub, PeerRPCClient, PeerRPCServer, PeerSub, Request
+from grenache.peer import PeerPub, PeerRPCClient, PeerRPCServer, PeerSub, Reply, Request
 from grenache.tls import ClientTLS, ServerTLS, fingerprint
 from grenache.transports.ws import (
     WSClientTransport,
@@ -203,6 +204,35 @@ class WSInteropTests(unittest.TestCase):
         self.assertEqual(reply, {"id": 4, "ok": False, "error": "bad value"})
         # The service may log a handler's exception with its traceback, besides replying with it.
         self.flushLoggedErrors(errors.RemoteError, ValueError)
+
+    @async_test
+    async def test_node_client_gets_error_and_result_of_a_reply(self) -> None:
+        """A handler returning Reply(error, result) answers as Node's handler.reply(err, res):
+        the Node client's callback gets both, and an empty meta is all a WS handler sees."""
+        await self.setup_grape()
+        name = service_name("py-reply")
+        metas: list[dict[str, Any]] = []
+
+        def handler(request: Request) -> Any:
+            metas.append(dict(request.meta))
+            if request.payload == "partial":
+                return Reply("ERR_PARTIAL", {"done": 2, "of": 3})
+            if request.payload == "no-error":
+                return Reply(None, [1, 2])
+            return Reply("only the error")
+
+        await self.python_server(handler, name)
+        proc = self.spawn("ws_reply_client.js", {"grape": self.grape.url}, "ws-reply-client")
+        await proc.ready
+        expected = {
+            "partial": {"error": "ERR_PARTIAL", "result": {"done": 2, "of": 3}},
+            "no-error": {"error": None, "result": [1, 2]},
+            "bare": {"error": "only the error", "result": None},
+        }
+        for i, (payload, reply) in enumerate(expected.items()):
+            got = await self.call(proc, {"id": i, "name": name, "payload": payload})
+            self.assertEqual(got, {"id": i, **reply}, payload)
+        self.assertEqual(metas, [{}, {}, {}])
 
     @async_test
     async def test_node_client_many_concurrent_on_one_socket(self) -> None:
