@@ -394,6 +394,14 @@ class NodeProcess(protocol.ProcessProtocol):
             except defer.TimeoutError as exc:
                 raise ProcessFailed(f"{self.name} (pid {self.pid}) survived SIGKILL") from exc
 
+    def kill(self) -> defer.Deferred[None]:
+        """SIGKILL the process group (a crash, not a shutdown); fires when the process is gone."""
+        self._cancel_ready_timer()
+        if not self.ready.called:
+            self.ready.addErrback(lambda _: None)
+        self._signal_group(signal.SIGKILL)
+        return defer.ensureDeferred(self._stop(0.0))
+
     def stop(self, timeout: float = 5.0) -> defer.Deferred[None]:
         """SIGTERM the process group, SIGKILL it after ``timeout`` seconds; fires when gone."""
         self._cancel_ready_timer()
@@ -957,6 +965,154 @@ async def start_link_session(case: unittest.TestCase | None, url: str) -> LinkSe
 
 
 # --------------------------------------------------------------------------------------
+# Python processes: twistd grapes, services, CLI verbs
+# --------------------------------------------------------------------------------------
+
+#: ``twistd`` run by this interpreter (``sys.argv[0]`` set so that its usage names it).
+TWISTD_ARGV = (
+    sys.executable,
+    "-c",
+    "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
+)
+
+#: ``grenache`` (the CLI) run by this interpreter.
+GRENACHE_ARGV = (sys.executable, "-m", "grenache.cli")
+
+
+def spawn_python(
+    case: unittest.TestCase | None,
+    argv: Sequence[str],
+    *,
+    name: str,
+    prefix: Sequence[str] = (),
+    reactor: Any | None = None,
+) -> NodeProcess:
+    """
+    Start ``argv`` (a Python command line, e.g. :data:`TWISTD_ARGV` + arguments) in its own
+    process group, in the repository root (so ``tests.*`` handlers import), with bounded
+    logs and no ready line expected. ``prefix`` runs it through another command first (for
+    example ``ip netns exec NS``). Stopped in ``case``'s cleanups.
+    """
+    reactor = reactor if reactor is not None else _reactor()
+    proc = NodeProcess(name, reactor)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS",)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    full = _setsid_argv([*prefix, *argv]) if prefix else _setsid_argv(list(argv))
+    if prefix:  # the trampoline execs prefix[0], which needs a path
+        full[4] = shutil.which(prefix[0]) or prefix[0]
+    IReactorProcess(reactor).spawnProcess(proc, full[0], full, env=env, path=str(REPO_ROOT))
+    if case is not None:
+        case.addCleanup(proc.stop)
+    return proc
+
+
+def output_of(proc: NodeProcess) -> str:
+    """Everything ``proc`` printed that is still kept, stdout then stderr."""
+    return proc.stdout_log.tail(LOG_LIMIT) + proc.stderr_log.tail(LOG_LIMIT)
+
+
+async def wait_for_output(
+    proc: NodeProcess, pattern: str, timeout: float = 30.0, *, start: int = 0
+) -> Any:
+    """The first match of the regular expression ``pattern`` in ``proc``'s output (from
+    character ``start`` of :func:`output_of`), polled until ``timeout``; fails with the
+    process's log tails, at once if it exits first."""
+    import re
+
+    regex = re.compile(pattern)
+
+    async def probe() -> Any:
+        match = regex.search(output_of(proc), start)
+        if match is None and proc.has_ended:
+            raise ProcessFailed(f"{proc.name} exited ({proc.describe_exit()})\n" + proc.logs())
+        return match
+
+    return await _wait_or_fail(probe, timeout, f"{proc.name} prints {pattern!r}", proc)
+
+
+async def _wait_or_fail(
+    probe: Callable[[], Awaitable[T]], timeout: float, describe: str, proc: NodeProcess
+) -> T:
+    """Like :func:`wait_until`, but a probe raising :class:`ProcessFailed` ends the wait."""
+    failed: list[ProcessFailed] = []
+
+    async def guarded() -> Any:
+        try:
+            return await probe()
+        except ProcessFailed as exc:
+            failed.append(exc)
+            return exc
+
+    value = await wait_until(
+        guarded, timeout, describe, done=lambda v: bool(v) or bool(failed), processes=[proc]
+    )
+    if failed:
+        raise failed[0]
+    return value
+
+
+@dataclass
+class TwistdGrape:
+    """A Python grape run as ``twistd -n grape`` in a subprocess."""
+
+    process: NodeProcess
+    host: str
+    dht_port: int
+    api_port: int
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the HTTP API."""
+        return f"http://{self.host}:{self.api_port}"
+
+    @property
+    def dht_address(self) -> str:
+        """``host:port`` of the DHT socket, for bootstrap lists."""
+        return f"{self.host}:{self.dht_port}"
+
+    def stop(self) -> defer.Deferred[None]:
+        """SIGTERM (then SIGKILL) the grape."""
+        return self.process.stop()
+
+
+def twistd_grape_argv(
+    host: str, dht_port: int, api_port: int, bootstrap: Iterable[str] = (), *extra: str
+) -> list[str]:
+    """``twistd -n grape`` bound to ``host`` on the given ports (0: the OS picks)."""
+    argv = [*TWISTD_ARGV, "-n", "--pidfile=", "grape", "--dp", str(dht_port)]
+    argv += ["--aph", str(api_port), "-b", host]
+    bootstrap = list(bootstrap)
+    if bootstrap:
+        argv += ["--bn", ",".join(bootstrap)]
+    return [*argv, *extra]
+
+
+async def start_twistd_grape(
+    case: unittest.TestCase | None,
+    bootstrap: Iterable[str] = (),
+    *,
+    host: str = LOCALHOST,
+    dht_port: int = 0,
+    api_port: int = 0,
+    name: str = "grape",
+    prefix: Sequence[str] = (),
+    extra: Sequence[str] = (),
+) -> TwistdGrape:
+    """
+    Start ``twistd -n grape`` (ports 0: the OS picks them) and return once it printed the
+    ports it listens on. ``prefix`` as in :func:`spawn_python`. Stopped in ``case``'s
+    cleanups.
+    """
+    argv = twistd_grape_argv(host, dht_port, api_port, bootstrap, *extra)
+    proc = spawn_python(case, argv, name=name, prefix=prefix)
+    match = await wait_for_output(
+        proc, r"listening: DHT udp [^,\s]*:(\d+), HTTP API tcp [^,\s]*:(\d+)", 60.0
+    )
+    return TwistdGrape(proc, host, int(match.group(1)), int(match.group(2)), argv)
+
+
+# --------------------------------------------------------------------------------------
 # Helpers for trial
 # --------------------------------------------------------------------------------------
 
@@ -976,7 +1132,9 @@ def async_test(
 
 
 __all__ = [
+    "GRENACHE_ARGV",
     "LOCALHOST",
+    "TWISTD_ARGV",
     "GrapeReply",
     "InstallError",
     "LinkSession",
@@ -985,6 +1143,7 @@ __all__ = [
     "ProcessFailed",
     "PyGrape",
     "Reannouncer",
+    "TwistdGrape",
     "WaitTimeout",
     "announce_until_acknowledged",
     "async_test",
@@ -998,12 +1157,17 @@ __all__ = [
     "lookup_until",
     "node_executable",
     "node_modules_dir",
+    "output_of",
     "run_link_ops",
     "spawn_node",
+    "spawn_python",
     "start_link_session",
     "start_node_grape",
     "start_node_grape_cli",
     "start_python_grape",
+    "start_twistd_grape",
+    "twistd_grape_argv",
     "unavailable",
+    "wait_for_output",
     "wait_until",
 ]
