@@ -145,6 +145,8 @@ class AnnounceOptions(Verb, GrapePortOption, GrapeTLSOption):
             self["name"] = name
             return
         self["name"] = None
+        if not args:
+            return  # lines from stdin
         lines = []
         for number, text in enumerate(args, 1):
             try:

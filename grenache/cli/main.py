@@ -22,8 +22,8 @@ from grenache.transports import UnknownTransport
 __all__ = ["ACTIONS", "VERBS", "Options", "main", "run"]
 
 VERBS: list[tuple[str, type[usage.Options], str]] = [
-    ("lookup", grape_verbs.LookupOptions, "Print the peers announced as NAME."),
-    ("announce", grape_verbs.AnnounceOptions, "Announce NAME at PORT once."),
+    ("lookup", grape_verbs.LookupOptions, "Print the peers announced as each NAME."),
+    ("announce", grape_verbs.AnnounceOptions, "Announce NAME at PORT (or stdin's lines) once."),
     ("put", grape_verbs.PutOptions, "Store a value in the DHT (mutable with --key)."),
     ("get", grape_verbs.GetOptions, "Print the item stored under HASH."),
     ("keygen", grape_verbs.KeygenOptions, "Write an ed25519 key file for mutable puts."),
@@ -64,6 +64,13 @@ class Options(usage.Options):
         "  grenache lookup fibonacci_worker --grape http://127.0.0.1:30001\n"
         "  grenache request fibonacci_worker '{\"length\": 10}' --timeout 5\n"
         "  grenache get $(grenache put 'hello world' | jq -r .)\n"
+        "As grenache-cli (-g HOST -p PORT name the grape; lines NAME,PORT on stdin):\n"
+        "  grenache announce -g 127.0.0.1 -p 30001 < services.txt\n"
+        '  curl -d \'["1","fibonacci_worker",{"length":3}]\' '
+        "http://$(grenache lookup -r fibonacci_worker)/\n"
+        "  grenache put -m -s config 'config v2'     (signed with ~/.grenache/key.json or "
+        "~/.grenache-cli/key)\n"
+        "  grenache get -s config -i 03ebddfbef4d04f0ba8d7927a2ca8fed62f12ee2\n"
         "Run grenache VERB --help for a verb's options.\n"
     )
     subCommands = [(name, None, options, doc) for name, options, doc in VERBS]

@@ -109,6 +109,8 @@ def _permute(argv: Sequence[str], short: str, long: Sequence[str]) -> list[str]:
     for name, value in opts:
         if name.startswith("--"):
             flat.append(f"{name}={value}" if f"{name[2:]}=" in long else name)
+        elif value == "" and f"{name[1]}:" in short:
+            flat.extend([name, value])  # an empty value, kept as one (-d '')
         else:
             flat.append(name + value)
     return [*flat, "--", *args]

@@ -9,7 +9,14 @@ from twisted.application.reactors import getReactorTypes
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 
-from grenache.cli.options import GnuOptions, Verb, check_transport, parse_json, positive_int
+from grenache.cli.options import (
+    GnuOptions,
+    GrapePortOption,
+    Verb,
+    check_transport,
+    parse_json,
+    positive_int,
+)
 from grenache.cli.session import Session, begin_logging, emit
 from grenache.peer import PeerRPCClient
 from grenache.service_tap import GrenacheService
@@ -27,7 +34,7 @@ __all__ = [
 ]
 
 
-class _RPCOptions(Verb, ClientTLSOptions):
+class _RPCOptions(Verb, GrapePortOption, ClientTLSOptions):
     arguments = ("NAME", "JSON")
     optParameters: list[list[Any]] = [
         ["transport", "t", "http", f"RPC transport: {' or '.join(transport_names())}."],
@@ -59,6 +66,7 @@ class RequestOptions(_RPCOptions):
         "  grenache request fibonacci_worker '{\"length\": 10}'\n"
         "  => [1,1,2,3,5,8,13,21,34,55]\n"
         "  grenache request rpc_ws '\"hello\"' --transport ws --timeout 2\n"
+        "  jq -c .query job.json | grenache request reports - -g 10.0.0.5 -p 30002\n"
         "  grenache request secure_svc '{}' --tls-ca ca.crt --tls-cert client.crt "
         "--tls-key client.key\n"
     )
@@ -70,13 +78,15 @@ class RequestOptions(_RPCOptions):
 class MapOptions(_RPCOptions):
     synopsis = "NAME JSON [--limit N] [options]"
     longdesc = (
-        "Send the JSON payload to every peer announced as NAME (or --limit of them, chosen at "
-        "random) and print their replies as a JSON list. One failure fails the whole map."
+        "Send the JSON payload (- reads stdin) to every peer announced as NAME (or --limit of "
+        "them, chosen at random) and print their replies as a JSON list. One failure fails the "
+        "whole map."
     )
     examples = (
         "Example:\n"
         "  grenache map fibonacci_worker '{\"length\": 3}' --limit 2\n"
         "  => [[1,1,2],[1,1,2]]\n"
+        "  echo '{\"length\": 3}' | grenache map fibonacci_worker - -g 10.0.0.5 -p 30002\n"
     )
     optParameters: list[list[Any]] = [["limit", "l", None, "Ask at most N peers.", positive_int]]
 
