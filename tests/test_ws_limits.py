@@ -332,6 +332,8 @@ class RPCOutputBoundTests(OutputBoundMixin, unittest.TestCase):
         self.assertEqual(transport.limits.max_pending_output, DEFAULT_MAX_PENDING_OUTPUT)
         self.assertEqual(transport.limits.max_pending_output, 1 << 20)
         self.assertEqual(transport.limits.pending_output_timeout, 30.0)
+        self.assertEqual(WSPubTransport(Clock()).limits.max_pending_output, 4 << 20)
+        self.assertEqual(GrapeWebSocketFactory(dispatch).limits.max_pending_output, 1 << 20)
         self.assertRaises(ValueError, WSServerTransport, Clock(), max_pending_output=0)
         self.assertRaises(ValueError, WSPubTransport, Clock(), pending_output_timeout=0)
 
@@ -345,12 +347,14 @@ class PublisherOutputBoundTests(OutputBoundMixin, unittest.TestCase):
         _fast, fast_wire = server.open()
         pub: Any = server
         slow_wire.producer.pauseProducing()
+        self.assertEqual(pub.transport.blocked, 1)
         for _ in range(100):
             pub.transport.publish("m" * 1000)
             fast_wire.clear()
         self.assertTrue(slow_wire.disconnected)
         self.assertFalse(fast_wire.disconnected)
         self.assertEqual(pub.transport.subscribers, 1)
+        self.assertEqual(pub.transport.blocked, 0)
         self.assertEqual(pub.transport.publish("after"), 1)
         self.assertEqual(server_frames(fast_wire.value()), [(1, b"after")])
 

@@ -15,6 +15,8 @@ package implements the transport protocols of :mod:`grenache.peer`
 - :mod:`~grenache.transports.ws.listening` and :mod:`~grenache.transports.ws.connector`: what
   the listening and the dialing transports share (endpoints, socket bookkeeping);
 - :mod:`~grenache.transports.ws.certificates`: :func:`fingerprint_whitelist`;
+- :mod:`~grenache.transports.ws.limits`: the servers' per-socket bounds (output a client does
+  not read, the opening handshake), shared with the grape's WebSocket API;
 - :mod:`~grenache.transports.ws.common`: limits, socket options, error texts.
 
 The read and write shortcuts that use autobahn's private frame state live in
@@ -69,6 +71,10 @@ Deliberate differences from Node
   :class:`~grenache.errors.DestinationUnreachable`; a Node client with no ``'error'`` listener
   dies of it. A destination that answers as a plain HTTP service fails them with
   :class:`~grenache.errors.WrongProtocol` ("... is an HTTP service, not WebSocket").
+- **Bounded output.** A server socket whose client does not read is not read from either, and
+  is dropped past ``max_pending_output`` bytes (1 MiB; 4 MiB for a publisher's subscriber) or
+  ``pending_output_timeout`` seconds (30) of output waiting; Node's servers buffer without
+  bound. The opening handshake has a 10 s deadline and a 16 KiB request head limit.
 - **Finite timeouts** always (:class:`~grenache.peer.OutgoingRequest` carries one).
 - **Idle sockets are closed**: by the client after ``idle_timeout`` seconds without a request
   in flight (Node's 120 s), and by the server after its own ``idle_timeout`` (300 s; Node never
@@ -88,7 +94,9 @@ Timers
 
 Each transport has **one** timer (:class:`~grenache.timers.DeadlineTimer`), set for the
 earliest thing due: a request timeout, an idle socket, a heartbeat. Nothing is scheduled per
-request or per socket, and no timer runs while nothing is due. Request timeouts are exact to
+request or per socket, and no timer runs while nothing is due. The one exception is a server
+socket whose client does not read: it has its own deadline while its output is held back
+(:mod:`~grenache.transports.ws.limits`). Request timeouts are exact to
 within ``grenache.timers.RESOLUTION`` (0.05 s) under load. autobahn's own handshake timers run
 on its batched timer, on the transport's reactor.
 
@@ -120,6 +128,12 @@ from grenache.transports.ws.client import (
 )
 from grenache.transports.ws.common import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MESSAGE_SIZE
 from grenache.transports.ws.connector import ClientFactory, OutgoingProtocol
+from grenache.transports.ws.limits import (
+    DEFAULT_MAX_PENDING_OUTPUT,
+    DEFAULT_PENDING_OUTPUT_TIMEOUT,
+    DEFAULT_PUBLISHER_MAX_PENDING_OUTPUT,
+    Limits,
+)
 from grenache.transports.ws.listening import ServerFactory
 from grenache.transports.ws.pub import PubFactory, PubProtocol, WSPubTransport
 from grenache.transports.ws.server import (
@@ -133,7 +147,11 @@ from grenache.transports.ws.sub import SubFactory, SubProtocol, WSSubTransport
 __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_PENDING_OUTPUT",
+    "DEFAULT_PENDING_OUTPUT_TIMEOUT",
+    "DEFAULT_PUBLISHER_MAX_PENDING_OUTPUT",
     "ClientFactory",
+    "Limits",
     "OutgoingProtocol",
     "PubFactory",
     "PubProtocol",

@@ -40,6 +40,7 @@ from twisted.logger import Logger
 __all__ = [
     "DEFAULT_MAX_PENDING_OUTPUT",
     "DEFAULT_PENDING_OUTPUT_TIMEOUT",
+    "DEFAULT_PUBLISHER_MAX_PENDING_OUTPUT",
     "DEFAULT_REPORT_INTERVAL",
     "HOLD_IN_FLIGHT",
     "HOLD_OUTPUT",
@@ -52,6 +53,10 @@ log = Logger()
 
 DEFAULT_MAX_PENDING_OUTPUT = 1024 * 1024
 """Bytes a socket may still write once its transport's buffer is full, before it is dropped."""
+
+DEFAULT_PUBLISHER_MAX_PENDING_OUTPUT = 4 * 1024 * 1024
+"""The publisher's ``max_pending_output``: a publisher sends in bursts without waiting for its
+subscribers (a burst within one turn of the reactor is all held at once), so it allows more."""
 
 DEFAULT_PENDING_OUTPUT_TIMEOUT = 30.0
 """Seconds a socket's transport may stay full (its client not reading) before it is dropped."""

@@ -12,10 +12,12 @@ Override points of :class:`PubProtocol` (subclass it, subclass :class:`PubFactor
 
 A subscriber that does not read what it is sent is not queued for without bound: once its
 transport's buffer is full, what it is still sent is counted, and it is dropped past
-``max_pending_output`` bytes or when its output has not drained for
-``pending_output_timeout`` seconds (:mod:`grenache.transports.ws.limits`). Node's publisher
-queues for it forever. Drops are counted in ``WSPubTransport.limits.dropped`` and logged at
-most once a minute.
+``max_pending_output`` bytes (4 MiB) or when its output has not drained for
+``pending_output_timeout`` seconds (30; :mod:`grenache.transports.ws.limits`). Node's
+publisher queues for it forever. A burst published within one turn of the reactor is held
+all at once, so a publisher of bursts over 4 MiB raises ``max_pending_output`` (or paces
+itself on :attr:`WSPubTransport.blocked`). Drops are counted in
+``WSPubTransport.limits.dropped`` and logged at most once a minute.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ from grenache.transports.ws.common import (
     text_bytes,
 )
 from grenache.transports.ws.limits import (
-    DEFAULT_MAX_PENDING_OUTPUT,
     DEFAULT_PENDING_OUTPUT_TIMEOUT,
+    DEFAULT_PUBLISHER_MAX_PENDING_OUTPUT,
     Limits,
     SocketLimits,
 )
@@ -141,7 +143,7 @@ class WSPubTransport(ListeningTransport):
         *,
         tls: Any = None,
         interface: str = "",
-        max_pending_output: int = DEFAULT_MAX_PENDING_OUTPUT,
+        max_pending_output: int = DEFAULT_PUBLISHER_MAX_PENDING_OUTPUT,
         pending_output_timeout: float = DEFAULT_PENDING_OUTPUT_TIMEOUT,
         factory_class: type[PubFactory] | None = None,
     ) -> None:
@@ -170,6 +172,12 @@ class WSPubTransport(ListeningTransport):
     def subscribers(self) -> int:
         """How many subscribers are connected."""
         return len(self._subscribers)
+
+    @property
+    def blocked(self) -> int:
+        """How many subscribers have more unsent output than their transport's buffer size
+        (they are not reading, or not as fast as messages are published)."""
+        return sum(1 for protocol in self._subscribers if protocol.output_blocked)
 
     def publish(self, message: str | bytes) -> int:
         """Send ``message`` to every subscriber; return how many it was sent to."""
