@@ -5,6 +5,10 @@
   ``grenache serve`` and by ``twistd -n grenache-service``;
 - on a network of Node grapes (grenache-grape 1.0.0): a service announced through one grape
   is found and called through the other, and ``grenache lookup/put/get`` talk to Node grapes;
+- grenache-cli's habits on Node grapes: ``lookup -f/-l/-r`` with several names and ``-g HOST
+  -p PORT``, ``announce`` from stdin lines (``-d``, ``-j``), ``get -r/-i/-w``, and ``put -m``
+  signed with a grenache-cli key file (an expanded ed25519 key) that a verifying Node grape
+  accepts;
 - ``grenache pub`` feeds a Node ``PeerSub`` and a Node ``PeerPub`` feeds ``grenache sub``
   (``node/cli_pubsub.js``);
 - TLS from the shell: a Node HTTP client with ``secure`` options calls ``grenache serve
@@ -201,6 +205,93 @@ class NodeGrapeTests(unittest.TestCase):
         self.assertIn(b"(HTTP 302)", stale.err)
         self.assertIn(b"sequence number less than current", stale.err)
 
+    @async_test
+    async def test_grenache_cli_flags_on_node_grapes(self) -> None:
+        first, second = await self.node_grapes()
+        lines = b"# from a file\ncli_p_one,4101\n\n; comment\ncli_p_two,4102\nbad line\n"
+        result = await run_cli(
+            self, "announce", "-g", "127.0.0.1", "-p", str(first.api_port), stdin=lines
+        )
+        self.assertEqual(result.code, 1, result.describe())  # the bad line
+        self.assertIn(b"grenache announce: line 6: 'bad line'", result.err)
+        announced = [json.loads(line) for line in result.out.decode().splitlines()]
+        self.assertEqual([a["name"] for a in announced], ["cli_p_one", "cli_p_two"])
+        self.assertTrue(all(a["announced"] >= 1 for a in announced), announced)
+        json_lines = b'{"data": ["cli_p_two", 4103]}\n'
+        result = await run_cli(self, "announce", "-j", "-g", first.url, stdin=json_lines)
+        self.assertEqual(result.code, 0, result.describe())
+        await harness.lookup_until(
+            second.url,
+            "cli_p_two",
+            lambda peers: {"127.0.0.1:4102", "127.0.0.1:4103"} <= set(peers),
+            "finds both cli_p_two ports",
+        )
+        await harness.lookup_until(
+            second.url, "cli_p_one", lambda p: "127.0.0.1:4101" in p, "finds cli_p_one"
+        )
+        grape = ("-g", "127.0.0.1", "-p", str(second.api_port))
+        result = await run_cli(self, "lookup", "-r", "cli_p_one", "cli_p_two", *grape)
+        self.assertEqual(result.code, 0, result.describe())
+        one, two = result.out.decode().splitlines()
+        self.assertEqual(one, "127.0.0.1:4101")
+        self.assertIn(two, {"127.0.0.1:4102", "127.0.0.1:4103"})
+        first_last = []
+        for flag in ("-f", "-l"):
+            result = await run_cli(self, "lookup", flag, "cli_p_two", *grape)
+            first_last += result.out.decode().splitlines()
+        # A Node grape's lookup order changes from one lookup to the next: each is one of them.
+        self.assertEqual(len(first_last), 2)
+        self.assertLessEqual(set(first_last), {"127.0.0.1:4102", "127.0.0.1:4103"})
+        result = await run_cli(self, "lookup", "-f", "cli_p_none", "cli_p_one", *grape)
+        self.assertEqual((result.code, result.out), (1, b"127.0.0.1:4101\n"), result.describe())
+
+    @async_test
+    async def test_get_flags_and_grenache_cli_key_on_node_grapes(self) -> None:
+        from tests.test_cli_parity import CLI_PUBLIC, spawn_with_home, write_cli_keys
+
+        first, second = await self.node_grapes(verify=True)
+        result = await run_cli(self, "put", "for the flags", "-g", first.url)
+        key = result.json()
+        result = await run_cli(self, "get", key, "-r", "-g", second.url)
+        item = json.loads(result.out)
+        self.assertEqual(item["v"], "for the flags", result.describe())
+        result = await run_cli(self, "get", key, "-i", "-g", second.url)
+        self.assertEqual(result.out.decode(), f"{item['id']}\n", result.describe())
+        if item.get("token") is not None:
+            result = await run_cli(self, "get", key, "-w", "-g", second.url)
+            self.assertEqual(result.out.decode(), f"{item['token']}\n", result.describe())
+        # A put signed with grenache-keygen's expanded key, which a verifying Node grape checks.
+        home = Path(self.mktemp()).resolve()
+        write_cli_keys(home / ".grenache-cli")
+        put = spawn_with_home(
+            self,
+            home,
+            "put",
+            "-m",
+            "-s",
+            "node",
+            "-n",
+            "3",
+            "signed by the cli key",
+            "-g",
+            "127.0.0.1",
+            "-p",
+            str(first.api_port),
+        )
+        result = await put.finish()
+        self.assertEqual(result.code, 0, result.describe())
+        mutable = result.json()
+        self.assertEqual(mutable, bep44.mutable_key(CLI_PUBLIC, b"node").hex())
+        result = await run_cli(self, "get", mutable, "-s", "node", "-g", second.url)
+        item = result.json()
+        self.assertEqual(
+            (item["v"], item["seq"], item["k"]),
+            ("signed by the cli key", 3, CLI_PUBLIC.hex()),
+            result.describe(),
+        )
+        result = await run_cli(self, "get", mutable, "-s", "node", "-v", "-g", second.url)
+        self.assertEqual(result.json(), "signed by the cli key", result.describe())
+
 
 class NodePubSubTests(unittest.TestCase):
     timeout = 180
@@ -233,7 +324,8 @@ class NodePubSubTests(unittest.TestCase):
         await harness.lookup_until(grape.url, "node_to_cli", bool, "finds the Node publisher")
         sub = grenache(self, "sub", "node_to_cli", "--count", "2", "-g", grape.url)
         self.assertEqual(await pub.next_message(), {"event": "connection"})
-        pub.transport.write("from node ✓\nagain\n".encode())  # type: ignore[union-attr]
+        stdin: Any = pub.transport  # the Node process's stdin
+        stdin.write("from node ✓\nagain\n".encode())
         result = await sub.finish()
         self.assertEqual(result.code, 0, result.describe())
         self.assertEqual(result.out.decode(), "from node ✓\nagain\n")
