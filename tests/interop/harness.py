@@ -990,7 +990,8 @@ def spawn_python(
     """
     Start ``argv`` (a Python command line, e.g. :data:`TWISTD_ARGV` + arguments) in its own
     process group, in the repository root (so ``tests.*`` handlers import), with bounded
-    logs and no ready line expected. ``prefix`` runs it through another command first (for
+    logs; ``ready`` fires with the first JSON line it prints, or ``None`` if it ends
+    without one. ``prefix`` runs it through another command first (for
     example ``ip netns exec NS``). Stopped in ``case``'s cleanups.
     """
     reactor = reactor if reactor is not None else _reactor()
@@ -1001,9 +1002,16 @@ def spawn_python(
     if prefix:  # the trampoline execs prefix[0], which needs a path
         full[4] = shutil.which(prefix[0]) or prefix[0]
     IReactorProcess(reactor).spawnProcess(proc, full[0], full, env=env, path=str(REPO_ROOT))
+    # ``ready`` fires with the first JSON line, or None when the process ends without one.
+    proc.ready.addErrback(_none_if_ended)
     if case is not None:
         case.addCleanup(proc.stop)
     return proc
+
+
+def _none_if_ended(failure: Failure) -> None:
+    failure.trap(ProcessFailed)
+    return None
 
 
 def output_of(proc: NodeProcess) -> str:

@@ -20,7 +20,6 @@ import os
 import re
 from typing import Any
 
-from twisted.internet import defer
 from twisted.trial import unittest
 
 from grenache.link import Link
@@ -236,7 +235,10 @@ class PublisherRestartTests(unittest.TestCase):
 class NetworkSplitTests(unittest.TestCase):
     """Two halves of a grape network split apart and joined again (network namespaces)."""
 
-    timeout = 400
+    timeout = 600
+
+    #: The grapes' announce max age (ms): short, so that a split visibly empties lookups.
+    PEER_MAX_AGE_MS = 10_000
 
     def setUp(self) -> None:
         reason = netns.unavailable_reason()
@@ -247,41 +249,43 @@ class NetworkSplitTests(unittest.TestCase):
     async def test_split_and_join(self) -> None:
         lab = netns.Lab(sides={"a": 2, "b": 2})
         self.addCleanup(lab.delete)
-        await lab.create()
+        lab.create()
         grapes: dict[str, TwistdGrape] = {}
-        # Fixed ports: every namespace has its own addresses, so nothing else can hold them.
-        first = lab.hosts[0]
         for host in lab.hosts:
-            bootstrap = [f"{h.address}:20001" for h in lab.hosts if h is not host][:2]
-            if host is first:
-                bootstrap = []
+            # Every namespace has its own ports, so fixed ones are free; each grape is given
+            # all the others to bootstrap from, as a deployment's configuration would.
+            others = [f"{h.address}:20001" for h in lab.hosts if h is not host]
             grapes[host.name] = await start_twistd_grape(
                 self,
-                bootstrap if host is not first else [f"{lab.hosts[2].address}:20001"],
+                others,
                 host=host.address,
                 dht_port=20001,
                 api_port=30001,
                 name=f"grape-{host.name}",
                 prefix=host.exec_prefix,
+                extra=("--dpa", str(self.PEER_MAX_AGE_MS)),
             )
-        services = {}
-        for side, host in (("a", lab.side("a")[0]), ("b", lab.side("b")[0])):
-            services[side] = start_service(
+        services = {
+            side: start_service(
                 self,
                 f"split_{side}",
-                grapes[host.name].url,
-                host=host.address,
-                prefix=host.exec_prefix,
+                grapes[lab.side(side)[0].name].url,
+                host=lab.side(side)[0].address,
+                prefix=lab.side(side)[0].exec_prefix,
                 label=f"service-{side}",
             )
+            for side in ("a", "b")
+        }
         ports = {side: await service_port(proc) for side, proc in services.items()}
         processes = [g.process for g in grapes.values()] + list(services.values())
+        # Lookups run on the hosts without a service, through their own grapes.
+        lookers = {side: lab.side(side)[-1] for side in ("a", "b")}
 
         def expected(side: str) -> str:
             return f"{lab.side(side)[0].address}:{ports[side]}"
 
         async def lookup(host: netns.Host, name: str) -> list[str]:
-            """``grenache lookup`` run inside ``host``'s namespace."""
+            """``grenache lookup`` run in ``host``'s namespace; [] when it fails."""
             proc = spawn_python(
                 None,
                 [*GRENACHE_ARGV, "lookup", name, "-g", grapes[host.name].url, "--timeout", "5"],
@@ -289,44 +293,53 @@ class NetworkSplitTests(unittest.TestCase):
                 prefix=host.exec_prefix,
             )
             code = await proc.ended
-            if code != 0:
-                return []
-            found = re.findall(r"[\d.]+:\d+", harness.output_of(proc))
-            return found
+            return (
+                re.findall(r"\d+\.\d+\.\d+\.\d+:\d+", proc.stdout_log.tail()) if code == 0 else []
+            )
 
-        async def everyone_sees_both() -> Any:
-            views = {}
-            for host in (lab.side("a")[-1], lab.side("b")[-1]):
+        async def views() -> dict[str, bool]:
+            """For each looking host and each service: whether the lookup finds it."""
+            seen = {}
+            for looker in lookers.values():
                 for side in ("a", "b"):
-                    views[(host.name, side)] = expected(side) in await lookup(host, f"split_{side}")
-            return all(views.values()) or views
+                    found = await lookup(looker, f"split_{side}")
+                    seen[f"{looker.name} finds split_{side}"] = expected(side) in found
+            return seen
 
         await wait_until(
-            everyone_sees_both,
+            views,
             RECOVERY,
             "before the split, both sides find both services",
-            done=lambda v: v is True,
+            done=lambda seen: all(seen.values()),
             processes=processes,
         )
 
         lab.split()
-
-        async def side_b_loses_a() -> Any:
-            return expected("a") not in await lookup(lab.side("b")[-1], "split_a")
-
-        # The announces stored on side B expire (the grapes' peer max age, 120 s) unless
-        # re-announced; waiting for that is not needed: the join is what is tested.
-        lab.join()
+        self.assertFalse(lab.reachable(lab.side("a")[0], lab.side("b")[0]))
+        self.assertTrue(lab.reachable(lab.side("b")[0], lab.side("b")[1]))
         await wait_until(
-            everyone_sees_both,
+            views,
             RECOVERY * 2,
-            "after the join, lookups on both sides find both services",
-            done=lambda v: v is True,
+            "during the split, each side finds only its own service (the other's expired)",
+            done=lambda seen: (
+                seen
+                == {
+                    "a1 finds split_a": True,
+                    "a1 finds split_b": False,
+                    "b1 finds split_a": False,
+                    "b1 finds split_b": True,
+                }
+            ),
             processes=processes,
         )
-        del side_b_loses_a
+
+        lab.join()
+        await wait_until(
+            views,
+            RECOVERY * 3,
+            "after the join, lookups on both sides find both services",
+            done=lambda seen: all(seen.values()),
+            processes=processes,
+        )
         for proc in processes:
             self.assertFalse(proc.has_ended, proc.logs())
-
-
-del defer
