@@ -111,15 +111,22 @@ class ImmutableTests(SynchronousTestCase):
         )
 
     def test_too_large(self) -> None:
-        """Node's 205 rule: byte length of strings, element count of lists; ints/dicts never."""
+        """205: a string past 1000 bytes (Node's rule), any other value whose bencoding is."""
         self.assertEqual(MAX_VALUE_SIZE, 1000)
         self.assertFalse(too_large(b"x" * 1000))
         self.assertTrue(too_large(b"x" * 1001))
         self.assertTrue(too_large("\u00e9" * 501))  # 1002 UTF-8 bytes
-        self.assertFalse(too_large([0] * 1000))
-        self.assertTrue(too_large([0] * 1001))
-        self.assertFalse(too_large(10**3000))
-        self.assertFalse(too_large({b"x" * 2000: 1}))
+        self.assertFalse(too_large([0] * 332))  # l + 332 * i0e + e: 998 bytes
+        self.assertTrue(too_large([0] * 333))  # 1001 bytes
+        self.assertFalse(too_large([b"x" * 994]))  # l994:...e: 1000 bytes
+        self.assertTrue(too_large([b"x" * 995]))
+        self.assertTrue(too_large([0] * 1000))  # Node counts 1000 elements and accepts it
+        self.assertTrue(too_large([b"x" * 200] * 5))  # Node: 5 elements
+        self.assertFalse(too_large(10**997))  # i<998 digits>e: 1000 bytes
+        self.assertTrue(too_large(10**998))
+        self.assertTrue(too_large(10**5000))  # past Python's int-to-text limit
+        self.assertTrue(too_large({b"x" * 2000: 1}))  # Node never refuses a dict
+        self.assertFalse(too_large({b"k": b"x" * 980}))
 
 
 class SignatureBufferTests(SynchronousTestCase):

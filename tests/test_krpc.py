@@ -18,6 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.error import MessageLengthError
 from twisted.internet.task import Clock
 from twisted.internet.testing import FakeDatagramTransport
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from grenache.dht.krpc import (
@@ -29,6 +30,7 @@ from grenache.dht.krpc import (
     encode_query,
     encode_response,
 )
+from grenache.dht.limits import QueryRateLimiter
 from grenache.errors import KRPCClosed, KRPCError, KRPCTimeout, KRPCUnexpectedNode
 
 A = b"A" * 20  # our id in most tests
@@ -644,14 +646,71 @@ GARBAGE = [
 
 class RobustnessTests(SynchronousTestCase):
     def test_garbage_dropped(self) -> None:
+        """Garbage is dropped and counted per reason; a query whose ``a`` is no dictionary
+        is refused with 203 (it has a ``t`` to answer to); nothing reaches the handler."""
         h = Harness(result={})
         d = h.proto.query(PEER, "ping", {})
         for data in GARBAGE:
             h.receive(data)
         self.assertEqual(h.handler.calls, [])
-        self.assertEqual(len(h.written), 1)  # only our query
+        errors = [bencode2.bdecode(data) for data, _ in h.written[1:]]
+        self.assertEqual([e[b"e"] for e in errors], [[203, b"query without an `a` dictionary"]] * 2)
         self.assertNoResult(d)
         self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(h.proto.received, {"dropped": len(GARBAGE) - 2, "refused": 2})
+        self.assertEqual(sum(h.proto.dropped.values()), len(GARBAGE) - 2)
+        self.assertEqual(h.proto.refused, {203: 2})
+        self.assertEqual(h.proto.dropped["undecodable"], 6)
+
+    def test_drops_are_reported_once_per_window_with_counts(self) -> None:
+        events: list[dict[str, Any]] = []
+        h = Harness(result={})
+        h.proto.log = Logger(observer=events.append)
+        h.proto.drops._log = h.proto.log
+        for _ in range(1000):
+            h.receive(b"garbage")
+        h.clock.advance(59)
+        h.receive(b"garbage")
+        self.assertEqual(len(events), 1)  # the first one, at once
+        h.clock.advance(1)
+        h.receive(b"garbage")
+        h.receive(b"le")
+        self.assertEqual(len(events), 3)
+        self.assertEqual(
+            [(e["reason"], e["number"], e["total"]) for e in events],
+            [("undecodable", 1, 1), ("undecodable", 1001, 1002), ("not a dictionary", 1, 1)],
+        )
+        self.assertIn("1001 datagram(s) dropped or refused: undecodable", formatEvent(events[1]))
+        self.assertEqual(h.proto.dropped, {"undecodable": 1002, "not a dictionary": 1})
+
+    def test_late_responses_are_reported_at_debug_level(self) -> None:
+        events: list[dict[str, Any]] = []
+        h = Harness(result={})
+        h.proto.drops._log = Logger(observer=events.append)
+        h.reply(T1, {"id": B})
+        self.assertEqual([e["log_level"] for e in events], [LogLevel.debug])
+        self.assertEqual(h.proto.dropped, {"late or unexpected response": 1})
+
+    def test_query_rate_limit_per_source(self) -> None:
+        clock = Clock()
+        limiter = QueryRateLimiter(clock.seconds, rate=10, burst=20)
+        h = Harness(result={}, rate_limiter=limiter)
+        h.clock = clock
+        h.proto.clock = clock
+        public, other = ("1.2.3.4", 6881), ("5.6.7.8", 6881)
+        for _ in range(50):
+            h.receive(ping_query(B), public)
+        h.receive(ping_query(B), other)
+        self.assertEqual(len(h.written), 21)  # a burst of 20, and the other source
+        self.assertEqual(h.proto.dropped, {"query rate limit": 30})
+        clock.advance(1)  # 10 more tokens
+        for _ in range(50):
+            h.receive(ping_query(B), public)
+        self.assertEqual(len(h.written), 31)
+        for _ in range(100):
+            h.receive(ping_query(B), ("127.0.0.1", 20002))  # loopback: exempt
+            h.receive(ping_query(B), ("10.1.2.3", 20002))  # private: exempt
+        self.assertEqual(len(h.written), 231)
 
     def test_port_zero_source_dropped(self) -> None:
         h = Harness(result={})
@@ -663,6 +722,7 @@ class RobustnessTests(SynchronousTestCase):
         h.receive(b"d1:ad2:id20:" + B + b"e1:q17:sample_infohashes1:t2:aa1:y1:qe")
         self.assertEqual(h.handler.calls[0][0], "sample_infohashes")
         self.assertEqual(h.written, [])
+        self.assertEqual(h.proto.dropped, {"no reply (sample_infohashes)": 1})
 
     def test_handler_exception_logged_not_raised(self) -> None:
         h = Harness(result=RuntimeError("handler bug"), raises=True)

@@ -50,16 +50,24 @@ Value = bytes | str | int | list[Any] | dict[Any, Any]
 
 
 def too_large(v: object) -> bool:
-    """Whether a Node grape would refuse ``v`` with error 205 ("data payload too large").
+    """Whether a grape refuses ``v`` with error 205 ("data payload too large").
 
-    Node checks ``v.length > 1000``: the byte length of a string, the element count of a list;
-    ints and dicts have no ``length`` and are never refused.
+    A string is too large past 1000 bytes, as Node counts it (its byte length, not its
+    bencoding, so a 1000-byte string is accepted as by Node); any other value (list, dict,
+    integer) when its bencoding is longer than 1000 bytes. Node counts a list's elements and
+    never refuses a dict or an integer: this grape bounds them all. A value that cannot be
+    bencoded is too large.
     """
     if isinstance(v, str):
         return len(v.encode("utf-8")) > MAX_VALUE_SIZE
-    if isinstance(v, bytes | list):
+    if isinstance(v, bytes):
         return len(v) > MAX_VALUE_SIZE
-    return False
+    try:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return len(str(v)) + 2 > MAX_VALUE_SIZE
+        return len(bencode(v)) > MAX_VALUE_SIZE
+    except Exception:
+        return True
 
 
 def immutable_key(v: Value) -> bytes:

@@ -16,8 +16,13 @@ on the wire is described in docs/protocol.rst, *DHT messages*:
   Sweeps are numbered from the clock, so a late timer (or a test's ``Clock.advance(5)``) counts
   every sweep period that passed, not just one.
 * At most ``concurrency`` (16) requests are in flight; further queries wait in a FIFO.
-* Nothing a remote sends can raise out of :meth:`KRPCProtocol.datagramReceived`: bad input is
-  logged at debug level and dropped, and handler errors are logged.
+* Nothing a remote sends can raise out of :meth:`KRPCProtocol.datagramReceived`, and nothing
+  it sends is logged one line per datagram: every datagram ends in one outcome counted in
+  :attr:`KRPCProtocol.received` (``answered``, ``refused``, ``response``, ``dropped``), drops
+  are counted per reason in :attr:`KRPCProtocol.dropped` and reported at most once a minute
+  per reason (:class:`~grenache.dht.limits.DropCounter`).
+* Incoming queries pass a per-source rate limit first
+  (:class:`~grenache.dht.limits.QueryRateLimiter`); what exceeds it is dropped unanswered.
 
 Decoding uses ``bencode2`` (strict and fast).  Node's decoder is lenient (unsorted or duplicate
 keys, leading zeros and trailing bytes are accepted), so a message ``bencode2`` refuses is retried
@@ -26,7 +31,7 @@ with a small lenient decoder before it is dropped.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +42,9 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from grenache.dht.limits import DropCounter, QueryRateLimiter
 from grenache.errors import KRPCClosed, KRPCError, KRPCTimeout, KRPCUnexpectedNode
 
 __all__ = [
@@ -66,6 +73,12 @@ and nothing is sent.
 
 NodeSeen = Callable[[bytes, Address], None]
 """Told about every valid 20-byte node id that sent us a query or a response."""
+
+NodeTimedOut = Callable[[Address], None]
+"""Told about every address a query of ours timed out on."""
+
+#: Drop reasons that are normal in a healthy network: reported at debug level only.
+QUIET_DROPS = frozenset({"late or unexpected response"})
 
 #: Keys that a Node grape reads as byte strings and dies on when they are not.
 _MUST_BE_BYTES = ("target", "info_hash")
@@ -273,6 +286,11 @@ class KRPCProtocol(DatagramProtocol):
 
     Listen with ``maxPacketSize=65535``: Node's replies can be far larger than Twisted's default
     8192 bytes (docs/protocol.rst, *DHT messages*).
+
+    ``rate_limiter`` (None: no limit) is asked once per incoming query with the source IP;
+    ``on_timeout`` hears about every address a query of ours timed out on. Counters, all public
+    and only ever incremented: :attr:`received` (the outcome of every datagram), :attr:`dropped`
+    (per reason) and :attr:`refused` (error replies sent, per code).
     """
 
     noisy = False
@@ -286,6 +304,8 @@ class KRPCProtocol(DatagramProtocol):
         on_node_seen: NodeSeen | None = None,
         timeout: float = 2.0,
         concurrency: int = 16,
+        rate_limiter: QueryRateLimiter | None = None,
+        on_timeout: NodeTimedOut | None = None,
     ) -> None:
         if not 1 <= concurrency < _TID_LIMIT:
             raise ValueError("concurrency must be between 1 and 65534")
@@ -298,6 +318,17 @@ class KRPCProtocol(DatagramProtocol):
         self._seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]
         self.handle_query = handle_query
         self.on_node_seen = on_node_seen
+        self.on_timeout = on_timeout
+        self.rate_limiter = rate_limiter
+        #: Every datagram received, by outcome: ``answered`` (a query answered ``y=r``),
+        #: ``refused`` (a query answered ``y=e``), ``response`` (a reply to one of our queries)
+        #: or ``dropped``; the values always add up to the number of datagrams received.
+        self.received: Counter[str] = Counter()
+        self.drops = DropCounter(self._seconds, self.log, quiet=QUIET_DROPS)
+        #: Dropped datagrams (and failed sends, ``send failed``) per reason.
+        self.dropped: Counter[str] = self.drops.counts
+        #: Error replies sent, per KRPC error code.
+        self.refused: Counter[int] = Counter()
         self.timeout = timeout
         self.concurrency = concurrency
         self._tick = 0
@@ -445,6 +476,12 @@ class KRPCProtocol(DatagramProtocol):
             self._schedule_sweep(number + 1)
             self._drain()
         for req in expired:
+            if self.on_timeout is not None:
+                try:
+                    self.on_timeout(req.addr)
+                except Exception:
+                    self.log.failure("on_timeout failed for {addr}", addr=req.addr)
+        for req in expired:
             req.deferred.errback(KRPCTimeout())
 
     # -- wire -----------------------------------------------------------------------------
@@ -456,42 +493,43 @@ class KRPCProtocol(DatagramProtocol):
         try:
             transport.write(data, addr)  # type: ignore  # zope interface; no mypy-zope
         except Exception as e:  # EMSGSIZE, EHOSTUNREACH, ...: never fatal for the socket
-            self.log.warn(
-                "KRPC send of {size} bytes to {addr} failed: {error!r}",
-                size=len(data),
-                addr=addr,
-                error=e,
-            )
+            self.drops.count(f"send failed ({type(e).__name__})", addr)
+
+    def _drop(self, reason: str, addr: Address) -> None:
+        self.received["dropped"] += 1
+        self.drops.count(reason, addr)
 
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:
-        """Dispatch one datagram; never raises (bad input is logged at debug level and dropped)."""
+        """Dispatch one datagram; never raises. Each datagram is counted in :attr:`received`."""
         try:
             self._received(datagram, addr)
         except Exception:
-            self.log.failure("Unexpected error handling a KRPC datagram from {addr}", addr=addr)
+            self.received["dropped"] += 1
+            self.drops.count("internal error", addr, Failure())
 
     def _received(self, datagram: bytes, addr: Address) -> None:
         if not addr[1]:
+            self._drop("source port 0", addr)
             return
         try:
             message = decode_message(datagram)
-        except Exception as e:
-            self.log.debug("Undecodable KRPC datagram from {addr}: {error}", addr=addr, error=e)
+        except Exception:
+            self._drop("undecodable", addr)
             return
         if not isinstance(message, dict):
-            self.log.debug("KRPC datagram from {addr} is not a dict", addr=addr)
+            self._drop("not a dictionary", addr)
             return
         y = message.get(b"y")
         t = message.get(b"t")
         if not isinstance(t, bytes):
-            self.log.debug("KRPC message from {addr} has no byte-string t", addr=addr)
+            self._drop("no byte-string t", addr)
             return
         if y == b"q":
             self._on_query(message, t, addr)
         elif y == b"r" or y == b"e":
             self._on_response(message, y, t, addr)
         else:
-            self.log.debug("KRPC message from {addr} has unknown y={y!r}", addr=addr, y=y)
+            self._drop("unknown y", addr)
 
     def _node_seen(self, node_id: Any, addr: Address) -> None:
         if (
@@ -506,10 +544,18 @@ class KRPCProtocol(DatagramProtocol):
                 self.log.failure("on_node_seen failed for {addr}", addr=addr)
 
     def _on_query(self, message: dict[bytes, Any], t: bytes, addr: Address) -> None:
+        limiter = self.rate_limiter
+        if limiter is not None and not limiter.allow(addr[0]):
+            self._drop("query rate limit", addr)
+            return
         q = message.get(b"q")
+        if not isinstance(q, bytes):
+            # No reply: a Node grape would not understand one (docs/protocol.rst, *DHT messages*).
+            self._drop("query without q", addr)
+            return
         a = message.get(b"a")
-        if not isinstance(q, bytes) or not isinstance(a, dict):
-            self.log.debug("KRPC query from {addr} without q or a dict a; dropped", addr=addr)
+        if not isinstance(a, dict):
+            self._refuse(t, addr, KRPCError(203, "query without an `a` dictionary"))
             return
         # Before dispatch, as Node does: a find_node reply then already includes the asker.
         self._node_seen(a.get(b"id"), addr)
@@ -519,28 +565,39 @@ class KRPCProtocol(DatagramProtocol):
         except KRPCError as e:
             result = e
         except Exception:
-            self.log.failure("KRPC handler failed on {query} from {addr}", query=name, addr=addr)
+            self.received["dropped"] += 1
+            self.drops.count(f"handler error ({name[:20]})", addr, Failure())
             return
         if result is None:
+            self._drop(f"no reply ({name[:20]})", addr)
             return
         if isinstance(result, KRPCError):
-            data = encode_error(t, result.code, result.text)
-        elif isinstance(result, dict):
-            r = dict(result)
-            r.setdefault("id", self.node_id)
-            try:
-                data = encode_response(t, r)
-            except Exception:
-                self.log.failure("KRPC reply to {query} is not encodable", query=name)
-                return
-        else:
-            self.log.error(
-                "KRPC handler for {query} returned {kind}, not a dict, KRPCError or None",
-                query=name,
-                kind=type(result).__name__,
+            self._refuse(t, addr, result)
+            return
+        if not isinstance(result, dict):
+            self.received["dropped"] += 1
+            self.drops.count(
+                f"handler bug: {name[:20]} answered {type(result).__name__}",
+                addr,
+                Failure(TypeError("a KRPC handler must return a dict, a KRPCError or None")),
             )
             return
+        r = dict(result)
+        r.setdefault("id", self.node_id)
+        try:
+            data = encode_response(t, r)
+        except Exception:
+            self.received["dropped"] += 1
+            self.drops.count(f"reply not encodable ({name[:20]})", addr, Failure())
+            return
+        self.received["answered"] += 1
         self._write(data, addr)
+
+    def _refuse(self, t: bytes, addr: Address, error: KRPCError) -> None:
+        """Answer a query with a ``y=e`` error."""
+        self.received["refused"] += 1
+        self.refused[error.code] += 1
+        self._write(encode_error(t, error.code, error.text), addr)
 
     def _on_response(self, message: dict[bytes, Any], y: bytes, t: bytes, addr: Address) -> None:
         r = message.get(b"r")
@@ -548,12 +605,13 @@ class KRPCProtocol(DatagramProtocol):
             # Also for late or unexpected replies.
             self._node_seen(r.get(b"id"), addr)
         if len(t) < 2:
-            self.log.debug("KRPC response from {addr} with short t; dropped", addr=addr)
+            self._drop("response with a short t", addr)
             return
         req = self._outstanding.get(int.from_bytes(t[:2], "big"))
         if req is None or req.addr[0] != addr[0]:
-            self.log.debug("Unexpected KRPC response from {addr}; dropped", addr=addr)
+            self._drop("late or unexpected response", addr)
             return
+        self.received["response"] += 1
         self._finish(req)
         if y == b"e":
             req.deferred.errback(_error_from(message.get(b"e")))

@@ -32,6 +32,9 @@ COMPACT_PEER_LENGTH = 6
 #: A walk's visitor sees every response; returning False stops the walk from sending more queries.
 Visitor = Callable[[Response], "bool | None"]
 
+#: Tells a walk which addresses not to query (nodes known to be down): ``skip(addr)``.
+Skip = Callable[[Address], bool]
+
 
 def encode_peer(host: str, port: int) -> bytes:
     """Compact peer info: IPv4 (4 bytes) and port (2 bytes, big-endian)."""
@@ -84,7 +87,9 @@ class Walk:
     """One iterative walk towards ``target``.
 
     ``run()`` fires with the token table (a :class:`KBucket` centred on the target whose
-    contacts carry the tokens they gave) once the walk has ended; it never fails.
+    contacts carry the tokens they gave) once the walk has ended; it never fails. Addresses
+    for which ``skip`` answers True are treated as already queried: a walk does not wait for a
+    node known to be down.
     """
 
     def __init__(
@@ -98,8 +103,10 @@ class Walk:
         visit: Visitor | None = None,
         on_timeout: Callable[[Contact], None] | None = None,
         concurrency: int = 16,
+        skip: Skip | None = None,
     ) -> None:
         self._krpc = krpc
+        self._skip = skip
         self._routing = routing
         self._bootstrap = list(bootstrap)
         self._target = target
@@ -118,6 +125,8 @@ class Walk:
         self._done: Deferred[KBucket] | None = None
         #: Number of responders with a valid id (Node's ``count``).
         self.responses = 0
+        #: Number of candidates not queried because ``skip`` said they are down.
+        self.skipped = 0
 
     def run(self) -> Deferred[KBucket]:
         """Start the walk; the Deferred fires with the token table when it ends."""
@@ -150,6 +159,9 @@ class Walk:
                 if contact.addr in self.queried:
                     continue
                 self.queried.add(contact.addr)
+                if self._skip is not None and self._skip(contact.addr):
+                    self.skipped += 1
+                    continue
                 self._send(contact)
         if self._pending == 0:
             self._done.callback(self.tokens)

@@ -32,14 +32,21 @@ from twisted.python.failure import Failure
 
 from grenache.dht import bep44
 from grenache.dht.krpc import Address, KRPCProtocol, Response
+from grenache.dht.limits import (
+    DEFAULT_MAX_SOURCES,
+    DEFAULT_QUERY_BURST,
+    DEFAULT_QUERY_RATE,
+    QueryRateLimiter,
+)
 from grenache.dht.lookup import (
+    NODE_ID_LENGTH,
     Walk,
     decode_peer,
     encode_nodes,
     encode_peer,
     valid_node_id,
 )
-from grenache.dht.routing import Contact, KBucket
+from grenache.dht.routing import MAX_CONTACTS_PER_IP, Contact, K, KBucket, RoutingTable
 from grenache.dht.store import LRUCache, RecordCache, TokenSecrets
 from grenache.endpoints import join_host_port
 from grenache.errors import (
@@ -58,11 +65,24 @@ Resolve = Callable[[str], "Deferred[str]"]
 
 TOKEN_TABLE_MAX_AGE = 300.0
 LOOKUP_RESULT_LIMIT = 100
-#: Replies list at most this many contacts or peers, so a datagram always fits in 64 KiB.
-REPLY_LIST_LIMIT = 1000
+#: Contacts in a reply's ``nodes``: the K closest, as BEP 5 asks (Node sends its whole table).
+REPLY_NODES_LIMIT = K
+#: Peers in a reply's ``values``, sampled at random for each reply: with the K contacts of a
+#: ``nodes`` reply this keeps every reply under 1,000 bytes, one unfragmented datagram and
+#: at most about ten times the smallest query that asks for it.
+REPLY_VALUES_LIMIT = 50
 STALE_CONTACT_AGE = 10.0
 PINGS_BEFORE_EVICT = 16
-MAX_SALT_LENGTH = 64
+MAX_SALT_LENGTH = bep44.MAX_SALT_SIZE
+#: Seconds a node that timed out is left out of walks and fan-outs before it is pinged again
+#: (in the background); doubled at each further timeout, up to :data:`DOWN_RETRY_MAX`.
+DOWN_RETRY = 15.0
+DOWN_RETRY_MAX = 600.0
+#: Consecutive timeouts after which a node leaves the routing table (a timeout in a walk
+#: removes it at once, as Node does).
+DOWN_EVICT_AFTER = 3
+#: Addresses remembered as down; the oldest is forgotten past it.
+MAX_DOWN_ADDRESSES = 1024
 
 
 @attrs.frozen
@@ -75,6 +95,10 @@ class DHTConfig:
     ``(host, port)`` where host is an IPv4 address or a name (resolved before each bootstrap
     walk); IPv6 ones are ignored with a warning. ``peer_max_age`` 0 means announced peers never
     expire (the Node 1.0.0 CLI's accidental default); the default is the documented 120 s.
+
+    Limits against hostile senders (docs/protocol.rst, *DHT messages*): ``query_rate`` queries
+    per second after a ``query_burst`` per public source IP (0: no limit), ``max_sources`` IPs
+    tracked, ``max_contacts_per_ip`` routing-table contacts per public IP.
     """
 
     bootstrap: tuple[Address, ...] = ()
@@ -87,6 +111,19 @@ class DHTConfig:
     verify_mutable: bool = True
     timeout: float = 2.0
     concurrency: int = 16
+    query_rate: float = DEFAULT_QUERY_RATE
+    query_burst: int = DEFAULT_QUERY_BURST
+    max_sources: int = DEFAULT_MAX_SOURCES
+    max_contacts_per_ip: int = MAX_CONTACTS_PER_IP
+
+
+@attrs.define
+class _Down:
+    """An address our queries timed out on: how often in a row, and when to ping it again."""
+
+    failures: int = 0
+    retry_at: float = 0.0
+    probing: bool = False
 
 
 @attrs.frozen
@@ -128,6 +165,7 @@ class DHTNode:
     ) -> None:
         self.config = config
         self.clock: Any = clock  # zope interfaces confuse mypy's method binding
+        self._seconds: Callable[[], float] = self.clock.seconds  # type: ignore[misc]
         self._resolve: Resolve | None = resolve or getattr(clock, "resolve", None)
         #: The bootstrap nodes as given (IPv4 literals and names), and their latest addresses.
         self._bootstrap_given = [
@@ -150,8 +188,15 @@ class DHTNode:
             self._node_seen,
             timeout=config.timeout,
             concurrency=config.concurrency,
+            rate_limiter=QueryRateLimiter(
+                self._seconds, config.query_rate, config.query_burst, config.max_sources
+            ),
+            on_timeout=self._timed_out,
         )
-        self.routing = KBucket(self.node_id)
+        self.routing = RoutingTable(self.node_id, max_per_ip=config.max_contacts_per_ip)
+        #: Addresses whose last query timed out, left out of walks and fan-outs until they
+        #: answer again (see :meth:`is_down`).
+        self.down: dict[Address, _Down] = {}
         self.peers = RecordCache(clock, config.peer_max_age, config.max_peers, rng=self._rng)
         # Grape's own lookup cache (`_mem`): half the peer age, like Node's.
         self.seen_peers = RecordCache(
@@ -175,6 +220,12 @@ class DHTNode:
         self._eviction_queue: tuple[list[Contact], Contact] | None = None
         self._running = False
         self.ready: Deferred[None] = Deferred()
+
+    @property
+    def dropped(self) -> Any:
+        """Datagrams dropped (and sends failed), per reason: a ``Counter[str]`` (see
+        :attr:`KRPCProtocol.dropped <grenache.dht.krpc.KRPCProtocol.dropped>`)."""
+        return self.krpc.dropped
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -287,7 +338,10 @@ class DHTNode:
         def visit(response: Response) -> None:
             answered.add(response.addr)
 
-        walk = self._walk(self.node_id, "find_node", {"target": self.node_id}, visit)
+        # Bootstrap nodes are asked even when down: this walk is how a lone grape finds them back.
+        walk = self._walk(
+            self.node_id, "find_node", {"target": self.node_id}, visit, skip_down=False
+        )
 
         def finished(_: KBucket) -> int:
             if self._bootstrap_given:
@@ -366,6 +420,8 @@ class DHTNode:
     # --- routing table upkeep -----------------------------------------------------------------
 
     def _node_seen(self, node_id: bytes, addr: Address) -> None:
+        if self.down:
+            self.down.pop(addr, None)
         now = self.clock.seconds()
         known = self.routing.get(node_id)
         if known is not None:
@@ -435,13 +491,63 @@ class DHTNode:
         contacts = list(reversed(self.routing.to_list()))
         ensureDeferred(self._first_dead(contacts)).addCallback(swept)
 
+    def _timed_out(self, addr: Address) -> None:
+        """A query of ours to ``addr`` timed out: leave it out of walks for a while, and out
+        of the routing table after :data:`DOWN_EVICT_AFTER` timeouts in a row."""
+        down = self.down.get(addr)
+        if down is None:
+            if len(self.down) >= MAX_DOWN_ADDRESSES:
+                del self.down[next(iter(self.down))]
+            down = self.down[addr] = _Down()
+        down.failures += 1
+        delay = min(DOWN_RETRY * 2 ** min(down.failures - 1, 16), DOWN_RETRY_MAX)
+        down.retry_at = self.clock.seconds() + delay
+        if down.failures >= DOWN_EVICT_AFTER:
+            contact = self.routing.at(addr)
+            if contact is not None:
+                self.routing.remove(contact.id)
+                self._neighbours_changed()
+
+    def is_down(self, addr: Address) -> bool:
+        """Whether ``addr`` timed out and has not answered since: walks and fan-outs skip it.
+
+        Once its retry time has come, a ping goes to it in the background (the caller does not
+        wait for it); any valid message from the address clears the mark.
+        """
+        down = self.down.get(addr)
+        if down is None:
+            return False
+        if not down.probing and self.clock.seconds() >= down.retry_at and self._running:
+            down.probing = True
+
+            def probed(_: object) -> None:
+                down.probing = False
+
+            try:
+                self.krpc.query(addr, "ping", {}).addBoth(probed)
+            except Exception:
+                down.probing = False
+        return True
+
+    def _has_live_neighbour(self) -> bool:
+        """Whether some routing-table contact is not known to be down."""
+        down = self.down
+        return any(c.addr not in down for c in self.routing)
+
     def _drop_timed_out(self, contact: Contact) -> None:
         known = self.routing.get(contact.id)
         if known is not None and known.addr == contact.addr:
             self.routing.remove(contact.id)
             self._neighbours_changed()
 
-    def _walk(self, target: bytes, query: str, args: dict[str, Any], visit: Any = None) -> Walk:
+    def _walk(
+        self,
+        target: bytes,
+        query: str,
+        args: dict[str, Any],
+        visit: Any = None,
+        skip_down: bool = True,
+    ) -> Walk:
         return Walk(
             self.krpc,
             self.routing,
@@ -452,6 +558,7 @@ class DHTNode:
             visit=visit,
             on_timeout=self._drop_timed_out,
             concurrency=self.config.concurrency,
+            skip=self.is_down if skip_down else None,
         )
 
     # --- serving queries (docs/protocol.rst, *DHT messages*) ----------------------------------
@@ -461,60 +568,57 @@ class DHTNode:
     ) -> dict[str, Any] | KRPCError | None:
         handler = _HANDLERS.get(query)
         if handler is None:
-            return None
+            return KRPCError(204, "Method Unknown")
+        if not valid_node_id(a.get("id")):
+            return KRPCError(203, f"`{query}` needs a 20-byte node id in `a.id`")
         return handler(self, a, addr)
 
     def _nodes_near(self, target: bytes) -> bytes:
-        return encode_nodes(self.routing.closest(target), limit=REPLY_LIST_LIMIT)
+        return encode_nodes(self.routing.closest(target, REPLY_NODES_LIMIT))
 
     def _on_ping(self, a: dict[str, Any], addr: Address) -> dict[str, Any]:
         return {}
 
-    def _on_find_node(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | KRPCError | None:
+    def _on_find_node(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | KRPCError:
         target = a.get("target")
         if target is None:
             return KRPCError(203, "`find_node` missing required `a.target` field")
-        if not isinstance(target, bytes):
-            return None
+        if not isinstance(target, bytes) or len(target) != NODE_ID_LENGTH:
+            return KRPCError(203, "`find_node` `a.target` must be 20 bytes")
         return {"nodes": self._nodes_near(target)}
 
-    def _on_get_peers(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | KRPCError | None:
+    def _on_get_peers(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | KRPCError:
         info_hash = a.get("info_hash")
         if info_hash is None:
             return KRPCError(203, "`get_peers` missing required `a.info_hash` field")
         if not isinstance(info_hash, bytes):
-            return None
+            return KRPCError(203, "`get_peers` `a.info_hash` must be a byte string")
         token = self.tokens.token(addr[0])
-        values = self.peers.get(info_hash)
+        values = self.peers.get(info_hash, REPLY_VALUES_LIMIT)
         if values:
-            return {"token": token, "values": values[:REPLY_LIST_LIMIT]}
+            return {"token": token, "values": values}
         return {"nodes": self._nodes_near(info_hash), "token": token}
 
-    def _on_announce_peer(
-        self, a: dict[str, Any], addr: Address
-    ) -> dict[str, Any] | KRPCError | None:
+    def _on_announce_peer(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | KRPCError:
         implied = a.get("implied_port")
         port = addr[1] if implied else a.get("port")
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 65535:
-            return None
+            return KRPCError(203, "`announce_peer` needs a port from 1 to 65535")
         info_hash = a.get("info_hash")
+        if not isinstance(info_hash, bytes) or not info_hash:
+            return KRPCError(203, "`announce_peer` missing required `a.info_hash` field")
         token = a.get("token")
-        if (
-            not isinstance(info_hash, bytes)
-            or not isinstance(token, bytes)
-            or not info_hash
-            or not token
-        ):
-            return None
-        if not self.tokens.is_valid(addr[0], token):
+        if not isinstance(token, bytes) or not self.tokens.is_valid(addr[0], token):
             return KRPCError(203, "cannot `announce_peer` with bad token")
         self.peers.add(info_hash, encode_peer(addr[0], port))
         return {}
 
-    def _on_get(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | None:
+    def _on_get(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | KRPCError:
         target = a.get("target")
-        if not isinstance(target, bytes):
-            return None
+        if target is None:
+            return KRPCError(203, "`get` missing required `a.target` field")
+        if not isinstance(target, bytes) or len(target) != NODE_ID_LENGTH:
+            return KRPCError(203, "`get` `a.target` must be 20 bytes")
         token = self.tokens.token(addr[0])
         item = self.values.get(target)
         if item is None:
@@ -524,33 +628,39 @@ class DHTNode:
             reply.update(k=item.k, sig=item.sig, seq=item.seq)
         return reply
 
-    def _on_put(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | KRPCError | None:
+    def _on_put(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | KRPCError:
+        """BEP 44 ``put`` with BEP 44's error codes (docs/protocol.rst, *BEP 44 items*)."""
         v = a.get("v")
-        if v is None or v == 0 or a.get("id") is None or not isinstance(a.get("token"), bytes):
-            return None
-        if not self.tokens.is_valid(addr[0], a["token"]):
+        if v is None or v == 0:
+            return KRPCError(203, "`put` missing required `a.v` field")
+        token = a.get("token")
+        if not isinstance(token, bytes) or not self.tokens.is_valid(addr[0], token):
             return KRPCError(203, "cannot `put` with bad token")
-        if isinstance(v, (bytes, list)) and len(v) > bep44.MAX_VALUE_SIZE:
+        if bep44.too_large(v):
             return KRPCError(205, "data payload too large")
+        salt = a.get("salt")
+        if salt is not None and not isinstance(salt, bytes):
+            return KRPCError(203, "`put` `a.salt` must be a byte string")
+        if salt is not None and len(salt) > MAX_SALT_LENGTH:
+            return KRPCError(207, "salt too big")
         k, sig = a.get("k"), a.get("sig")
         if k is None and sig is None:
             self.values.set(bep44.immutable_key(v), bep44.Item(v=v))
             return {}
         if not self.config.verify_mutable:
             return KRPCError(400, "verification not supported")
-        salt = a.get("salt")
-        seq = a.get("seq")
         if not isinstance(k, bytes) or not isinstance(sig, bytes):
-            return None
-        if salt is not None and not isinstance(salt, bytes):
-            return None
-        if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
-            return None
+            return KRPCError(203, "mutable `put` needs byte strings `a.k` and `a.sig`")
+        seq = a.get("seq")
+        if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):
+            return KRPCError(203, "`put` `a.seq` must be a non-negative integer")
+        cas = a.get("cas")
+        if cas is not None and (not isinstance(cas, int) or isinstance(cas, bool)):
+            return KRPCError(203, "`put` `a.cas` must be an integer")
         item = bep44.Item(v=v, k=k, sig=sig, seq=seq, salt=salt or None)
         if not item.signature_valid():
-            return None
-        cas = a.get("cas")
-        refusal = self._store_mutable(item, cas if isinstance(cas, int) else None)
+            return KRPCError(206, "invalid signature")
+        refusal = self._store_mutable(item, cas)
         return {} if refusal is None else refusal
 
     def _store_mutable(self, item: bep44.Item, cas: int | None) -> KRPCError | None:
@@ -656,7 +766,8 @@ class DHTNode:
         3xx :class:`KRPCError` in table order, else :class:`AllQueriesFailed`; with no contact
         to send to, fails with :class:`NoNodesToQuery`.
         """
-        contacts = [c for c in table.to_list() if c.token]
+        is_down = self.is_down
+        contacts = [c for c in table.to_list() if c.token and not is_down(c.addr)]
         if not contacts:
             return _fail(NoNodesToQuery())
         return self._query_all(contacts, query, args)
@@ -699,21 +810,36 @@ class DHTNode:
         table = self.tables.peek(key)
         if table is not None:
             # A cached token table (re-announces): send at once, no Deferred in between.
-            contacts = [c for c in table.to_list() if c.token]
+            down = self.down
+            if down:
+                contacts = [c for c in table.to_list() if c.token and not self.is_down(c.addr)]
+            else:
+                contacts = [c for c in table.to_list() if c.token]
             if not contacts:
                 return succeed(self._announce_alone(key, port))
-            return self._query_all(contacts, "announce_peer", args)
+            d = self._query_all(contacts, "announce_peer", args)
+        else:
 
-        def send(table: KBucket) -> Deferred[int]:
-            return self._send_to_all(table, "announce_peer", args)
+            def send(table: KBucket) -> Deferred[int]:
+                return self._send_to_all(table, "announce_peer", args)
 
-        d = self._token_table(key, "get_peers", {"info_hash": key}).addCallback(send)
+            d = self._token_table(key, "get_peers", {"info_hash": key}).addCallback(send)
 
         def alone(failure: Failure) -> int:
-            failure.trap(NoNodesToQuery)
+            self._trap_alone(failure)
             return self._announce_alone(key, port)
 
         return d.addErrback(alone)
+
+    def _trap_alone(self, failure: Failure) -> None:
+        """Let ``failure`` through unless it means that nobody is there to ask: no contact at
+        all, or every query timed out and no neighbour is left that is not down. Then the
+        node works as a lone node does."""
+        if failure.check(NoNodesToQuery):
+            return
+        if failure.check(AllQueriesFailed) and not self._has_live_neighbour():
+            return
+        failure.raiseException()
 
     def _announce_alone(self, key: bytes, port: int) -> int:
         if self.config.host is None:
@@ -748,7 +874,7 @@ class DHTNode:
             return PutResult(key=key, hits=hits)
 
         def alone(failure: Failure) -> PutResult:
-            failure.trap(NoNodesToQuery)
+            self._trap_alone(failure)
             if item.mutable:
                 if not self.config.verify_mutable or not item.signature_valid():
                     raise AllQueriesFailed()
@@ -872,7 +998,7 @@ def _validate_put(item: bep44.Item, cas: int | None) -> None:
     if v is None:
         raise InvalidPut("opts.v not given")
     try:
-        size = len(v) if isinstance(v, (bytes, list)) else len(bencode2.bencode(v))
+        size = len(v) if isinstance(v, bytes) else len(bencode2.bencode(v))
     except Exception as error:
         raise InvalidPut(f"v cannot be encoded: {error}") from error
     if size >= bep44.MAX_VALUE_SIZE:

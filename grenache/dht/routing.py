@@ -17,11 +17,14 @@ and mixed networks only agree on "closest" if we copy it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 
 import attrs
 
-__all__ = ["Contact", "K", "KBucket", "distance"]
+from grenache.dht.limits import is_local_address
+
+__all__ = ["MAX_CONTACTS_PER_IP", "Contact", "K", "KBucket", "RoutingTable", "distance"]
 
 #: Bucket size (k-bucket ``numberOfNodesPerKBucket``), also the lookup width.
 K = 20
@@ -252,3 +255,76 @@ class KBucket:
 
     def __len__(self) -> int:
         return self._count
+
+
+#: Contacts the routing table keeps per public IP address (loopback and private ones exempt).
+MAX_CONTACTS_PER_IP = 4
+
+
+class RoutingTable(KBucket):
+    """A node's own routing table: a :class:`KBucket` that admits one contact per address.
+
+    * One contact per ``(host, port)``: a new id from an address already in the table replaces
+      the contact that was there (a node restarted with a new id, or a sender cycling ids).
+    * At most ``max_per_ip`` contacts per IP address, except for addresses ``exempt`` says are
+      local (loopback and private ranges by default), so that many grapes on one host or LAN
+      still know each other while one public host cannot fill the table with made-up ids.
+
+    :meth:`add` returns ``None`` without storing a contact the per-IP rule refuses.
+    """
+
+    def __init__(
+        self,
+        local_id: bytes,
+        k: int = K,
+        nodes_to_ping: int = 16,
+        max_per_ip: int = MAX_CONTACTS_PER_IP,
+        exempt: Callable[[str], bool] | None = None,
+    ) -> None:
+        super().__init__(local_id, k, nodes_to_ping)
+        if max_per_ip < 1:
+            raise ValueError("max_per_ip must be >= 1")
+        self.max_per_ip = max_per_ip
+        self.exempt = is_local_address if exempt is None else exempt
+        self._by_address: dict[tuple[str, int], Contact] = {}
+        self._per_ip: Counter[str] = Counter()
+
+    def at(self, addr: tuple[str, int]) -> Contact | None:
+        """The contact stored for this ``(host, port)``, or ``None``."""
+        return self._by_address.get(addr)
+
+    def add(self, contact: Contact) -> tuple[list[Contact], Contact] | None:
+        """Insert or refresh ``contact`` under the address rules (see the class docstring)."""
+        addr = contact.addr
+        there = self._by_address.get(addr)
+        if there is not None and there.id != contact.id:
+            self.remove(there.id)
+        previous = self.get(contact.id)
+        if (
+            previous is None
+            and self._per_ip[contact.host] >= self.max_per_ip
+            and not self.exempt(contact.host)
+        ):
+            return None
+        full = super().add(contact)
+        if full is None:
+            if previous is not None:
+                self._forget(previous)
+            self._by_address[addr] = contact
+            self._per_ip[contact.host] += 1
+        return full
+
+    def remove(self, id: bytes) -> Contact | None:
+        contact = super().remove(id)
+        if contact is not None:
+            self._forget(contact)
+        return contact
+
+    def _forget(self, contact: Contact) -> None:
+        if self._by_address.get(contact.addr) is contact:
+            del self._by_address[contact.addr]
+        left = self._per_ip[contact.host] - 1
+        if left > 0:
+            self._per_ip[contact.host] = left
+        else:
+            del self._per_ip[contact.host]
