@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
@@ -25,6 +26,7 @@ from grenache.cli import expanded_key
 from grenache.cli.grape_verbs import parse_announce_line
 from grenache.cli.keys import read_signing_key
 from grenache.cli.options import grape_url
+from grenache.cli.session import StdinLines
 from grenache.dht import bep44
 from tests.interop.harness import grape_request, start_python_grape
 from tests.test_cli import (
@@ -152,6 +154,37 @@ class SigningKeyFileTests(TestCase):
                 error = self.assertRaises(cli.CommandError, read_signing_key, path)
                 self.assertIn(fragment, str(error))
                 self.assertIn(str(path), str(error))
+
+
+# --- reading stdin ----------------------------------------------------------------------------
+
+
+class StdinLinesTests(TestCase):
+    def test_lines_and_the_last_one_without_a_newline(self) -> None:
+        got: list[bytes] = []
+        lines = StdinLines(got.append)
+        lines.makeConnection(StringTransport())
+        lines.dataReceived(b"a,1\r\nb,")
+        lines.dataReceived(b"2\n\nc,3")
+        self.assertEqual(got, [b"a,1", b"b,2", b""])
+        self.assertFalse(lines.ended.called)
+        lines.connectionLost(None)
+        self.assertEqual(got, [b"a,1", b"b,2", b"", b"c,3"])
+        self.assertIsNone(self.successResultOf(lines.ended))
+
+    def test_a_line_too_long_stops_the_reading(self) -> None:
+        got: list[bytes] = []
+        lines = StdinLines(got.append)
+        lines.MAX_LENGTH = 8
+        transport = StringTransport()
+        lines.makeConnection(transport)
+        lines.dataReceived(b"ok,1\n" + b"x" * 9)
+        self.assertEqual(got, [b"ok,1"])
+        self.assertTrue(transport.disconnecting)
+        error = self.failureResultOf(lines.ended, cli.CommandError).value
+        self.assertIn("longer than 8 bytes", str(error))
+        lines.connectionLost(None)  # nothing more is handed on
+        self.assertEqual(got, [b"ok,1"])
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -335,9 +368,12 @@ class CommandTests(TestCase):
         self.assertEqual(sorted(json.loads(both[1])), ["127.0.0.1:2001", "127.0.0.1:2002"])
         all_ = self.ok(await run_cli(self, "lookup", "p_two", "-a", "-g", url))
         self.assertEqual(len(json.loads(all_[0])), 2)
-        first = self.ok(await run_cli(self, "lookup", "-f", "p_two", "-g", url))
-        last = self.ok(await run_cli(self, "lookup", "-l", "p_two", "-g", url))
-        self.assertEqual(sorted(first + last), ["127.0.0.1:2001", "127.0.0.1:2002"])
+        # First and last of the grape's list (a grape's order may change between lookups,
+        # so a grape that always answers the same list is asked).
+        fixed = fake_grape(self, ["10.0.0.1:1", "10.0.0.2:2", "10.0.0.3:3"])
+        for flag, expected in (("-f", "10.0.0.1:1"), ("--last", "10.0.0.3:3")):
+            picked = self.ok(await run_cli(self, "lookup", flag, "any", "-g", fixed))
+            self.assertEqual(picked, [expected])
         chosen = set()
         for _ in range(3):
             lines = self.ok(await run_cli(self, "lookup", "-r", "p_one", "p_two", "-g", url))

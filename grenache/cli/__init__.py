@@ -22,9 +22,9 @@ four), ``lookup -a/-f/-l/-r``, ``announce -d/-j`` with lines on stdin, ``put -m/
 
 Every verb takes ``--grape URL`` (default ``http://127.0.0.1:30001``) and ``--timeout SECONDS``;
 ``grenache VERB --help`` shows its options and examples. Results are JSON on stdout, one line
-each (``lookup -f/-l/-r`` and ``get -i/-w`` print plain text, for shell scripts); a failure is one line on stderr and exit status 1; a malformed command line is one line
-on stderr and exit status 2 (an unknown option is named: ``grenache serve: unknown option
---bogus``).
+each (``lookup -f/-l/-r`` and ``get -i/-w`` print plain text, for shell scripts); a failure is
+one line on stderr and exit status 1; a malformed command line is one line on stderr and exit
+status 2 (an unknown option is named: ``grenache serve: unknown option --bogus``).
 
 One module per job: :mod:`~grenache.cli.options` (what every verb's command line shares),
 :mod:`~grenache.cli.session` (a run's session, output and error messages),

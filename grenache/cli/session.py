@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from grenache import errors
@@ -17,9 +18,11 @@ from grenache.codec import json_dumps
 from grenache.link import Link
 
 __all__ = [
+    "MAX_STDIN_LINE",
     "CommandError",
     "Reported",
     "Session",
+    "StdinLines",
     "WatchedLink",
     "begin_logging",
     "emit",
@@ -52,31 +55,49 @@ def emit_text(text: str) -> None:
     sys.stdout.buffer.flush()
 
 
+MAX_STDIN_LINE = 16 * 1024 * 1024
+"""Longest line of stdin ``pub`` and ``announce`` read (bytes)."""
+
+
+class StdinLines(LineReceiver):
+    """Hands each line to ``receive`` (without its ``\\n`` or ``\\r\\n``); ``ended`` fires at
+    the end of the input (after a last line without a newline), or fails with CommandError
+    when a line is longer than :attr:`MAX_LENGTH` (the reading stops there)."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_STDIN_LINE
+
+    def __init__(self, receive: Callable[[bytes], None]) -> None:
+        self.receive = receive
+        self.ended: Deferred[None] = Deferred()
+
+    def lineReceived(self, line: bytes) -> None:
+        self.receive(line.removesuffix(b"\r"))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._buffer = b""
+        if not self.ended.called:
+            limit = f"{self.MAX_LENGTH} bytes"
+            self.ended.errback(CommandError(f"a line of stdin is longer than {limit}: stopped"))
+        transport: Any = self.transport
+        transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._buffer:
+            self.lineReceived(self._buffer)
+            self._buffer = b""
+        if not self.ended.called:
+            self.ended.callback(None)
+
+
 def stdin_lines(reactor: Any, receive: Callable[[bytes], None]) -> Deferred[None]:
-    """Call ``receive`` with each line of stdin (without its ``\\n`` or ``\\r\\n``) as it
-    arrives, without blocking the reactor (a pipe, a FIFO or a file); fires at its end. A last
-    line without a newline is passed too."""
+    """Call ``receive`` with each line of stdin as it arrives, without blocking the reactor
+    (a pipe, a FIFO or a file); fires at its end (see :class:`StdinLines`)."""
     from twisted.internet import stdio
-    from twisted.protocols.basic import LineReceiver
 
-    ended: Deferred[None] = Deferred()
-
-    class Lines(LineReceiver):
-        delimiter = b"\n"
-        MAX_LENGTH = 16 * 1024 * 1024
-
-        def lineReceived(self, line: bytes) -> None:
-            receive(line.removesuffix(b"\r"))
-
-        def connectionLost(self, reason: Any = None) -> None:
-            if self._buffer:
-                self.lineReceived(self._buffer)
-                self._buffer = b""
-            if not ended.called:
-                ended.callback(None)
-
-    stdio.StandardIO(Lines(), reactor=reactor)
-    return ended
+    lines = StdinLines(receive)
+    stdio.StandardIO(lines, reactor=reactor)
+    return lines.ended
 
 
 def emit(value: Any) -> None:
