@@ -104,11 +104,13 @@ class HTTPServerProtocol(protocol.Protocol):
         self._reading_paused = False  # the transport was told to stop reading
         self._feeding = False  # inside parser.feed_data (it must not be re-entered)
         self._buffered: deque[bytes] = deque()  # input received while paused or feeding
+        # Complete requests not handed to the handler yet (the pipeline or the output is full).
+        self._held: deque[tuple[Slot, HTTPRequest]] = deque()
         self._closing = False  # loseConnection was called
         self._disconnected = False
         self.lastActivity = 0.0  # clock time of the last byte in or response out
         # Deadlines, checked by the factory's sweep (no timer per request).
-        self._head_started = 0.0  # clock time the current header section began (0: none)
+        self._head_started = -1.0  # clock time the current header section began (-1: none)
         self._body_started = 0.0  # clock time the body clock (re)started
         self._body_base = 0  # body bytes already counted when it did
         # Output flow: the transport pauses ``_flow`` when its send buffer is full.
@@ -200,7 +202,7 @@ class HTTPServerProtocol(protocol.Protocol):
         if self._input_closed:
             return  # discarded; not activity either (a closing connection must finish)
         now = self.lastActivity = self._seconds()
-        if not self._head_started and self._in_headers:
+        if self._head_started < 0 and self._in_headers:
             self._head_started = now
         if self._paused or self._feeding or self._buffered:
             self._buffered.append(data)
@@ -304,7 +306,7 @@ class HTTPServerProtocol(protocol.Protocol):
         if not paused:
             # The client is not to blame for the time it was not read: restart its clocks.
             now = self._seconds()
-            if self._head_started:
+            if self._head_started >= 0:
                 self._head_started = now
             self._body_started = now
             self._body_base = self._body_size
@@ -346,7 +348,7 @@ class HTTPServerProtocol(protocol.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
-        self._head_started = 0.0
+        self._head_started = -1.0
         self._body_started = self.lastActivity
         self._body_base = 0
         self._messages += 1
@@ -424,7 +426,16 @@ class HTTPServerProtocol(protocol.Protocol):
         slot.head = request.method == "HEAD"
         slot.close = not self._keep_alive
         slot.interim = None
-        self._dispatch(slot, request)
+        if (
+            self._held
+            or self._out_full
+            or (self._pipeline_full and len(self._pending) > self.factory.max_pipeline + 1)
+        ):
+            # Parsed from input already read, but not handled yet: what waits is the
+            # request (bounded by what one read holds), never its response.
+            self._held.append((slot, request))
+        else:
+            self._dispatch(slot, request)
         if slot.close:
             self._stop_input()
             raise _StopParsing()
@@ -713,6 +724,8 @@ class HTTPServerProtocol(protocol.Protocol):
                 return
         if wrote:
             self.lastActivity = self._seconds()
+        if self._held:
+            self._dispatch_held()
         if (
             self._pipeline_full
             and len(pending) <= self.factory.max_pipeline // 2
@@ -720,6 +733,16 @@ class HTTPServerProtocol(protocol.Protocol):
         ):
             self._pipeline_full = False
             self._update_reading()
+
+    def _dispatch_held(self) -> None:
+        """Hand held requests to the handler, in order, while fewer than ``max_pipeline``
+        answers are outstanding and the client reads."""
+        held = self._held
+        limit = self.factory.max_pipeline
+        pending = self._pending
+        while held and not self._out_full and len(pending) - len(held) <= limit:
+            slot, request = held.popleft()
+            self._dispatch(slot, request)
 
     # --- output flow ----------------------------------------------------------------------
 
@@ -770,6 +793,7 @@ class HTTPServerProtocol(protocol.Protocol):
         """Drop every pending response; handlers still running are cancelled (their
         Deferreds), since nobody will read what they answer."""
         pending = self._pending
+        self._held.clear()
         if self._running:
             running = [slot for slot in pending if slot.running]
             self._running = 0
@@ -868,7 +892,7 @@ class HTTPServerProtocol(protocol.Protocol):
             if self._in_headers:
                 started = self._head_started
                 limit = self._header_timeout
-                if started and limit and now - started >= limit:
+                if started >= 0 and limit and now - started >= limit:
                     self._reject(factory.timed_out)
                     return
             elif self._stream_in is None and (self._current is None or not self._current.interim):
