@@ -253,6 +253,75 @@ class HTTPRPCInteropTests(unittest.TestCase):
         # Node's handler.reply('a string') sends a null error: success with a null result.
         self.assertIsNone(await client.request("node:echo", {"stringError": "lost"}))
 
+    # --- Node's meta and handler.reply(err, result) ---
+
+    async def node_meta_server(self, names: list[str]) -> int:
+        conf = {"grape": self.py_grape.url, "names": names}
+        proc = harness.spawn_node(self, "http_meta_server.js", [json.dumps(conf)], name="node-meta")
+        ready = await proc.ready
+        return int(ready["port"])
+
+    @async_test
+    async def test_meta_as_node(self) -> None:
+        """Node's client gives a Python handler the meta a Node handler gets from it: buffered
+        requests (plain and gzip), and Node's stream client with ``_a``/``_ar`` headers (its
+        buffered requests cannot carry them)."""
+        await self.grape()
+
+        def handler(request: Request) -> Any:
+            meta = dict(request.meta)
+            meta["args"] = dict(meta["args"])  # read-only mappings: copied to send back
+            return {"meta": meta, "rid": request.rid, "key": request.key}
+
+        await self.py_server(["meta:py"], handler=handler)
+        await self.node_meta_server(["meta:node"])
+        node = await self.node_client()
+        for compress in (False, True):
+            op = {"op": "request", "payload": 1, "opts": {"timeout": 10000, "compress": compress}}
+            py = await node.ok({**op, "name": "meta:py"})
+            js = await node.ok({**op, "name": "meta:node"})
+            self.assertEqual(py["meta"], js["meta"])
+            expected: dict[str, Any] = {
+                "isStream": False,
+                "compress": compress,
+                "action": None,
+                "args": {},
+            }
+            self.assertEqual(py["meta"], expected)
+        headers = {"_a": "upload", "_ar": {"foo": "bar", "n": [1, 2]}}
+        stream = {
+            "op": "stream",
+            "body": '["body-rid","body-key",1]',
+            "opts": {"timeout": 10000, "headers": headers},
+        }
+        metas = []
+        for name in ("meta:py", "meta:node"):
+            rid, err, result = json.loads(await node.ok({**stream, "name": name}))
+            self.assertIsNone(err)
+            self.assertEqual(result["rid"], rid)  # _gr's rid and key win
+            self.assertEqual(result["key"], name)
+            meta = result["meta"]
+            self.assertEqual(meta.pop("infoHeaders"), [rid, name])
+            metas.append(meta)
+        self.assertEqual(metas[0], metas[1])
+        self.assertEqual(
+            metas[0],
+            {"isStream": True, "compress": False, "action": "upload", "args": headers["_ar"]},
+        )
+
+    @async_test
+    async def test_error_and_result_from_node(self) -> None:
+        """Node's handler.reply(err, result) reaches a Python client as a RemoteError carrying
+        both the message and the result."""
+        await self.grape()
+        await self.node_meta_server(["both:node"])
+        client = self.py_client()
+        payload = {"both": {"error": "ERR_PARTIAL", "result": {"done": 3, "of": 5}}}
+        with self.assertRaises(errors.RemoteError) as caught:
+            await client.request("both:node", payload)
+        self.assertEqual(caught.exception.message, "ERR_PARTIAL")
+        self.assertEqual(caught.exception.result, {"done": 3, "of": 5})  # type: ignore[attr-defined]
+
     # --- map over a mix ---
 
     @async_test
