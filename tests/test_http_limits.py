@@ -444,6 +444,20 @@ class UnparseableBodyTests(SynchronousTestCase):
         self.assertTrue(wire.value().endswith(b'"unreached"'))
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    def test_grape_api_slow_header_and_limits(self) -> None:
+        """The grape API has the same deadlines, configurable through its factory."""
+        clock = Clock()
+        any_clock: Any = clock
+        factory = grape_http_factory(lambda op, data: 1, any_clock, header_timeout=4.0)
+        self.assertEqual(factory.header_timeout, 4.0)
+        proto = factory.buildProtocol(None)
+        wire = StringTransport()
+        proto.makeConnection(wire)
+        proto.dataReceived(b"POST /lookup HTTP/1.1\r\n")
+        clock.pump([1.0] * 6)
+        self.assertEqual(wire.value(), TIMEOUT_408)
+        self.assertTrue(wire.disconnecting)
+
     def test_malformed_inputs_counted(self) -> None:
         """A few hundred malformed requests, each answered with the expected status on its own
         connection and nothing logged; the server serves a good request afterwards."""

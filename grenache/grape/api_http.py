@@ -32,8 +32,9 @@ Deliberate differences from Node 1.0.0:
   ``undefined`` and the operation runs on it.
 - JSON nested deeper than Python's recursion limit (about 1000 levels, which fits in the
   8 KiB default) is treated as not JSON; Node's ``JSON.parse`` would accept it.
-- Malformed HTTP, oversized headers and idle connections are handled by
-  :mod:`grenache.http.server` (400, 431, idle close) where Node has its own defaults.
+- Malformed HTTP, oversized headers, idle connections, slow headers and bodies (408) and
+  clients that do not read (dropped) are handled by :mod:`grenache.http.server` where Node
+  has its own defaults.
 """
 
 from __future__ import annotations
@@ -139,15 +140,21 @@ def _failure(failure: Failure, operation: str) -> HTTPResponse:
 
 
 def grape_http_factory(
-    dispatch: Dispatch, clock: IReactorTime, max_body_size: int | None = 8192
+    dispatch: Dispatch, clock: IReactorTime, max_body_size: int | None = 8192, **limits: Any
 ) -> HTTPServerFactory:
     """An :class:`HTTPServerFactory` serving the grape API through ``dispatch``.
 
-    ``max_body_size`` is the grape's ``check_maxPayloadSize`` (``None``: no limit).
+    ``max_body_size`` is the grape's ``check_maxPayloadSize`` (``None``: no limit). ``limits``
+    are the factory's other keywords (``header_timeout``, ``min_body_rate``, ``body_grace``,
+    ``output_timeout``, ``max_pipeline``, ``idle_timeout``, ``max_header_size``), with the
+    factory's defaults when not given: a client that does not read, or sends its request
+    slowly, cannot hold the grape's memory or connections (docs/protocol.rst,
+    *Grape HTTP API*).
     """
     return HTTPServerFactory(
         GrapeHTTPAPI(dispatch),
         clock,
         max_body_size=max_body_size,
         too_large=PAYLOAD_SIZE,
+        **limits,
     )
