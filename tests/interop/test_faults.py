@@ -94,11 +94,6 @@ async def service_port(proc: NodeProcess) -> int:
     return int(match.group(1))
 
 
-async def kill(proc: NodeProcess) -> None:
-    """SIGKILL ``proc``'s process group (a crash, not a shutdown) and wait until it is gone."""
-    await proc.kill()
-
-
 class GrapeRestartTests(unittest.TestCase):
     """A grape killed and restarted on its ports under a running service and client."""
 
@@ -137,7 +132,7 @@ class GrapeRestartTests(unittest.TestCase):
             processes=processes,
         )
 
-        await kill(grape_a.process)
+        await grape_a.process.kill()  # a crash, not a shutdown
         # The survivor keeps answering lookups with what it stored.
         await wait_until(
             lambda: lookup_via(grape_b.url),
@@ -220,7 +215,7 @@ class PublisherRestartTests(unittest.TestCase):
         )
         await subscribing
 
-        await kill(pub1)
+        await pub1.kill()
         pub2, port2 = await start_publisher("pub-2")
         await wait_until(
             published(pub2, "second"),
