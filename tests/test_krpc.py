@@ -683,6 +683,21 @@ class RobustnessTests(SynchronousTestCase):
         self.assertIn("1001 datagram(s) dropped or refused: undecodable", formatEvent(events[1]))
         self.assertEqual(h.proto.dropped, {"undecodable": 1002, "not a dictionary": 1})
 
+    def test_queued_query_to_a_down_address_is_not_sent(self) -> None:
+        down: set[Address] = set()
+        answered: list[Address] = []
+        h = Harness(concurrency=1, skip_queued=down.__contains__, on_answer=answered.append)
+        first = h.proto.query(PEER, "ping", {})
+        queued = h.proto.query(PEER, "ping", {})
+        other = h.proto.query(("10.0.0.9", 1), "ping", {})
+        down.add(PEER)
+        h.reply(T1, {"id": B})
+        self.assertEqual(answered, [PEER])
+        self.successResultOf(first)
+        self.failureResultOf(queued, KRPCTimeout)
+        self.assertEqual([addr for _, addr in h.written], [PEER, ("10.0.0.9", 1)])
+        self.assertNoResult(other)
+
     def test_late_responses_are_reported_at_debug_level(self) -> None:
         events: list[dict[str, Any]] = []
         h = Harness(result={})

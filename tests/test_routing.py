@@ -11,7 +11,7 @@ import math
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from grenache.dht.routing import Contact, K, KBucket, distance
+from grenache.dht.routing import Contact, K, KBucket, RoutingTable, distance
 
 
 def _h(seed: str, n: int) -> bytes:
@@ -360,3 +360,34 @@ class KBucketTests(SynchronousTestCase):
         table.add(a)
         table.add(b)
         self.assertEqual(table.add(c), ([a, b], c))
+
+
+class RoutingTableAddressRuleTests(SynchronousTestCase):
+    """One contact per address; at most ``max_per_ip`` per public IP (local ones exempt)."""
+
+    def test_new_id_at_an_address_replaces_the_old_contact(self) -> None:
+        table = RoutingTable(b"\x00" * 20)
+        table.add(Contact(id=b"\x01" * 20, host="1.2.3.4", port=1))
+        table.add(Contact(id=b"\x02" * 20, host="1.2.3.4", port=1))
+        self.assertEqual([c.id for c in table], [b"\x02" * 20])
+        self.assertEqual(table.at(("1.2.3.4", 1)).id, b"\x02" * 20)  # type: ignore[union-attr]
+        table.remove(b"\x02" * 20)
+        self.assertIsNone(table.at(("1.2.3.4", 1)))
+        self.assertEqual(len(table), 0)
+
+    def test_public_ip_cap_and_local_exemption(self) -> None:
+        table = RoutingTable(b"\x00" * 20, max_per_ip=2)
+        for port in range(1, 6):
+            table.add(Contact(id=bytes([port]) * 20, host="1.2.3.4", port=port))
+            table.add(Contact(id=bytes([port + 100]) * 20, host="127.0.0.1", port=port))
+        hosts = [c.host for c in table]
+        self.assertEqual((hosts.count("1.2.3.4"), hosts.count("127.0.0.1")), (2, 5))
+        # A freed place takes the next contact; a known id may move to a new port.
+        table.remove(b"\x01" * 20)
+        table.add(Contact(id=b"\x09" * 20, host="1.2.3.4", port=9))
+        table.add(Contact(id=b"\x02" * 20, host="1.2.3.4", port=22))
+        self.assertEqual(
+            sorted(c.addr for c in table if c.host == "1.2.3.4"),
+            [("1.2.3.4", 9), ("1.2.3.4", 22)],
+        )
+        self.assertIsNone(table.at(("1.2.3.4", 2)))

@@ -75,7 +75,8 @@ NodeSeen = Callable[[bytes, Address], None]
 """Told about every valid 20-byte node id that sent us a query or a response."""
 
 NodeTimedOut = Callable[[Address], None]
-"""Told about every address a query of ours timed out on."""
+"""Told about every address a query of ours timed out on (and, as ``on_answer``, about every
+address that answered one)."""
 
 #: Drop reasons that are normal in a healthy network: reported at debug level only.
 QUIET_DROPS = frozenset({"late or unexpected response"})
@@ -288,7 +289,11 @@ class KRPCProtocol(DatagramProtocol):
     8192 bytes (docs/protocol.rst, *DHT messages*).
 
     ``rate_limiter`` (None: no limit) is asked once per incoming query with the source IP;
-    ``on_timeout`` hears about every address a query of ours timed out on. Counters, all public
+    ``on_timeout`` hears about every address a query of ours timed out on, ``on_answer`` about
+    every address that answered one (``y=r`` or ``y=e``). A queued query whose address
+    ``skip_queued`` says is down by the time a slot frees up is not sent: it fails with
+    :class:`KRPCTimeout` at once, so that queries to a dead node queued before it was known
+    dead do not each wait out a timeout. Counters, all public
     and only ever incremented: :attr:`received` (the outcome of every datagram), :attr:`dropped`
     (per reason) and :attr:`refused` (error replies sent, per code).
     """
@@ -306,6 +311,8 @@ class KRPCProtocol(DatagramProtocol):
         concurrency: int = 16,
         rate_limiter: QueryRateLimiter | None = None,
         on_timeout: NodeTimedOut | None = None,
+        on_answer: NodeTimedOut | None = None,
+        skip_queued: Callable[[Address], bool] | None = None,
     ) -> None:
         if not 1 <= concurrency < _TID_LIMIT:
             raise ValueError("concurrency must be between 1 and 65534")
@@ -319,6 +326,8 @@ class KRPCProtocol(DatagramProtocol):
         self.handle_query = handle_query
         self.on_node_seen = on_node_seen
         self.on_timeout = on_timeout
+        self.on_answer = on_answer
+        self.skip_queued = skip_queued
         self.rate_limiter = rate_limiter
         #: Every datagram received, by outcome: ``answered`` (a query answered ``y=r``),
         #: ``refused`` (a query answered ``y=e``), ``response`` (a reply to one of our queries)
@@ -425,9 +434,17 @@ class KRPCProtocol(DatagramProtocol):
         self._write(data, req.addr)
 
     def _drain(self) -> None:
-        """Send queued queries while in-flight slots are free."""
+        """Send queued queries while in-flight slots are free (see ``skip_queued``)."""
+        skip = self.skip_queued
+        skipped = []
         while self._queue and self._running and len(self._outstanding) < self.concurrency:
-            self._send(self._queue.popleft())
+            req = self._queue.popleft()
+            if skip is not None and skip(req.addr):
+                skipped.append(req)
+            else:
+                self._send(req)
+        for req in skipped:
+            req.deferred.errback(KRPCTimeout())
 
     def _finish(self, req: _Request) -> None:
         """Take an in-flight request off the books and let the queue move."""
@@ -613,6 +630,8 @@ class KRPCProtocol(DatagramProtocol):
             return
         self.received["response"] += 1
         self._finish(req)
+        if self.on_answer is not None:
+            self.on_answer(addr)
         if y == b"e":
             req.deferred.errback(_error_from(message.get(b"e")))
             return

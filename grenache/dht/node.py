@@ -83,6 +83,9 @@ DOWN_RETRY_MAX = 600.0
 DOWN_EVICT_AFTER = 3
 #: Addresses remembered as down; the oldest is forgotten past it.
 MAX_DOWN_ADDRESSES = 1024
+#: Pings to down addresses in flight at once, so that probing never takes the KRPC slots
+#: that lookups need (a sender that queries us but never answers is probed at this pace).
+MAX_PROBES = 4
 
 
 @attrs.frozen
@@ -124,6 +127,7 @@ class _Down:
     failures: int = 0
     retry_at: float = 0.0
     probing: bool = False
+    probed_at: float = -math.inf
 
 
 @attrs.frozen
@@ -192,11 +196,14 @@ class DHTNode:
                 self._seconds, config.query_rate, config.query_burst, config.max_sources
             ),
             on_timeout=self._timed_out,
+            on_answer=self._answered,
+            skip_queued=self._skip_queued,
         )
         self.routing = RoutingTable(self.node_id, max_per_ip=config.max_contacts_per_ip)
         #: Addresses whose last query timed out, left out of walks and fan-outs until they
         #: answer again (see :meth:`is_down`).
         self.down: dict[Address, _Down] = {}
+        self._probes = 0
         self.peers = RecordCache(clock, config.peer_max_age, config.max_peers, rng=self._rng)
         # Grape's own lookup cache (`_mem`): half the peer age, like Node's.
         self.seen_peers = RecordCache(
@@ -420,8 +427,12 @@ class DHTNode:
     # --- routing table upkeep -----------------------------------------------------------------
 
     def _node_seen(self, node_id: bytes, addr: Address) -> None:
-        if self.down:
-            self.down.pop(addr, None)
+        if self.down and addr in self.down:
+            # Sending us queries is no proof of answering ours: ping it, at most once per
+            # DOWN_RETRY (it may be a node that came back, or one that never answers).
+            down = self.down[addr]
+            if self._seconds() >= down.probed_at + DOWN_RETRY:
+                self._probe(addr)
         now = self.clock.seconds()
         known = self.routing.get(node_id)
         if known is not None:
@@ -512,22 +523,42 @@ class DHTNode:
         """Whether ``addr`` timed out and has not answered since: walks and fan-outs skip it.
 
         Once its retry time has come, a ping goes to it in the background (the caller does not
-        wait for it); any valid message from the address clears the mark.
+        wait for it), as it does when a query comes from it; a reply from the address (to any
+        query of ours) clears the mark.
         """
         down = self.down.get(addr)
         if down is None:
             return False
-        if not down.probing and self.clock.seconds() >= down.retry_at and self._running:
-            down.probing = True
-
-            def probed(_: object) -> None:
-                down.probing = False
-
-            try:
-                self.krpc.query(addr, "ping", {}).addBoth(probed)
-            except Exception:
-                down.probing = False
+        if self.clock.seconds() >= down.retry_at:
+            self._probe(addr)
         return True
+
+    def _skip_queued(self, addr: Address) -> bool:
+        """A queued query to ``addr`` is not sent: it is down and not being probed."""
+        down = self.down.get(addr) if self.down else None
+        return down is not None and not down.probing
+
+    def _answered(self, addr: Address) -> None:
+        if self.down:
+            self.down.pop(addr, None)
+
+    def _probe(self, addr: Address) -> None:
+        """Ping an address marked down, unless a ping to it is already out."""
+        down = self.down.get(addr)
+        if down is None or down.probing or self._probes >= MAX_PROBES or not self._running:
+            return
+        down.probing = True
+        down.probed_at = self._seconds()
+        self._probes += 1
+
+        def probed(_: object) -> None:
+            down.probing = False
+            self._probes -= 1
+
+        try:
+            self.krpc.query(addr, "ping", {}).addBoth(probed)
+        except Exception:
+            probed(None)
 
     def _has_live_neighbour(self) -> bool:
         """Whether some routing-table contact is not known to be down."""
