@@ -127,7 +127,6 @@ class _Down:
     failures: int = 0
     retry_at: float = 0.0
     probing: bool = False
-    probed_at: float = -math.inf
 
 
 @attrs.frozen
@@ -428,11 +427,9 @@ class DHTNode:
 
     def _node_seen(self, node_id: bytes, addr: Address) -> None:
         if self.down and addr in self.down:
-            # Sending us queries is no proof of answering ours: ping it, at most once per
-            # DOWN_RETRY (it may be a node that came back, or one that never answers).
-            down = self.down[addr]
-            if self._seconds() >= down.probed_at + DOWN_RETRY:
-                self._probe(addr)
+            # Sending us queries is no proof of answering ours (a node that came back, or one
+            # that never answers): ping it, one ping at a time, at most MAX_PROBES in all.
+            self._probe(addr)
         now = self.clock.seconds()
         known = self.routing.get(node_id)
         if known is not None:
@@ -548,7 +545,6 @@ class DHTNode:
         if down is None or down.probing or self._probes >= MAX_PROBES or not self._running:
             return
         down.probing = True
-        down.probed_at = self._seconds()
         self._probes += 1
 
         def probed(_: object) -> None:
