@@ -189,7 +189,7 @@ class RPCServerProtocol(  # type: ignore[misc]
             self.release_reading(HOLD_IN_FLIGHT)
         if isinstance(outcome, Failure):
             self._reply([rid, error_message(outcome), None])
-        elif type(outcome) is Reply:
+        elif isinstance(outcome, Reply):
             error = outcome.error
             if isinstance(error, BaseException):
                 error = error_message(error)
