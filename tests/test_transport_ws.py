@@ -305,6 +305,15 @@ class ClientBytesTests(unittest.TestCase):
         protocol.dataReceived(server_frame(b'["9ff0d8bb","ws went wrong",null]'))
         failure = self.failureResultOf(d, RemoteError)
         self.assertEqual(failure.value.message, "ws went wrong")
+        self.assertIsNone(failure.value.result)
+
+    def test_error_reply_with_result(self) -> None:
+        """Node's handler.reply(err, result) sends both: the result rides on the error."""
+        d = self.client.request("127.0.0.1:11338", req("9ff0d8bb", "x"))
+        protocol, _ = self.handshake()
+        protocol.dataReceived(server_frame(b'["9ff0d8bb","partial",{"done":3}]'))
+        failure = self.failureResultOf(d, RemoteError)
+        self.assertEqual((failure.value.message, failure.value.result), ("partial", {"done": 3}))
 
     def test_falsy_error_is_success(self) -> None:
         """Node tests ``err`` for truthiness: "" and 0 are success, [] is an error."""

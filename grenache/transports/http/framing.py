@@ -391,7 +391,6 @@ def parse_reply(
         raise errors.RemoteError("ERR_REPLY_RID_MISMATCH")
     result = data[2] if n > 2 else None
     if truthy(err):
-        error = errors.RemoteError(err if isinstance(err, str) else json_dumps(err).decode())
-        error.result = result  # type: ignore[attr-defined]  # Node's handler.reply(err, result)
-        raise error
+        # Node's handler.reply(err, result) sends both; the result rides on the error.
+        raise errors.RemoteError(err if isinstance(err, str) else json_dumps(err).decode(), result)
     return result

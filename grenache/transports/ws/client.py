@@ -110,11 +110,13 @@ class ClientConnection(OutgoingSocket["WSClientTransport", RPCClientProtocol]):
             log.debug("WebSocket reply for unknown rid {rid!r} ignored", rid=message[0])
             return
         err = message[1] if len(message) > 1 else None
+        result = message[2] if len(message) > 2 else None
         if js_truthy(err):
             text = err if isinstance(err, str) else codec.json_dumps(err).decode("utf-8")
-            pending.deferred.errback(RemoteError(text))
+            # Node's handler.reply(err, result) sends both; the result rides on the error.
+            pending.deferred.errback(RemoteError(text, result))
         else:
-            pending.deferred.callback(message[2] if len(message) > 2 else None)
+            pending.deferred.callback(result)
 
     def forget(self, rid: str) -> None:
         self.pending.pop(rid, None)
