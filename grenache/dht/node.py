@@ -852,11 +852,11 @@ class DHTNode:
 
             d = self._token_table(key, "get_peers", {"info_hash": key}).addCallback(send)
 
-        def alone(failure: Failure) -> int:
-            self._trap_alone(failure)
-            return self._announce_alone(key, port)
+        return d.addErrback(self._announce_failed, key, port)
 
-        return d.addErrback(alone)
+    def _announce_failed(self, failure: Failure, key: bytes, port: int) -> int:
+        self._trap_alone(failure)
+        return self._announce_alone(key, port)
 
     def _trap_alone(self, failure: Failure) -> None:
         """Let ``failure`` through unless it means that nobody is there to ask: no contact at
