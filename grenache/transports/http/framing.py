@@ -324,7 +324,7 @@ def rpc_reply(rid: Any, err: str | None, result: Any, compress: bool) -> HTTPRes
 def reply_result(result: Any, rid: Any, compress: bool) -> HTTPResponse:
     """The reply to a handler's result; a :class:`~grenache.peer.Reply` sends its error
     and result together (an empty error is success, as Node's ``err ? err.message : null``)."""
-    if type(result) is Reply:
+    if isinstance(result, Reply):
         error: Any = result.error
         if isinstance(error, BaseException):
             error = error_message(error)
