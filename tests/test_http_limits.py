@@ -557,7 +557,7 @@ class ReplyTests(SynchronousTestCase):
         with self.assertRaises(errors.RemoteError) as caught:
             parse_reply(200, b'["r","ERR_PARTIAL",{"done":3}]', compress=False, rid="r")
         self.assertEqual(caught.exception.message, "ERR_PARTIAL")
-        self.assertEqual(caught.exception.result, {"done": 3})  # type: ignore[attr-defined]
+        self.assertEqual(caught.exception.result, {"done": 3})
 
 
 class RequestErrorHookTests(SynchronousTestCase):

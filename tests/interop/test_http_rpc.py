@@ -320,7 +320,7 @@ class HTTPRPCInteropTests(unittest.TestCase):
         with self.assertRaises(errors.RemoteError) as caught:
             await client.request("both:node", payload)
         self.assertEqual(caught.exception.message, "ERR_PARTIAL")
-        self.assertEqual(caught.exception.result, {"done": 3, "of": 5})  # type: ignore[attr-defined]
+        self.assertEqual(caught.exception.result, {"done": 3, "of": 5})
 
     # --- map over a mix ---
 
