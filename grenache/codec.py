@@ -147,10 +147,15 @@ def json_loads(data: bytes | str) -> Any:
     """Decode JSON text; raises ``ValueError`` (as ``json`` does) when it is not JSON.
 
     Python's ``NaN``/``Infinity`` extensions are refused, since ``JSON.parse`` refuses them.
+    Nesting too deep for the decoder (a "JSON bomb" of ``[[[[...``) is a ``ValueError`` too,
+    not a ``RecursionError``.
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data).decode("utf-8")
-    return _decoder.decode(data)
+    try:
+        return _decoder.decode(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def msgpack_dumps(value: Any) -> bytes:

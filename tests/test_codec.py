@@ -200,3 +200,10 @@ class JSONLoadsTests(unittest.TestCase):
         for text in (b"NaN", b"[Infinity]", b"-Infinity"):
             self.assertRaises(ValueError, codec.json_loads, text)
         self.assertEqual(codec.json_loads(b'{"a":[1,2.5,"\xc3\xa9"]}'), {"a": [1, 2.5, "é"]})
+
+
+class DeepNestingTests(unittest.TestCase):
+    def test_json_bomb_is_a_value_error(self) -> None:
+        with self.assertRaises(ValueError) as caught:
+            codec.json_loads(b"[" * 100_000)
+        self.assertIn("nested too deeply", str(caught.exception))
