@@ -107,3 +107,17 @@ class ListeningTransport:
 
 _PENDING = object()
 """``_port`` while the endpoint is still opening its port."""
+
+
+def socket_gone(protocol: Any, reason: Any) -> None:
+    """A server socket ended: fire its ``gone`` once and tell its ``socket_closed`` hook.
+
+    A failing hook is logged; the socket is gone either way.
+    """
+    if protocol.gone.called:
+        return
+    protocol.gone.callback(None)
+    try:
+        protocol.socket_closed(reason)
+    except Exception:
+        log.failure("socket_closed failed")

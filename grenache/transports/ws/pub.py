@@ -46,7 +46,7 @@ from grenache.transports.ws.limits import (
     Limits,
     SocketLimits,
 )
-from grenache.transports.ws.listening import ListeningTransport, ServerFactory
+from grenache.transports.ws.listening import ListeningTransport, ServerFactory, socket_gone
 
 __all__ = ["PubFactory", "PubProtocol", "WSPubTransport"]
 
@@ -111,12 +111,7 @@ class PubProtocol(  # type: ignore[misc]
         super().connectionLost(reason)
         self._owner._subscribers.discard(self)
         self._owner._all.discard(self)
-        if not self.gone.called:
-            self.gone.callback(None)
-            try:
-                self.socket_closed(reason)
-            except Exception:
-                log.failure("socket_closed failed")
+        socket_gone(self, reason)
 
 
 class PubFactory(ServerFactory):

@@ -59,7 +59,7 @@ from grenache.transports.ws.limits import (
     Limits,
     SocketLimits,
 )
-from grenache.transports.ws.listening import ListeningTransport, ServerFactory
+from grenache.transports.ws.listening import ListeningTransport, ServerFactory, socket_gone
 
 __all__ = ["RPCServerFactory", "RPCServerProtocol", "Serve", "WSServerTransport"]
 
@@ -218,12 +218,7 @@ class RPCServerProtocol(  # type: ignore[misc]
         self._cancel_output_deadline()
         super().connectionLost(reason)
         self._owner._sockets.discard(self)
-        if not self.gone.called:
-            self.gone.callback(None)
-            try:
-                self.socket_closed(reason)
-            except Exception:
-                log.failure("socket_closed failed")
+        socket_gone(self, reason)
 
 
 class RPCServerFactory(ServerFactory):
