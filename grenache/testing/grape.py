@@ -211,10 +211,19 @@ class MemoryGrapeAgent:
             answer = grape.answer(request)
         except Exception:
             return fail()
-        if isinstance(answer, Deferred):
-            return answer.addCallback(_response)
-        return succeed(_response(answer))
+        if not isinstance(answer, Deferred):
+            return succeed(_response(answer))
+        # A link that gives up closes its connection; the grape's work goes on regardless,
+        # so cancelling the response does not cancel the grape's Deferred.
+        response: Deferred[MemoryResponse] = Deferred()
+        answer.addCallbacks(_deliver, response.errback, callbackArgs=(response,))
+        return response
 
 
 def _response(answer: HTTPResponse) -> MemoryResponse:
     return MemoryResponse(answer.status, answer.body)
+
+
+def _deliver(answer: HTTPResponse, response: Deferred[MemoryResponse]) -> None:
+    if not response.called:
+        response.callback(_response(answer))

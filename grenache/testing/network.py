@@ -88,12 +88,12 @@ class MemoryNetwork:
         return join_host_port(self.host, port)
 
     def normalize(self, dest: Dest) -> str:
-        """``dest`` as the ``host:port`` text the network keys on (a port number is on the
-        network's host)."""
+        """``dest`` as the ``host:port`` text the network keys on: a port number is on the
+        network's host, and so is ``localhost``. ValueError unless it is ``host:port``."""
         if isinstance(dest, int) and not isinstance(dest, bool):
             return self.address(dest)
         host, port = split_host_port(str(dest))
-        return join_host_port(host, port)
+        return join_host_port(self.host if host == "localhost" else host, port)
 
     def listener(self, dest: Dest) -> Listener | None:
         """What listens at ``dest`` (a grape, a server or a publisher transport), if anything."""
@@ -101,7 +101,7 @@ class MemoryNetwork:
             host, port = split_host_port(self.normalize(dest))
         except ValueError:
             return None
-        if host.strip("[]") not in (self.host, "localhost"):
+        if host != self.host:
             return None
         return self._listeners.get(port)
 
@@ -126,9 +126,11 @@ class MemoryNetwork:
 
     def refused(self, dest: Dest) -> DestinationUnreachable:
         """The error a connection to ``dest`` that nobody accepts fails with."""
-        return DestinationUnreachable(
-            f"{DestinationUnreachable.wire}: {self.normalize(dest)}: connection refused"
-        )
+        try:
+            text = self.normalize(dest)
+        except ValueError:
+            text = str(dest)
+        return DestinationUnreachable(f"{DestinationUnreachable.wire}: {text}: connection refused")
 
     # --- grapes and links --------------------------------------------------------------------
 
