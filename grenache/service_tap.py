@@ -12,6 +12,8 @@ grape (again and again, until shutdown), and answers each request with the handl
 ``--tls-key``/``--tls-cert`` serve over TLS, and ``--tls-ca`` / ``--tls-client-fingerprints``
 restrict the clients (see :mod:`grenache.tls_options` and docs/tls.rst). ``twistd -r asyncio
 grenache-service ...`` runs it on the asyncio reactor, for handlers written with asyncio.
+``--metrics PORT`` (or an endpoint description) serves ``/metrics`` (Prometheus) and
+``/health`` (docs/metrics.rst).
 
 A handler is named ``pkg.module:function`` (see :mod:`grenache.handlers`) and is called with
 one :class:`grenache.peer.Request` (``rid``, ``key``, ``payload``, ``peer_certificate``); it
@@ -33,6 +35,7 @@ from twisted.python.failure import Failure
 from grenache.endpoints import ListenSpec, describe_listen_spec, server_endpoint
 from grenache.handlers import HandlerError, load_handler
 from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE, Link
+from grenache.metrics import ALONE, HEALTHY, STOPPING, Metrics, MetricsService, listen_spec
 from grenache.peer import Handler, PeerRPCServer, error_message
 from grenache.peer.server import DEFAULT_HANDLER_TIMEOUT
 from grenache.tls_options import ServerTLSOptions
@@ -123,6 +126,8 @@ class Options(ServerTLSOptions):
         "      --tls-key server.key --tls-cert server.crt --tls-client-fingerprints AA:BB:... \\\n"
         "      --handler mypkg.handlers:answer\n"
         "  twistd -n -r asyncio grenache-service --name aio --handler mypkg.handlers:async_answer\n"
+        "  twistd -n grenache-service --name fibonacci_worker --metrics 9100 \\\n"
+        "      --handler examples.fibonacci_service:fibonacci\n"
     )
 
     optParameters: list[list[Any]] = [
@@ -152,6 +157,14 @@ class Options(ServerTLSOptions):
             "Seconds a handler has to answer before the request is answered with "
             "ERR_HANDLER_TIMEOUT and the handler cancelled; 0 = no deadline.",
             _handler_timeout,
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve /metrics (Prometheus) and /health on this TCP port or endpoint description "
+            "(off unless given).",
+            listen_spec,
         ],
     ]
 
@@ -214,6 +227,7 @@ class Options(ServerTLSOptions):
             listen=self["listen"],
             tls=self["tls"],
             handler_timeout=self["handler-timeout"],
+            metrics=self["metrics"],
         )
 
 
@@ -221,7 +235,8 @@ class ServiceConfig:
     """What a :class:`GrenacheService` runs: names, handler spec, transport, where to listen
     (``port`` bound to ``interface``, or ``listen``: an endpoint description or endpoint),
     ``tls`` (a :class:`~grenache.tls.ServerTLS` or context factory; ``None``: plain TCP),
-    grape, ``handler_timeout`` (seconds a handler has to answer; ``None``: no deadline)."""
+    grape, ``handler_timeout`` (seconds a handler has to answer; ``None``: no deadline),
+    ``metrics`` (where to serve ``/metrics`` and ``/health``; ``None``: nowhere)."""
 
     def __init__(
         self,
@@ -235,6 +250,7 @@ class ServiceConfig:
         listen: ListenSpec | None = None,
         tls: Any = None,
         handler_timeout: float | None = DEFAULT_HANDLER_TIMEOUT,
+        metrics: ListenSpec | None = None,
     ) -> None:
         self.names = names
         self.handler = handler
@@ -246,6 +262,7 @@ class ServiceConfig:
         self.listen = listen
         self.tls = tls
         self.handler_timeout = handler_timeout
+        self.metrics = metrics
 
     @property
     def where(self) -> ListenSpec:
@@ -260,6 +277,11 @@ class GrenacheService(Service):
     :meth:`announce` starts the announcing loops and fires with each name's first result (a
     node count, or the error's text). ``startService`` does both, and ``stopService`` stops
     announcing, closes the port and the service's connections, and stops the link.
+
+    With ``config.metrics``, :attr:`metrics` is the service's own
+    :class:`~grenache.metrics.Metrics`, served by :meth:`listen` on that endpoint as well:
+    ``/health`` answers "healthy", "alone" while the last announce of a name failed, and
+    "stopping" once ``stopService`` began.
 
     Raises :class:`~grenache.handlers.HandlerError` when the handler cannot be loaded, and
     :class:`~grenache.transports.UnknownTransport` for a transport that does not exist.
@@ -277,20 +299,59 @@ class GrenacheService(Service):
         self.transport = entry.server_transport(
             reactor, tls=config.tls, interface=config.interface or ""
         )
+        #: The service's metrics (``None`` unless ``config.metrics`` is given).
+        self.metrics: Metrics | None = None
+        self.metrics_service: MetricsService | None = None
+        if config.metrics is not None:
+            self.metrics = Metrics()
+            self.metrics.add_health("service", self._health)
+            self.metrics_service = MetricsService(self.metrics, reactor, config.metrics)
         self.server = PeerRPCServer(
             self.link,
             self.transport,
             self.handler,
             reactor=reactor,
             handler_timeout=config.handler_timeout,
+            metrics=self.metrics,
         )
         self._listening = False
         self.port: int | None = None
         #: Set by ``startService``: fires with :meth:`announce`'s results once announced.
         self.started: Deferred[dict[str, int | str] | None] | None = None
 
+    @property
+    def metrics_port(self) -> int | None:
+        """The TCP port of ``/metrics`` and ``/health`` once listening (``None`` without)."""
+        return None if self.metrics_service is None else self.metrics_service.port
+
+    def _health(self) -> tuple[str, dict[str, Any]]:
+        details: dict[str, Any] = {"names": list(self.config.names), "port": self.port}
+        if self.metrics is not None and self.metrics.stopping:
+            return STOPPING, details
+        failed = self.metrics.announces.last_failed if self.metrics is not None else {}
+        failing = {name: failed[name] for name in self.config.names if name in failed}
+        if failing:
+            return ALONE, {**details, "announce_failed": failing}
+        return HEALTHY, details
+
     def listen(self) -> Deferred[int]:
-        """Bind the service port; fires with the port bound or fails with ListenError."""
+        """Bind the service port (and the metrics one, with ``config.metrics``); fires with
+        the service port bound or fails with ListenError."""
+        return self._listen().addCallback(self._listen_metrics)
+
+    def _listen_metrics(self, port: int) -> Any:
+        service = self.metrics_service
+        if service is None:
+            return port
+
+        def failed(failure: Failure) -> Deferred[int]:
+            error = ListenError(f"metrics: {describe_failure(failure)}")
+            return self.server.stop().addBoth(lambda _: Failure(error))
+
+        service.startService()
+        return service.when_listening().addCallbacks(lambda _: port, failed)
+
+    def _listen(self) -> Deferred[int]:
         if self._listening:
             return fail(RuntimeError("GrenacheService.listen() was already called"))
         self._listening = True
@@ -378,10 +439,14 @@ class GrenacheService(Service):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stopping = True  # /health answers "stopping" while this runs
         try:
             await self.server.stop()
         finally:
             await self.link.stop()
+            if self.metrics_service is not None and self.metrics_service.running:
+                await self.metrics_service.stopService()
         log.info(
             "Stopped announcing {names} and closed port {port}",
             names=", ".join(repr(n) for n in self.config.names),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import (
     CancelledError,
@@ -39,6 +39,9 @@ from twisted.python.failure import Failure
 from grenache import errors
 from grenache.peer.protocols import ClientTransport, LinkProtocol
 from grenache.peer.request import OutgoingRequest, new_rid
+
+if TYPE_CHECKING:
+    from grenache.metrics import CallRecorder, Metrics
 
 __all__ = ["DEFAULT_ACTIVE_WINDOW", "PeerRPCClient"]
 
@@ -69,6 +72,11 @@ class PeerRPCClient:
     ``maxActiveDestTransports``) bounds the connections kept per destination: it sets the
     transport's ``pool_size_per_dest`` (HTTP); a transport without one (WebSocket) keeps a
     single connection per destination, within any limit.
+
+    ``metrics`` (a :class:`~grenache.metrics.Metrics`; none by default) counts the requests
+    sent (each attempt of :meth:`request` and each of :meth:`map`'s) by destination and
+    outcome (``ok``, ``error``, ``timeout``, ``unreachable``, ``closed``, ``cancelled``) with
+    their latency, and the transport's open connections.
     """
 
     def __init__(
@@ -82,6 +90,7 @@ class PeerRPCClient:
         max_active_key_dests: int | None = None,
         max_active_dest_transports: int | None = None,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if not timeout > 0:
             raise ValueError("timeout must be a positive number of seconds")
@@ -105,6 +114,10 @@ class PeerRPCClient:
         self._rng = rng if rng is not None else random.Random()
         self._set_aside: dict[str, float] = {}  # dest -> clock time it may be chosen again
         self._stopped = False
+        self.metrics = metrics
+        self._calls: CallRecorder | None = (
+            metrics.watch_rpc_client(transport) if metrics is not None else None
+        )
 
     # --- destination choice ---
 
@@ -263,6 +276,8 @@ class PeerRPCClient:
         d = self.transport.request(
             dest, OutgoingRequest(new_rid(), key, payload, timeout, compress)
         )
+        if self._calls is not None:
+            self._count(d, dest)
         return d.addErrback(
             self._attempt_failed,
             dest,
@@ -335,6 +350,8 @@ class PeerRPCClient:
         for dest in dests:
             self._used(dest)
             d = self.transport.request(dest, self._outgoing(key, payload, timeout, compress))
+            if self._calls is not None:
+                self._count(d, dest)
             d.addErrback(self._note_unreachable, dest)
             calls.append(d)
         if not calls:
@@ -402,6 +419,12 @@ class PeerRPCClient:
                 refused.add(dest)
                 if len(refused) >= len(set(dests)):
                     raise
+
+    def _count(self, d: Deferred[Any], dest: str) -> None:
+        assert self._calls is not None
+        cell = self._calls.stats(dest)
+        cell.started += 1
+        d.addBoth(cell.finish, cell.timer())
 
     def _note_unreachable(self, failure: Failure, dest: str) -> Failure:
         if failure.check(errors.DestinationUnreachable):

@@ -3,12 +3,15 @@ port their transport listens on, announcing it by name through the link, and sto
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from grenache.peer.protocols import LinkProtocol, PubTransport, ServerTransport
+
+if TYPE_CHECKING:
+    from grenache.metrics import Metrics
 
 __all__ = ["AnnouncedListener"]
 
@@ -21,11 +24,20 @@ class AnnouncedListener(Generic[_ListeningT]):
     """A transport that listens, and the names it is announced under.
 
     ``link`` may be ``None`` for a peer that is only reached directly (tests, fixed
-    addresses); :meth:`announce` then fails.
+    addresses); :meth:`announce` then fails. With ``metrics`` (a
+    :class:`~grenache.metrics.Metrics`), every announce the link makes for it is counted by
+    name and outcome.
     """
 
-    def __init__(self, link: LinkProtocol | None, transport: _ListeningT) -> None:
+    def __init__(
+        self,
+        link: LinkProtocol | None,
+        transport: _ListeningT,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.link = link
+        self.metrics = metrics
         self.transport: _ListeningT = transport
         self._port: int | None = None
         self._announced: list[tuple[str, int]] = []
@@ -52,6 +64,8 @@ class AnnouncedListener(Generic[_ListeningT]):
         if port == 0:
             return fail(RuntimeError(f"{type(self).__name__} has no TCP port to announce"))
         self._announced.append((name, port))
+        if self.metrics is not None:
+            self.metrics.count_announces(self.link)
         return self.link.start_announcing(name, port)
 
     def stop(self) -> Deferred[None]:

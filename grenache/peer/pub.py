@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.internet.defer import Deferred
 
 from grenache.endpoints import ListenSpec
 from grenache.peer.listener import AnnouncedListener
-from grenache.peer.protocols import PubTransport
+from grenache.peer.protocols import LinkProtocol, PubTransport
+
+if TYPE_CHECKING:
+    from grenache.metrics import Metrics
 
 __all__ = ["PeerPub"]
 
 
 class PeerPub(AnnouncedListener[PubTransport]):
-    """Publishes messages to every connected subscriber and announces itself by name."""
+    """Publishes messages to every connected subscriber and announces itself by name.
+
+    :attr:`published` counts the messages given to :meth:`pub` and :attr:`delivered` the
+    copies sent (a message to three subscribers counts three); ``metrics`` (a
+    :class:`~grenache.metrics.Metrics`) reads them, and the transport's ``subscribers``, when
+    scraped.
+    """
+
+    def __init__(
+        self,
+        link: LinkProtocol | None,
+        transport: PubTransport,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
+        super().__init__(link, transport, metrics=metrics)
+        self.published = 0
+        self.delivered = 0
+        if metrics is not None:
+            metrics.watch_pub(self)
 
     def listen(self, where: ListenSpec = 0) -> Deferred[int]:
         """Start the transport on ``where`` (as :meth:`PeerRPCServer.listen
@@ -21,4 +45,7 @@ class PeerPub(AnnouncedListener[PubTransport]):
 
     def pub(self, message: str | bytes) -> int:
         """Send ``message`` to every subscriber; return how many it was sent to."""
-        return self.transport.publish(message)
+        sent = self.transport.publish(message)
+        self.published += 1
+        self.delivered += sent
+        return sent

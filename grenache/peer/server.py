@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -22,6 +23,9 @@ from grenache.peer.listener import AnnouncedListener
 from grenache.peer.protocols import LinkProtocol, ServerTransport
 from grenache.peer.request import Handler, Request, call_handler
 from grenache.timers import Deadlines
+
+if TYPE_CHECKING:
+    from grenache.metrics import CallRecorder, Metrics
 
 __all__ = ["DEFAULT_HANDLER_TIMEOUT", "PeerRPCServer"]
 
@@ -119,6 +123,11 @@ class PeerRPCServer(AnnouncedListener[ServerTransport]):
     deadline runs on the ``reactor`` attribute of the link or the transport (the project's
     link and HTTP transport have one), and the failure window on :func:`time.monotonic`. With
     no reactor anywhere, there is no handler deadline.
+
+    ``metrics`` (a :class:`~grenache.metrics.Metrics`; none by default, and then nothing is
+    counted) counts requests by key and outcome (``ok``, ``error``, ``timeout``,
+    ``cancelled``) with their latency, requests in flight, the transport's open connections
+    and the announces.
     """
 
     def __init__(
@@ -131,10 +140,11 @@ class PeerRPCServer(AnnouncedListener[ServerTransport]):
         log_limit: int = DEFAULT_LOG_LIMIT,
         log_window: float = DEFAULT_LOG_WINDOW,
         handler_timeout: float | None = DEFAULT_HANDLER_TIMEOUT,
+        metrics: Metrics | None = None,
     ) -> None:
         if handler_timeout is not None and not (0 < handler_timeout < math.inf):
             raise ValueError("handler_timeout must be a positive number of seconds, or None")
-        super().__init__(link, transport)
+        super().__init__(link, transport, metrics=metrics)
         overridden = type(self).handle is not PeerRPCServer.handle
         if handler is None and not overridden:
             raise TypeError("give PeerRPCServer a handler, or subclass it and override handle()")
@@ -151,6 +161,12 @@ class PeerRPCServer(AnnouncedListener[ServerTransport]):
         if timer_clock is not None:
             self._deadlines = Deadlines(timer_clock, self._expired, _Pending.done)
         self._pending: set[_Pending] = set()
+        self._calls: CallRecorder | None = None
+        # Chosen once: without metrics a request costs nothing more.
+        self._serve_request: Callable[[Request], Deferred[Any]] = self._serve
+        if metrics is not None:
+            self._calls = metrics.watch_rpc_server(transport)
+            self._serve_request = self._metered_serve
 
     def handle(self, request: Request) -> Any:
         """Answer ``request``: a value, a Deferred or a coroutine (an ``async def`` method).
@@ -167,7 +183,7 @@ class PeerRPCServer(AnnouncedListener[ServerTransport]):
         """Start the transport on ``where`` (a port number, 0 for any; an endpoint
         description such as ``"tcp6:0"``; or a server endpoint) and fire with the bound TCP
         port (0 for an endpoint without one, which cannot be announced)."""
-        return self.transport.listen(where, self._serve).addCallback(self._bound)
+        return self.transport.listen(where, self._serve_request).addCallback(self._bound)
 
     def _serve(self, request: Request) -> Deferred[Any]:
         d = call_handler(self._handle, request)
@@ -184,6 +200,18 @@ class PeerRPCServer(AnnouncedListener[ServerTransport]):
         deadlines.add(pending, timeout)
         d.addBoth(pending.settle)
         return pending.reply
+
+    def _metered_serve(self, request: Request) -> Deferred[Any]:
+        assert self._calls is not None
+        cell = self._calls.stats(request.key)
+        cell.started += 1
+        start = cell.timer()
+        d = self._serve(request)
+        if d.called and not d.paused:
+            cell.finish(d.result, start)
+        else:
+            d.addBoth(cell.finish, start)
+        return d
 
     def _expired(self, pending: _Pending) -> None:
         request = pending.request

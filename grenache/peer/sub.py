@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -17,11 +17,25 @@ from grenache import errors
 from grenache.peer.protocols import LinkProtocol, SubConnection, SubTransport
 from grenache.peer.request import error_message
 
-__all__ = ["PeerSub"]
+if TYPE_CHECKING:
+    from grenache.metrics import Metrics
+
+__all__ = ["PeerSub", "SubscriptionStats"]
 
 log = Logger()
 
 _EVENTS = ("message", "connected", "disconnected", "error")
+
+
+class SubscriptionStats:
+    """What happened under one subscribed name since the :class:`PeerSub` was made (kept
+    across unsubscribing and subscribing again): messages received, connections made."""
+
+    __slots__ = ("connects", "messages")
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.connects = 0
 
 
 class _Subscription:
@@ -30,6 +44,7 @@ class _Subscription:
     def __init__(self, peer: PeerSub, name: str) -> None:
         self.peer = peer
         self.name = name
+        self.stats = peer.stats.get(name) or peer.stats.setdefault(name, SubscriptionStats())
         self.connection: SubConnection | None = None
         self.dest: str | None = None
         self.delay = peer.backoff_initial
@@ -66,12 +81,14 @@ class _Subscription:
             self.connection = conn
             self.dest = dest
             self.delay = peer.backoff_initial
+            self.stats.connects += 1
             peer._emit("connected", self.name, dest)
             return
         assert last is not None
         raise last
 
     def _on_message(self, message: str | bytes) -> None:
+        self.stats.messages += 1
         self.peer._emit("message", message)
 
     def _on_close(self, dest: str) -> None:
@@ -131,6 +148,10 @@ class PeerSub:
     publisher when the name has several. Disconnects are events, never logged tracebacks.
     ``reactor`` (required; the link's own, ``link.reactor``, will do) schedules the
     resubscribe timers.
+
+    :attr:`stats` keeps a :class:`SubscriptionStats` per name; ``metrics`` (a
+    :class:`~grenache.metrics.Metrics`) reads them, and which names are connected, when
+    scraped.
     """
 
     def __init__(
@@ -143,6 +164,7 @@ class PeerSub:
         backoff_initial: float = 0.1,
         backoff_max: float = 2.0,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.link = link
         self.transport = transport
@@ -158,6 +180,10 @@ class PeerSub:
         self.on_disconnected: Callable[[str, str], Any] | None = None
         self.on_error: Callable[[str, Exception], Any] | None = None
         self._stopped = False
+        #: Messages and connections by subscribed name (see :class:`SubscriptionStats`).
+        self.stats: dict[str, SubscriptionStats] = {}
+        if metrics is not None:
+            metrics.watch_sub(self)
 
     def add_listener(self, event: str, fn: Callable[..., Any]) -> None:
         """Call ``fn`` on ``event`` (``"message"``, ``"connected"``, ``"disconnected"`` or
