@@ -1,13 +1,15 @@
 """Tests for grenache.peer: transport-neutral RPC client/server and pub/sub.
 
-A fake link and fake transports stand in for the grape and the network; time is a Clock.
+The peers run on grenache.testing's in-memory network (a real link to a lone grape, in-memory
+transports, time on a Clock). Two tests keep a recording server transport of their own: they
+check what the server hands its transport (the listen spec as given, the reply Deferred it
+cancels), which no transport exposes.
 """
 
 from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -17,7 +19,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from grenache import errors
 from grenache.peer import (
-    OutgoingRequest,
     PeerPub,
     PeerRPCClient,
     PeerRPCServer,
@@ -28,76 +29,31 @@ from grenache.peer import (
     new_rid,
 )
 from grenache.peer import server as server_module
-from grenache.peer.request import _RandomBytes
+from grenache.peer.request import OutgoingRequest, _RandomBytes
+from grenache.testing import MemoryNetwork
 
 
-class FakeLink:
-    """Answers lookups from a dict and records announcing."""
+class InMemory(SynchronousTestCase):
+    """A test on an in-memory network: ``self.clock``, ``self.network``, ``self.link``."""
 
-    def __init__(self, services: dict[str, list[str]] | None = None) -> None:
-        self.services = services or {}
-        self.announcing: list[tuple[str, int]] = []
-        self.stopped: list[tuple[str, int]] = []
-        self.lookups = 0
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.network = MemoryNetwork(self.clock)
+        self.link = self.network.link()
 
-    def lookup(self, name: str) -> Deferred[list[str]]:
-        self.lookups += 1
-        dests = self.services.get(name)
-        if not dests:
-            return fail(errors.LookupEmpty())
-        return succeed(list(dests))
+    def serve(self, handler: Any, name: str | None = "svc", **options: Any) -> PeerRPCServer:
+        """A server listening on the next free port, announced under ``name``."""
+        server = PeerRPCServer(self.link, self.network.server_transport(), handler, **options)
+        self.successResultOf(server.listen())
+        if name is not None:
+            self.successResultOf(server.announce(name))
+        return server
 
-    def start_announcing(self, name: str, port: int) -> Deferred[int]:
-        self.announcing.append((name, port))
-        return succeed(1)
-
-    def stop_announcing(self, name: str, port: int) -> None:
-        self.stopped.append((name, port))
-
-    def stop(self) -> None:
-        pass
-
-
-Behaviour = Callable[[OutgoingRequest], "Deferred[Any]"]
-
-
-class FakeClientTransport:
-    """Per-destination behaviour: a callable returning a Deferred, or a Deferred to hold."""
-
-    def __init__(self, behaviours: dict[str, Behaviour] | None = None) -> None:
-        self.behaviours = behaviours or {}
-        self.sent: list[tuple[str, OutgoingRequest]] = []
-        self.held: list[tuple[str, OutgoingRequest, Deferred[Any]]] = []
-        self.stopped = False
-
-    def request(self, dest: str, request: OutgoingRequest) -> Deferred[Any]:
-        self.sent.append((dest, request))
-        behaviour = self.behaviours.get(dest)
-        if behaviour is None:
-            d: Deferred[Any] = Deferred()
-            self.held.append((dest, request, d))
-            return d
-        return behaviour(request)
-
-    def stop(self) -> Deferred[None]:
-        self.stopped = True
-        return succeed(None)
-
-
-def answers(value: Any) -> Behaviour:
-    return lambda request: succeed(value)
-
-
-def echo(dest: str) -> Behaviour:
-    return lambda request: succeed([dest, request.payload])
-
-
-def refuses(request: OutgoingRequest) -> Deferred[Any]:
-    return fail(errors.DestinationUnreachable("ERR_REQUEST_GENERIC: refused"))
-
-
-def raises(message: str) -> Behaviour:
-    return lambda request: fail(errors.RemoteError(message))
+    def call(self, server: PeerRPCServer, payload: Any, key: str = "svc") -> Deferred[Any]:
+        """Send one request straight to ``server`` (no lookup)."""
+        transport = self.network.client_transport()
+        request = OutgoingRequest(new_rid(), key, payload, 10.0)
+        return transport.request(self.network.address(server.port), request)
 
 
 class ErrorMessageTests(SynchronousTestCase):
@@ -178,24 +134,6 @@ class CallHandlerTests(SynchronousTestCase):
         self.assertEqual(error_message(f), "async nope")
 
 
-class FakeServerTransport:
-    def __init__(self) -> None:
-        self.serve: Any = None
-        self.where: Any = None
-        self.port = 0
-        self.stopped = False
-
-    def listen(self, where: Any, serve: Any) -> Deferred[int]:
-        self.serve = serve
-        self.where = where
-        self.port = 0 if isinstance(where, str) and where.startswith("unix:") else 40123
-        return succeed(self.port)
-
-    def stop(self) -> Deferred[None]:
-        self.stopped = True
-        return succeed(None)
-
-
 def recording_log(case: SynchronousTestCase) -> list[dict[str, Any]]:
     """The events the peer's server module logs from now on (patched for ``case``)."""
     events: list[dict[str, Any]] = []
@@ -207,55 +145,66 @@ def texts(events: list[dict[str, Any]]) -> list[str]:
     return [formatEvent(e) for e in events]
 
 
-class PeerRPCServerTests(SynchronousTestCase):
+class RecordingServerTransport:
+    """Keeps what PeerRPCServer gives its transport: the listen spec and ``serve``."""
+
+    def __init__(self) -> None:
+        self.serve: Any = None
+        self.where: Any = None
+
+    def listen(self, where: Any, serve: Any) -> Deferred[int]:
+        self.serve = serve
+        self.where = where
+        return succeed(0 if isinstance(where, str) and where.startswith("unix:") else 40123)
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
+
+class PeerRPCServerTests(InMemory):
     def test_listen_serve_announce_stop(self) -> None:
-        link = FakeLink()
-        transport = FakeServerTransport()
-        server = PeerRPCServer(link, transport, lambda r: {"echo": r.payload, "key": r.key})
+        server = PeerRPCServer(
+            self.link, self.network.server_transport(), lambda r: {"echo": r.payload, "key": r.key}
+        )
         self.assertRaises(RuntimeError, lambda: server.port)
-        self.assertEqual(self.successResultOf(server.listen()), 40123)
-        self.assertEqual(transport.where, 0)
-        self.assertEqual(server.port, 40123)
-        result = transport.serve(Request("r", "svc", 5))
-        self.assertEqual(self.successResultOf(result), {"echo": 5, "key": "svc"})
+        self.assertEqual(self.successResultOf(server.listen()), 40001)
+        self.assertEqual(server.port, 40001)
+        self.assertEqual(self.successResultOf(self.call(server, 5)), {"echo": 5, "key": "svc"})
         self.assertEqual(self.successResultOf(server.announce("svc")), 1)
-        self.assertEqual(link.announcing, [("svc", 40123)])
+        self.assertEqual(self.link.announcing(), [("svc", 40001)])
+        self.assertEqual(self.successResultOf(self.link.lookup("svc")), ["127.0.0.1:40001"])
         self.successResultOf(server.stop())
-        self.assertEqual(link.stopped, [("svc", 40123)])
-        self.assertTrue(transport.stopped)
+        self.assertEqual(self.link.announcing(), [])
+        self.failureResultOf(self.call(server, 5), errors.DestinationUnreachable)
         self.successResultOf(server.stop())  # idempotent
-        self.assertEqual(link.stopped, [("svc", 40123)])
 
     def test_listen_spec_reaches_the_transport(self) -> None:
         """An endpoint description goes to the transport as it is; an endpoint with no TCP
         port (a UNIX socket) cannot be announced."""
-        link = FakeLink()
-        transport = FakeServerTransport()
-        server = PeerRPCServer(link, transport, lambda r: None)
+        transport = RecordingServerTransport()
+        server = PeerRPCServer(self.link, transport, lambda r: None)
         self.successResultOf(server.listen("tcp6:0:interface=\\:\\:1"))
         self.assertEqual(transport.where, "tcp6:0:interface=\\:\\:1")
-        unix = PeerRPCServer(link, FakeServerTransport(), lambda r: None)
+        unix = PeerRPCServer(self.link, RecordingServerTransport(), lambda r: None)
         self.assertEqual(self.successResultOf(unix.listen("unix:/tmp/x.sock")), 0)
         f = self.failureResultOf(unix.announce("svc"), RuntimeError)
         self.assertIn("no TCP port", str(f.value))
-        self.assertEqual(link.announcing, [])
+        self.assertEqual(self.link.announcing(), [])
 
-    def test_handler_failure_reaches_transport(self) -> None:
+    def test_handler_failure_reaches_the_caller(self) -> None:
         events = recording_log(self)
-        transport = FakeServerTransport()
 
         def handler(r: Request) -> Any:
             raise ValueError("handler broke")
 
-        server = PeerRPCServer(None, transport, handler)
-        self.successResultOf(server.listen(1234))
-        self.assertEqual(transport.where, 1234)
-        f = self.failureResultOf(transport.serve(Request("r", "k", None)))
-        self.assertEqual(error_message(f), "handler broke")
-        self.failureResultOf(server.announce("x"), RuntimeError)
+        server = PeerRPCServer(None, self.network.server_transport(), handler)
+        self.assertEqual(self.successResultOf(server.listen(1234)), 1234)
+        f = self.failureResultOf(self.call(server, None, key="k"), errors.RemoteError)
+        self.assertEqual(f.value.message, "handler broke")
+        self.failureResultOf(server.announce("x"), RuntimeError)  # no link
         # ... and is logged with its traceback.
         [event] = events
-        self.assertEqual(event["log_failure"].value, f.value)
+        self.assertEqual(str(event["log_failure"].value), "handler broke")
         self.assertIn("handler for 'k' failed", formatEvent(event))
 
     def test_subclass_overrides_handle(self) -> None:
@@ -274,15 +223,12 @@ class PeerRPCServerTests(SynchronousTestCase):
             async def later(self, request: Request) -> str:
                 return f"{await gate2} {request.payload}"
 
-        transport = FakeServerTransport()
-        server = Greeter(None, transport)
+        server = Greeter(None, self.network.server_transport())
         self.assertIsNone(server.handler)
         self.successResultOf(server.listen())
-        self.assertEqual(
-            self.successResultOf(transport.serve(Request("r", "sync", "you"))), "hello you"
-        )
-        deferred = transport.serve(Request("r", "deferred", None))
-        coroutine = transport.serve(Request("r", "async", "there"))
+        self.assertEqual(self.successResultOf(self.call(server, "you", "sync")), "hello you")
+        deferred = self.call(server, None, "deferred")
+        coroutine = self.call(server, "there", "async")
         self.assertNoResult(deferred)
         gate.callback("hi")
         gate2.callback("hi")
@@ -294,31 +240,36 @@ class PeerRPCServerTests(SynchronousTestCase):
             def handle(self, request: Request) -> Any:
                 return request.payload * 2
 
-        transport = FakeServerTransport()
-        Doubler(None, transport, lambda r: "ignored").listen()
-        self.assertEqual(self.successResultOf(transport.serve(Request("r", "k", 21))), 42)
+        server = Doubler(None, self.network.server_transport(), lambda r: "ignored")
+        self.successResultOf(server.listen())
+        self.assertEqual(self.successResultOf(self.call(server, 21)), 42)
 
     def test_no_handler_no_override(self) -> None:
         with self.assertRaises(TypeError) as caught:
-            PeerRPCServer(None, FakeServerTransport())
+            PeerRPCServer(None, self.network.server_transport())
         self.assertIn("override handle()", str(caught.exception))
 
     def test_failure_log_is_rate_limited(self) -> None:
         """At most log_limit tracebacks per key and window; the rest are counted and reported
         in one line when the window is over (at the next failure) or at stop."""
         events = recording_log(self)
-        clock = Clock()
-        transport = FakeServerTransport()
 
         def handler(r: Request) -> Any:
             raise RuntimeError(f"broke {r.payload}")
 
-        server = PeerRPCServer(None, transport, handler, reactor=clock, log_limit=2, log_window=10)
+        server = PeerRPCServer(
+            None,
+            self.network.server_transport(),
+            handler,
+            reactor=self.clock,
+            log_limit=2,
+            log_window=10,
+        )
         self.successResultOf(server.listen())
 
         def fail_times(key: str, n: int) -> None:
             for i in range(n):
-                self.failureResultOf(transport.serve(Request("r", key, i)), RuntimeError)
+                self.failureResultOf(self.call(server, i, key), errors.RemoteError)
 
         fail_times("a", 5)
         fail_times("b", 1)
@@ -327,10 +278,10 @@ class PeerRPCServerTests(SynchronousTestCase):
         self.assertEqual(
             [e["log_failure"].getErrorMessage() for e in events], ["broke 0", "broke 1", "broke 0"]
         )
-        clock.advance(9.9)
+        self.clock.advance(9.9)
         fail_times("a", 1)
         self.assertEqual(len(events), 3, "still the same window")
-        clock.advance(0.1)
+        self.clock.advance(0.1)
         fail_times("a", 1)
         self.assertEqual(
             texts(events[3:]),
@@ -342,9 +293,10 @@ class PeerRPCServerTests(SynchronousTestCase):
         self.assertEqual(texts(events[6:]), ["'a': suppressed 1 more failure tracebacks in 10 s"])
 
     def test_cancelled_and_successful_requests_are_not_logged(self) -> None:
+        """A reply the transport cancels (its connection closed) is not a handler failure."""
         events = recording_log(self)
         held: Deferred[Any] = Deferred()
-        transport = FakeServerTransport()
+        transport = RecordingServerTransport()
         server = PeerRPCServer(None, transport, lambda r: held if r.key == "held" else 1)
         self.successResultOf(server.listen())
         self.successResultOf(transport.serve(Request("r", "ok", None)))
@@ -354,13 +306,30 @@ class PeerRPCServerTests(SynchronousTestCase):
         self.assertEqual(events, [])
 
 
-class PeerRPCClientTests(SynchronousTestCase):
+class PeerRPCClientTests(InMemory):
+    """Three servers under "svc", each answering ``[its address, payload]``."""
+
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.link = FakeLink({"svc": ["a:1", "b:2", "c:3"]})
-        self.transport = FakeClientTransport(
-            {"a:1": echo("a:1"), "b:2": echo("b:2"), "c:3": echo("c:3")}
-        )
+        super().setUp()
+        self.servers = [self.serve(self.echo) for _ in range(3)]
+        self.dests = [s.transport.address for s in self.servers]  # type: ignore[attr-defined]
+        self.transport = self.network.client_transport()
+        self.replies: dict[str, Any] = {}  # dest -> a reply (value or Deferred) to give once
+
+    def echo(self, request: Request) -> Any:
+        dest = self.network.address(self.port_of_request(request))
+        if dest in self.replies:
+            return self.replies.pop(dest)
+        return [dest, request.payload]
+
+    def port_of_request(self, request: Request) -> int:
+        for server in self.servers:
+            if request in server.transport.requests:  # type: ignore[attr-defined]
+                return server.port
+        raise AssertionError("request reached no server")
+
+    def sent_to(self) -> list[str]:
+        return [dest for dest, _ in self.transport.sent]
 
     def client(self, **kwargs: Any) -> PeerRPCClient:
         kwargs.setdefault("rng", random.Random(1))
@@ -370,7 +339,7 @@ class PeerRPCClientTests(SynchronousTestCase):
         """A request goes to a looked-up dest with a fresh uuid4 rid and the default timeout."""
         client = self.client()
         dest, payload = self.successResultOf(client.request("svc", {"x": 1}))
-        self.assertIn(dest, ["a:1", "b:2", "c:3"])
+        self.assertIn(dest, self.dests)
         self.assertEqual(payload, {"x": 1})
         ((sent_dest, sent),) = self.transport.sent
         self.assertEqual(sent_dest, dest)
@@ -398,9 +367,7 @@ class PeerRPCClientTests(SynchronousTestCase):
         client = self.client()
         for _ in range(60):
             self.successResultOf(client.request("svc", None))
-        counts = {
-            d: sum(1 for s, _ in self.transport.sent if s == d) for d in ["a:1", "b:2", "c:3"]
-        }
+        counts = {d: self.sent_to().count(d) for d in self.dests}
         self.assertTrue(all(n >= 8 for n in counts.values()), counts)
 
     def test_lookup_failure(self) -> None:
@@ -411,11 +378,11 @@ class PeerRPCClientTests(SynchronousTestCase):
         """An answered lookup goes on at once, a pending one when it fires; same outcomes."""
         client = self.client()
         later: Deferred[list[str]] = Deferred()
-        self.link.lookup = lambda name: later  # type: ignore[method-assign]
+        self.link.lookup = lambda name: later  # type: ignore[assignment,method-assign]
         d = client.request("svc", 1)
         self.assertEqual(self.transport.sent, [])
-        later.callback(["a:1"])
-        self.assertEqual(self.successResultOf(d), ["a:1", 1])
+        later.callback(self.dests[:1])
+        self.assertEqual(self.successResultOf(d), [self.dests[0], 1])
         for answer, error in (([], errors.LookupEmpty), (None, errors.LookupEmpty)):
             self.link.lookup = lambda name, a=answer: succeed(a)  # type: ignore[misc]
             self.failureResultOf(client.request("svc", 1), error)
@@ -425,33 +392,34 @@ class PeerRPCClientTests(SynchronousTestCase):
 
     def test_unreachable_set_aside(self) -> None:
         """A refusing dest is left out for the backoff and the call goes elsewhere at once."""
-        self.transport.behaviours["a:1"] = refuses
+        a, b, _ = self.dests
+        self.network.refuse(a)
         client = self.client(unreachable_backoff=10.0)
-        # Force the first choice to be a:1.
+        # Force the first choice to be a, then b.
         client._rng = random.Random()
-        client._rng.choice = lambda seq: "a:1" if "a:1" in seq else seq[0]  # type: ignore[method-assign]
+        client._rng.choice = lambda seq: a if a in seq else b if b in seq else seq[0]  # type: ignore[method-assign]
         dest, _ = self.successResultOf(client.request("svc", "p", retry=1))
-        self.assertEqual(dest, "b:2")
-        self.assertEqual([d for d, _ in self.transport.sent], ["a:1", "b:2"])
-        self.assertTrue(client.is_set_aside("a:1"))
-        # While set aside, a:1 is not chosen.
+        self.assertEqual(dest, b)
+        self.assertEqual(self.sent_to(), [a, b])
+        self.assertTrue(client.is_set_aside(a))
+        # While set aside, a is not chosen.
         self.transport.sent.clear()
         for _ in range(5):
             self.successResultOf(client.request("svc", "p"))
-        self.assertNotIn("a:1", [d for d, _ in self.transport.sent])
+        self.assertNotIn(a, self.sent_to())
         # After the backoff it is eligible again.
         self.clock.advance(10.0)
-        self.assertFalse(client.is_set_aside("a:1"))
+        self.assertFalse(client.is_set_aside(a))
         self.transport.sent.clear()
         self.successResultOf(client.request("svc", "p"))
-        self.assertEqual([d for d, _ in self.transport.sent], ["a:1", "b:2"])
+        self.assertEqual(self.sent_to(), [a, b])
 
     def test_all_unreachable(self) -> None:
-        for dest in ["a:1", "b:2", "c:3"]:
-            self.transport.behaviours[dest] = refuses
+        for dest in self.dests:
+            self.network.refuse(dest)
         client = self.client()
         self.failureResultOf(client.request("svc", 1, retry=5), errors.DestinationUnreachable)
-        self.assertEqual(sorted(d for d, _ in self.transport.sent), ["a:1", "b:2", "c:3"])
+        self.assertEqual(sorted(self.sent_to()), self.dests)
         # All set aside: the next call still tries (everyone is eligible when all are aside).
         self.transport.sent.clear()
         self.failureResultOf(client.request("svc", 1), errors.DestinationUnreachable)
@@ -459,8 +427,8 @@ class PeerRPCClientTests(SynchronousTestCase):
 
     def test_retry(self) -> None:
         """Remote errors use up attempts; each attempt has a new rid."""
-        for dest in ["a:1", "b:2", "c:3"]:
-            self.transport.behaviours[dest] = raises("ERR_BUSY")
+        for dest in self.dests:
+            self.network.answer_error(dest, "ERR_BUSY")
         client = self.client()
         f = self.failureResultOf(client.request("svc", 1), errors.RemoteError)
         self.assertEqual(f.value.message, "ERR_BUSY")
@@ -471,50 +439,47 @@ class PeerRPCClientTests(SynchronousTestCase):
         self.assertEqual(len({r.rid for _, r in self.transport.sent}), 3)
 
     def test_retry_then_success(self) -> None:
-        calls = []
-
-        def flaky(request: OutgoingRequest) -> Deferred[Any]:
-            calls.append(request)
-            if len(calls) == 1:
-                return fail(errors.RequestTimeout())
-            return succeed("ok")
-
-        self.link.services["flaky"] = ["f:1"]
-        self.transport.behaviours["f:1"] = flaky
-        self.assertEqual(self.successResultOf(self.client().request("flaky", 1, retry=2)), "ok")
+        """A timed-out attempt uses one up; the next attempt answers."""
+        flaky = self.serve(lambda r: "ok", name="flaky")
+        self.network.blackhole(flaky.port)
+        d = self.client().request("flaky", 1, retry=2, timeout=1)
+        self.network.restore(flaky.port)
+        self.clock.advance(1)
+        self.assertEqual(self.successResultOf(d), "ok")
+        self.assertEqual(len(self.transport.sent), 2)
 
     def test_pending_until_reply(self) -> None:
-        self.link.services["slow"] = ["s:1"]
-        client = self.client()
-        d = client.request("slow", 1)
+        held: Deferred[str] = Deferred()
+        self.serve(lambda r: held, name="slow")
+        d = self.client().request("slow", 1)
         self.assertNoResult(d)
-        ((_, _, held),) = self.transport.held
         held.callback("done")
         self.assertEqual(self.successResultOf(d), "done")
 
     def test_map_order(self) -> None:
         """Results come in destination order, whatever order the replies arrive in."""
-        self.link.services["m"] = ["x:1", "y:2", "z:3"]
-        client = self.client()
-        d = client.map("m", "p")
-        held = {dest: rd for dest, _, rd in self.transport.held}
-        self.assertEqual(sorted(held), ["x:1", "y:2", "z:3"])
-        held["z:3"].callback("Z")
-        held["x:1"].callback("X")
+        held: dict[str, Deferred[str]] = {dest: Deferred() for dest in self.dests}
+        self.replies.update(held)
+        d = self.client().map("svc", "p")
+        self.assertEqual(sorted(self.sent_to()), self.dests)
+        order = self.successResultOf(self.link.lookup("svc"))
+        held[order[2]].callback("Z")
+        held[order[0]].callback("X")
         self.assertNoResult(d)
-        held["y:2"].callback("Y")
+        held[order[1]].callback("Y")
         self.assertEqual(self.successResultOf(d), ["X", "Y", "Z"])
 
     def test_map_first_error(self) -> None:
-        self.link.services["m"] = ["x:1", "y:2", "z:3"]
-        client = self.client()
-        d = client.map("m", "p")
-        held = {dest: rd for dest, _, rd in self.transport.held}
-        held["x:1"].callback("X")
-        held["y:2"].errback(errors.RemoteError("ERR_Y"))
+        held: dict[str, Deferred[str]] = {dest: Deferred() for dest in self.dests}
+        self.replies.update(held)
+        d = self.client().map("svc", "p")
+        x, y, z = self.dests
+        held[x].callback("X")
+        held[y].errback(errors.RemoteError("ERR_Y"))
         f = self.failureResultOf(d, errors.RemoteError)
         self.assertEqual(f.value.message, "ERR_Y")
-        held["z:3"].errback(errors.RemoteError("ERR_Z"))  # consumed: no unhandled error
+        held[z].errback(errors.RemoteError("ERR_Z"))  # consumed: no unhandled error
+        self.flushLoggedErrors(errors.RemoteError)  # the servers log their handlers' failures
 
     def test_map_limit(self) -> None:
         client = self.client()
@@ -524,97 +489,55 @@ class PeerRPCClientTests(SynchronousTestCase):
         self.assertEqual(len(self.successResultOf(client.map("svc", "p", limit=10))), 3)
 
     def test_map_skips_set_aside(self) -> None:
-        self.transport.behaviours["a:1"] = refuses
+        a = self.dests[0]
+        self.network.refuse(a)
         client = self.client()
         self.failureResultOf(client.map("svc", "p"), errors.DestinationUnreachable)
-        self.assertTrue(client.is_set_aside("a:1"))
+        self.assertTrue(client.is_set_aside(a))
         result = self.successResultOf(client.map("svc", "p"))
-        self.assertEqual(sorted(d for d, _ in result), ["b:2", "c:3"])
+        self.assertEqual(sorted(d for d, _ in result), self.dests[1:])
 
     def test_stop(self) -> None:
         client = self.client()
         self.successResultOf(client.stop())
-        self.assertTrue(self.transport.stopped)
         self.failureResultOf(client.request("svc", 1), errors.TransportClosed)
         self.failureResultOf(client.map("svc", 1), errors.TransportClosed)
+        self.assertEqual(self.transport.sent, [])
 
 
-class FakePubTransport:
-    def __init__(self) -> None:
-        self.published: list[str | bytes] = []
-        self.stopped = False
-
-    def listen(self, where: Any) -> Deferred[int]:
-        return succeed(where or 5555)
-
-    def publish(self, message: str | bytes) -> int:
-        self.published.append(message)
-        return 2
-
-    def stop(self) -> Deferred[None]:
-        self.stopped = True
-        return succeed(None)
-
-
-class PeerPubTests(SynchronousTestCase):
+class PeerPubTests(InMemory):
     def test_pub(self) -> None:
-        link = FakeLink()
-        transport = FakePubTransport()
-        pub = PeerPub(link, transport)
-        self.assertEqual(self.successResultOf(pub.listen()), 5555)
+        transport = self.network.pub_transport()
+        pub = PeerPub(self.link, transport)
+        port = self.successResultOf(pub.listen())
         self.successResultOf(pub.announce("feed"))
-        self.assertEqual(link.announcing, [("feed", 5555)])
+        self.assertEqual(self.link.announcing(), [("feed", port)])
+        subscribers = self.network.sub_transport()
+        received: list[Any] = []
+        for _ in range(2):
+            self.successResultOf(subscribers.connect(transport.address, received.append, print))
         self.assertEqual(pub.pub("hello"), 2)
         self.assertEqual(pub.pub(b"\x00bin"), 2)
         self.assertEqual(transport.published, ["hello", b"\x00bin"])
+        self.assertEqual(received, ["hello", "hello", b"\x00bin", b"\x00bin"])
         self.successResultOf(pub.stop())
-        self.assertEqual(link.stopped, [("feed", 5555)])
-        self.assertTrue(transport.stopped)
+        self.assertEqual(self.link.announcing(), [])
+        self.assertEqual(subscribers.connections, [])
 
 
-class FakeConnection:
-    def __init__(
-        self, transport: FakeSubTransport, dest: str, on_message: Any, on_close: Any
-    ) -> None:
-        self.transport = transport
-        self.dest = dest
-        self.on_message = on_message
-        self.on_close = on_close
-        self.open = True
+class PeerSubTests(InMemory):
+    """Two publishers under "feed"."""
 
-    def close(self) -> None:
-        if self.open:
-            self.open = False
-            self.on_close()
-
-
-class FakeSubTransport:
-    def __init__(self, refusing: set[str] | None = None) -> None:
-        self.refusing = refusing if refusing is not None else set()
-        self.connections: list[FakeConnection] = []
-        self.attempts: list[str] = []
-        self.stopped = False
-
-    def connect(self, dest: str, on_message: Any, on_close: Any) -> Deferred[Any]:
-        self.attempts.append(dest)
-        if dest in self.refusing:
-            return fail(errors.DestinationUnreachable("refused"))
-        conn = FakeConnection(self, dest, on_message, on_close)
-        self.connections.append(conn)
-        return succeed(conn)
-
-    def stop(self) -> Deferred[None]:
-        self.stopped = True
-        for conn in self.connections:
-            conn.close()
-        return succeed(None)
-
-
-class PeerSubTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.link = FakeLink({"feed": ["p:1", "q:2"]})
-        self.transport = FakeSubTransport()
+        super().setUp()
+        self.pubs = []
+        for _ in range(2):
+            pub = PeerPub(self.link, self.network.pub_transport())
+            self.successResultOf(pub.listen())
+            self.successResultOf(pub.announce("feed"))
+            self.pubs.append(pub)
+        self.dests = [p.transport.address for p in self.pubs]  # type: ignore[attr-defined]
+        self.transport = self.network.sub_transport()
         self.events: list[tuple[Any, ...]] = []
 
     def peer(self, **kwargs: Any) -> PeerSub:
@@ -624,6 +547,10 @@ class PeerSubTests(SynchronousTestCase):
         sub.add_listener("disconnected", lambda n, d: self.events.append(("disconnected", n, d)))
         return sub
 
+    def publish(self, message: str | bytes) -> None:
+        for pub in self.pubs:
+            pub.pub(message)
+
     def test_sub_and_messages(self) -> None:
         sub = self.peer()
         received: list[Any] = []
@@ -632,25 +559,24 @@ class PeerSubTests(SynchronousTestCase):
         (conn,) = self.transport.connections
         self.assertEqual(self.events, [("connected", "feed", conn.dest)])
         self.assertEqual(sub.subscriptions, {"feed": conn.dest})
-        conn.on_message("one")
-        conn.on_message(b"two")
+        self.publish("one")
+        self.publish(b"two")
         self.assertEqual(received, ["one", b"two"])
         self.assertEqual(self.events[1:], [("message", "one"), ("message", b"two")])
         self.successResultOf(sub.sub("feed"))  # already subscribed
-        self.assertEqual(len(self.transport.connections), 1)
+        self.assertEqual(len(self.transport.attempts), 1)
 
     def test_resubscribe_elsewhere(self) -> None:
         """A lost publisher is replaced after the backoff, preferring another publisher."""
         sub = self.peer(backoff_initial=0.5)
         self.successResultOf(sub.sub("feed"))
         (first,) = self.transport.connections
-        first.close()
+        self.network.drop_connections(first.dest)
         self.assertEqual(self.events[-1], ("disconnected", "feed", first.dest))
         self.clock.advance(0.4)
-        self.assertEqual(len(self.transport.connections), 1)
+        self.assertEqual(self.transport.connections, [])
         self.clock.advance(0.1)
-        self.assertEqual(len(self.transport.connections), 2)
-        second = self.transport.connections[1]
+        (second,) = self.transport.connections
         self.assertNotEqual(second.dest, first.dest)
         self.assertEqual(self.events[-1], ("connected", "feed", second.dest))
 
@@ -658,7 +584,8 @@ class PeerSubTests(SynchronousTestCase):
         sub = self.peer(backoff_initial=0.1, backoff_max=0.4)
         self.successResultOf(sub.sub("feed"))
         (first,) = self.transport.connections
-        self.transport.refusing.update(["p:1", "q:2"])
+        for dest in self.dests:
+            self.network.refuse(dest)
         first.close()
         attempts = []
         for step in [0.1, 0.2, 0.4, 0.4]:
@@ -668,9 +595,10 @@ class PeerSubTests(SynchronousTestCase):
             self.clock.advance(0.001)
             attempts.append(len(self.transport.attempts) - before)
         self.assertEqual(attempts, [2, 2, 2, 2])  # both publishers each time
-        self.transport.refusing.clear()
+        for dest in self.dests:
+            self.network.restore(dest)
         self.clock.advance(0.4)
-        self.assertEqual(sub.subscriptions["feed"] is not None, True)
+        self.assertIsNotNone(sub.subscriptions["feed"])
         # Reset: the next loss waits the initial backoff again.
         self.transport.connections[-1].close()
         before = len(self.transport.attempts)
@@ -683,13 +611,14 @@ class PeerSubTests(SynchronousTestCase):
         self.transport.connections[0].close()
         self.clock.advance(100)
         self.assertEqual(len(self.transport.attempts), 1)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(sub.subscriptions, {"feed": None})
 
     def test_first_sub_fails(self) -> None:
-        self.transport.refusing.update(["p:1", "q:2"])
+        for dest in self.dests:
+            self.network.refuse(dest)
         sub = self.peer()
         self.failureResultOf(sub.sub("feed"), errors.DestinationUnreachable)
-        self.assertEqual(sorted(self.transport.attempts), ["p:1", "q:2"])
+        self.assertEqual(sorted(self.transport.attempts), self.dests)
         self.assertEqual(sub.subscriptions, {})
         self.failureResultOf(sub.sub("nothing"), errors.LookupEmpty)
 
@@ -697,18 +626,20 @@ class PeerSubTests(SynchronousTestCase):
         sub = self.peer()
         self.successResultOf(sub.sub("feed"))
         self.transport.connections[0].close()  # a reconnect is now scheduled
-        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        attempts = len(self.transport.attempts)
         self.successResultOf(sub.stop())
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertTrue(self.transport.stopped)
+        self.clock.advance(10)
+        self.assertEqual(len(self.transport.attempts), attempts, "no resubscribe after stop")
         self.failureResultOf(sub.sub("feed"), errors.TransportClosed)
 
     def test_stop_closes_without_resubscribing(self) -> None:
         sub = self.peer()
         self.successResultOf(sub.sub("feed"))
         self.successResultOf(sub.stop())
-        self.assertFalse(self.transport.connections[0].open)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.transport.connections, [])
+        self.assertEqual([p.transport.subscribers for p in self.pubs], [0, 0])  # type: ignore[attr-defined]
+        self.clock.advance(10)
+        self.assertEqual(len(self.transport.attempts), 1)
 
     def test_listener_errors_logged(self) -> None:
         sub = self.peer()
@@ -718,7 +649,7 @@ class PeerSubTests(SynchronousTestCase):
 
         sub.add_listener("message", broken)
         self.successResultOf(sub.sub("feed"))
-        self.transport.connections[0].on_message("m")
+        self.publish("m")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertIn(("message", "m"), self.events)
         sub.remove_listener("message", broken)

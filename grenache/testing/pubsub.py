@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from grenache.endpoints import ListenSpec
 from grenache.errors import DestinationUnreachable, TransportClosed
+from grenache.peer.protocols import SubConnection
 from grenache.testing.rpc import listen_port
 from grenache.transports.ws.common import text_bytes
 
@@ -165,8 +166,9 @@ class MemorySubTransport:
         dest: str,
         on_message: Callable[[str | bytes], None],
         on_close: Callable[[], None],
-    ) -> Deferred[MemorySubConnection]:
-        """Connect to the publisher at ``dest``; fires with the connection."""
+    ) -> Deferred[SubConnection]:
+        """Connect to the publisher at ``dest``; fires with the
+        :class:`MemorySubConnection`."""
         self.attempts.append(dest)
         if self._stopped:
             return fail(TransportClosed())
@@ -181,15 +183,15 @@ class MemorySubTransport:
         self._connections.add(connection)
         return succeed(connection)
 
-    def _never_connects(self, dest: str) -> Deferred[MemorySubConnection]:
+    def _never_connects(self, dest: str) -> Deferred[SubConnection]:
         """A connection attempt that times out after ``connect_timeout`` seconds."""
         timer: Any = None
 
-        def cancel(_: Deferred[MemorySubConnection]) -> None:
+        def cancel(_: Deferred[SubConnection]) -> None:
             if timer.active():
                 timer.cancel()
 
-        d: Deferred[MemorySubConnection] = Deferred(cancel)
+        d: Deferred[SubConnection] = Deferred(cancel)
         error = DestinationUnreachable(f"{DestinationUnreachable.wire}: {dest}: connect timeout")
         timer = self.reactor.callLater(self.connect_timeout, d.errback, error)
         return d
