@@ -1,4 +1,4 @@
-"""Scaffolding the test modules share: certificates, key files, reactor helpers.
+"""Scaffolding the test modules share: certificates, key files, test doubles, reactor helpers.
 
 One place for what several test modules need, so that each test module holds only its tests.
 """
@@ -9,12 +9,18 @@ import datetime
 import ipaddress
 from functools import cache
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
 
 from grenache.tls import fingerprint
 
@@ -148,3 +154,53 @@ def write_identity(identity: Identity, directory: Path, stem: str) -> tuple[Path
     key_path.touch(mode=0o600)
     key_path.write_bytes(identity.key)
     return cert_path, key_path
+
+
+# --- test doubles and reactor helpers -------------------------------------------------------
+
+
+class HeldDispatch:
+    """A grape dispatcher (``dispatch(operation, data)``) that records each call and answers
+    with a Deferred the test fires: ``calls`` holds ``(operation, data, reply)``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, Deferred[Any]]] = []
+        self._waiting: list[Deferred[tuple[str, Any, Deferred[Any]]]] = []
+
+    def __call__(self, operation: str, data: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((operation, data, d))
+        waiting, self._waiting = self._waiting, []
+        for w in waiting:
+            w.callback((operation, data, d))
+        return d
+
+    def next_call(self) -> Deferred[tuple[str, Any, Deferred[Any]]]:
+        """Fires with ``(operation, data, reply)`` when the dispatcher is next called."""
+        d: Deferred[tuple[str, Any, Deferred[Any]]] = Deferred()
+        self._waiting.append(d)
+        return d
+
+
+class SyncPumper:
+    """The pumper ``autobahn.twisted.testing.create_memory_agent`` wants, flushed when the test
+    says so: ``rounds`` passes over every pump (a reply to a reply needs more than one)."""
+
+    def __init__(self, rounds: int = 3) -> None:
+        self.rounds = rounds
+        self.pumps: list[iosim.IOPump] = []
+
+    def add(self, pump: iosim.IOPump) -> None:
+        self.pumps.append(pump)
+
+    def flush(self) -> None:
+        for _ in range(self.rounds):
+            for pump in list(self.pumps):
+                pump.flush()
+
+
+def recording_log(case: SynchronousTestCase, module: ModuleType) -> list[dict[str, Any]]:
+    """The events ``module``'s ``log`` emits from now on (patched for the test ``case``)."""
+    events: list[dict[str, Any]] = []
+    case.patch(module, "log", Logger(namespace="test", observer=events.append))
+    return events

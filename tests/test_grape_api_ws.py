@@ -2,7 +2,7 @@
 
 The sockets live in memory: ``autobahn.twisted.testing.create_memory_agent`` connects a real
 autobahn client to a server protocol built by the factory under test, over ``iosim`` transports.
-Most tests pump those transports by hand (``_SyncPumper``) so every step is deterministic and
+Most tests pump those transports by hand (``SyncPumper``) so every step is deterministic and
 results are checked with ``successResultOf``; one runs over loopback TCP on a port chosen by the
 OS, waiting on events (never on time).
 """
@@ -22,7 +22,6 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.test import iosim
 from twisted.trial import unittest
 
 from grenache import codec, endpoints
@@ -40,32 +39,10 @@ from grenache.grape.api_ws import (
     grape_ws_factory,
     hard_message_limit,
 )
+from tests.support import HeldDispatch, SyncPumper
 
 PAYLOAD_INVALID = b'[null,"ERR_GRAPE_PAYLOAD_INVALID",null]'
 PAYLOAD_SIZE = b'[null,"ERR_GRAPE_PAYLOAD_SIZE",null]'
-
-
-class FakeDispatch:
-    """A dispatcher that records each call and hands back a Deferred the test fires."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any, Deferred[Any]]] = []
-
-        self._waiting: list[Deferred[tuple[str, Any, Deferred[Any]]]] = []
-
-    def __call__(self, operation: str, data: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.calls.append((operation, data, d))
-        waiting, self._waiting = self._waiting, []
-        for w in waiting:
-            w.callback((operation, data, d))
-        return d
-
-    def next_call(self) -> Deferred[tuple[str, Any, Deferred[Any]]]:
-        """Fires with ``(operation, data, reply)`` when the dispatcher is next called."""
-        d: Deferred[tuple[str, Any, Deferred[Any]]] = Deferred()
-        self._waiting.append(d)
-        return d
 
 
 class RecordingClient(WebSocketClientProtocol):
@@ -89,26 +66,12 @@ class RecordingClient(WebSocketClientProtocol):
         return [payload for payload, _ in self.received]
 
 
-class _SyncPumper:
-    """The pumper interface ``create_memory_agent`` wants, flushed when the test says so."""
-
-    def __init__(self) -> None:
-        self.pumps: list[iosim.IOPump] = []
-
-    def add(self, pump: iosim.IOPump) -> None:
-        self.pumps.append(pump)
-
-    def flush(self) -> None:
-        for pump in self.pumps:
-            pump.flush()
-
-
 class MemorySocketMixin:
-    """Connects in-memory clients to a grape WS factory around a ``FakeDispatch``."""
+    """Connects in-memory clients to a grape WS factory around a ``HeldDispatch``."""
 
     def make_factory(self, **kwargs: Any) -> GrapeWebSocketFactory:
         self.reactor = MemoryReactorClockResolver()
-        self.dispatch = FakeDispatch()
+        self.dispatch = HeldDispatch()
         factory = grape_ws_factory(
             self.dispatch, reactor=cast(IReactorTime, self.reactor), **kwargs
         )
@@ -132,7 +95,7 @@ class ReplyTests(MemorySocketMixin, unittest.TestCase):
         self.client = self.connect()
 
     def connect(self) -> RecordingClient:
-        self.pumper = _SyncPumper()
+        self.pumper = SyncPumper(rounds=1)
         agent = create_memory_agent(self.reactor, self.pumper, self.build_server)
         d = agent.open("ws://127.0.0.1:30002/", {}, protocol_class=RecordingClient)
         self.pumper.flush()
@@ -430,7 +393,7 @@ class PlainHTTPTests(unittest.TestCase):
     def test_plain_http_request_gets_426(self) -> None:
         """An ``http://`` grape URL pointed at this port: 426 Upgrade Required, no HTML page,
         and the connection is closed (an HTTP client can tell it reached the WebSocket API)."""
-        factory = grape_ws_factory(FakeDispatch(), reactor=Clock())
+        factory = grape_ws_factory(HeldDispatch(), reactor=Clock())
         server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5))
         wire = _Wire()
         server.makeConnection(wire)
@@ -449,7 +412,7 @@ class ReactorTests(unittest.TestCase):
 
     def test_handshake_timeout_on_the_given_clock(self) -> None:
         clock = Clock()
-        factory = grape_ws_factory(FakeDispatch(), reactor=clock)
+        factory = grape_ws_factory(HeldDispatch(), reactor=clock)
         factory.setProtocolOptions(openHandshakeTimeout=5.0)
         server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5))
         wire = _Wire()
@@ -473,7 +436,7 @@ class DispatchOverrideTests(MemorySocketMixin, unittest.TestCase):
 
         factory = self.make_factory()
         factory.protocol = Upper
-        pumper = _SyncPumper()
+        pumper = SyncPumper(rounds=1)
         agent = create_memory_agent(self.reactor, pumper, self.build_server)
         d = agent.open("ws://127.0.0.1:30002/", {}, protocol_class=RecordingClient)
         pumper.flush()
@@ -489,7 +452,7 @@ class FactoryTests(unittest.TestCase):
     """Construction and the limits handed to autobahn."""
 
     def test_limits(self) -> None:
-        factory = grape_ws_factory(FakeDispatch(), max_message_size=8192)
+        factory = grape_ws_factory(HeldDispatch(), max_message_size=8192)
         assert isinstance(factory, GrapeWebSocketFactory)
         self.assertEqual(factory.max_message_size, 8192)
         self.assertEqual(factory.max_in_flight, 256)
@@ -500,12 +463,12 @@ class FactoryTests(unittest.TestCase):
         self.assertFalse(factory.utf8validateIncoming)
 
     def test_url(self) -> None:
-        factory = grape_ws_factory(FakeDispatch(), url="ws://127.0.0.1:30002")
+        factory = grape_ws_factory(HeldDispatch(), url="ws://127.0.0.1:30002")
         self.assertEqual(factory.url, "ws://127.0.0.1:30002")
 
     def test_bad_limits(self) -> None:
-        self.assertRaises(ValueError, grape_ws_factory, FakeDispatch(), max_message_size=0)
-        self.assertRaises(ValueError, GrapeWebSocketFactory, FakeDispatch(), max_in_flight=0)
+        self.assertRaises(ValueError, grape_ws_factory, HeldDispatch(), max_message_size=0)
+        self.assertRaises(ValueError, GrapeWebSocketFactory, HeldDispatch(), max_in_flight=0)
 
 
 def _global_reactor() -> Any:
@@ -521,7 +484,7 @@ class LoopbackTests(unittest.TestCase):
     @inlineCallbacks
     def test_loopback(self) -> Any:
         reactor = _global_reactor()
-        dispatch = FakeDispatch()
+        dispatch = HeldDispatch()
         factory = grape_ws_factory(dispatch, reactor=reactor)
         port = yield endpoints.listen(reactor, "tcp:0:interface=127.0.0.1", factory)
         self.addCleanup(port.stopListening)

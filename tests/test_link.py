@@ -26,7 +26,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
-from twisted.test import iosim
 from twisted.trial import unittest
 from twisted.web.client import ResponseNeverReceived
 from twisted.web.resource import Resource
@@ -43,6 +42,7 @@ from grenache.link import (
     WSGrapeClient,
 )
 from grenache.link import announce as announce_module
+from tests.support import HeldDispatch, SyncPumper
 
 GRAPE = "http://127.0.0.1:30001"
 HELLO_KEY = "6d33adc2b6b2c14c3036feefb7fedbca1a880527"
@@ -758,31 +758,6 @@ class StopTests(HTTPCase):
 # --- WebSocket mode ------------------------------------------------------------------------
 
 
-class FakeDispatch:
-    """A grape dispatcher whose Deferreds the test fires."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any, Deferred[Any]]] = []
-
-    def __call__(self, operation: str, data: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.calls.append((operation, data, d))
-        return d
-
-
-class _Pumper:
-    def __init__(self) -> None:
-        self.pumps: list[iosim.IOPump] = []
-
-    def add(self, pump: iosim.IOPump) -> None:
-        self.pumps.append(pump)
-
-    def flush(self) -> None:
-        for _ in range(3):
-            for pump in self.pumps:
-                pump.flush()
-
-
 class RefusingAgent:
     def __init__(self) -> None:
         self.opens = 0
@@ -807,12 +782,12 @@ class HangingAgent:
 class WebSocketTests(unittest.TestCase):
     def setUp(self) -> None:
         self.reactor = MemoryReactorClockResolver()
-        self.dispatch = FakeDispatch()
+        self.dispatch = HeldDispatch()
         factory = grape_ws_factory(self.dispatch, reactor=cast(IReactorTime, self.reactor))
         assert isinstance(factory, GrapeWebSocketFactory)
         self.factory = factory
         self.servers: list[Any] = []
-        self.pumper = _Pumper()
+        self.pumper = SyncPumper()
         agent = create_memory_agent(self.reactor, self.pumper, self.build_server)
         self.link = Link("ws://127.0.0.1:30002/", reactor=self.reactor, ws_agent=agent)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.logger import Logger, formatEvent
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from grenache import errors
@@ -31,6 +31,7 @@ from grenache.peer import (
 from grenache.peer import server as server_module
 from grenache.peer.request import OutgoingRequest, _RandomBytes
 from grenache.testing import MemoryNetwork
+from tests.support import recording_log
 
 
 class InMemory(SynchronousTestCase):
@@ -134,13 +135,6 @@ class CallHandlerTests(SynchronousTestCase):
         self.assertEqual(error_message(f), "async nope")
 
 
-def recording_log(case: SynchronousTestCase) -> list[dict[str, Any]]:
-    """The events the peer's server module logs from now on (patched for ``case``)."""
-    events: list[dict[str, Any]] = []
-    case.patch(server_module, "log", Logger(namespace="test", observer=events.append))
-    return events
-
-
 def texts(events: list[dict[str, Any]]) -> list[str]:
     return [formatEvent(e) for e in events]
 
@@ -192,7 +186,7 @@ class PeerRPCServerTests(InMemory):
         self.assertEqual(self.link.announcing(), [])
 
     def test_handler_failure_reaches_the_caller(self) -> None:
-        events = recording_log(self)
+        events = recording_log(self, server_module)
 
         def handler(r: Request) -> Any:
             raise ValueError("handler broke")
@@ -252,7 +246,7 @@ class PeerRPCServerTests(InMemory):
     def test_failure_log_is_rate_limited(self) -> None:
         """At most log_limit tracebacks per key and window; the rest are counted and reported
         in one line when the window is over (at the next failure) or at stop."""
-        events = recording_log(self)
+        events = recording_log(self, server_module)
 
         def handler(r: Request) -> Any:
             raise RuntimeError(f"broke {r.payload}")
@@ -294,7 +288,7 @@ class PeerRPCServerTests(InMemory):
 
     def test_cancelled_and_successful_requests_are_not_logged(self) -> None:
         """A reply the transport cancels (its connection closed) is not a handler failure."""
-        events = recording_log(self)
+        events = recording_log(self, server_module)
         held: Deferred[Any] = Deferred()
         transport = RecordingServerTransport()
         server = PeerRPCServer(None, transport, lambda r: held if r.key == "held" else 1)
