@@ -30,7 +30,6 @@ from grenache import codec
 from grenache.endpoints import ListenSpec
 from grenache.errors import (
     RemoteError,
-    RequestParseError,
     RequestTimeout,
     RequestTooLarge,
     TransportClosed,
@@ -120,6 +119,9 @@ class Exchange:
         self.client._exchanges.discard(self)
         if self.server is not None:
             self.server._exchanges.discard(self)
+        held = self.client.network._blackholed.get(self.dest)
+        if held is not None:
+            held.discard(self)
 
 
 class MemoryServerTransport:
@@ -163,11 +165,7 @@ class MemoryServerTransport:
         """One request's bytes arrived: serve it, send the reply's bytes back."""
         exchange.server = self
         self._exchanges.add(exchange)
-        try:
-            message = codec.json_loads(frame)
-        except (ValueError, RecursionError):
-            self._reply(exchange, [None, RequestParseError.wire, None])
-            return
+        message = codec.json_loads(frame)
         rid, key = message[0], message[1]
         payload = message[2] if len(message) > 2 else None
         request = Request(rid, key, payload, exchange.client.peer_certificate, None, _NO_META)
@@ -263,9 +261,9 @@ class MemoryClientTransport:
             fault is None and not isinstance(server, MemoryServerTransport)
         ):
             return fail(self.network.refused(dest))
-        exchange = Exchange(self, dest, request)
+        exchange = Exchange(self, self.network.normalize(dest), request)
         if fault is not None and fault.kind == "blackhole":
-            self.network._blackholed.setdefault(self.network.normalize(dest), set()).add(exchange)
+            self.network._blackholed.setdefault(exchange.dest, set()).add(exchange)
         elif fault is not None:
             exchange.answer(codec.json_dumps([request.rid, fault.message, fault.result]))
         else:
