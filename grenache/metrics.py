@@ -308,6 +308,29 @@ class Metrics:
         """Read a :class:`~grenache.dht.node.DHTNode`'s tables and counters at scrape time."""
         self._nodes.append(node)
 
+    def watch_grape(self, grape: Any) -> None:
+        """Read a :class:`~grenache.grape.service.Grape`'s DHT at scrape time and add it to
+        ``/health``: "stopping" once it stops, "alone" while it has no DHT neighbour although
+        bootstrap nodes are configured (a lone grape without bootstrap nodes is healthy).
+        Its API operations are counted when the grape was built with these metrics (its
+        dispatcher goes through :meth:`wrap_dispatch`)."""
+        self.watch_dht(grape.node)
+
+        def health() -> tuple[str, dict[str, Any]]:
+            node = grape.node
+            details: dict[str, Any] = {
+                "node_id": node.node_id.hex(),
+                "neighbours": len(node.routing),
+                "bootstrap": len(grape.config.bootstrap),
+            }
+            if self.stopping or not grape.running:
+                return STOPPING, details
+            if grape.config.bootstrap and len(node.routing) == 0:
+                return ALONE, details
+            return HEALTHY, details
+
+        self.add_health("grape", health)
+
     def count_announces(self, link: Any) -> None:
         """Count every announce ``link`` makes (its announcing loops' too), by name and
         outcome. The link's ``announce`` is wrapped on this instance, once."""

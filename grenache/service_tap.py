@@ -365,6 +365,7 @@ class GrenacheService(Service):
                 handler=_handler_name(self.config.handler),
                 transport=self.config.transport + (" with TLS" if self.config.tls else ""),
                 port=port,
+                event="listening",
             )
             return port
 
@@ -406,6 +407,7 @@ class GrenacheService(Service):
                     grape=self.config.grape,
                     count=value,
                     nodes="node" if value == 1 else "nodes",
+                    event="announce",
                 )
             else:
                 outcome[name] = describe_failure(value)
@@ -414,6 +416,7 @@ class GrenacheService(Service):
                     name=name,
                     grape=self.config.grape,
                     error=outcome[name],
+                    event="announce_failed",
                 )
         return outcome
 
@@ -429,7 +432,7 @@ class GrenacheService(Service):
         self.started.addErrback(self._fatal)
 
     def _fatal(self, failure: Failure) -> None:
-        log.critical("{error}", error=describe_failure(failure))
+        log.critical("{error}", error=describe_failure(failure), event="fatal")
         if self.reactor.running:
             self.reactor.stop()
 
@@ -451,6 +454,7 @@ class GrenacheService(Service):
             "Stopped announcing {names} and closed port {port}",
             names=", ".join(repr(n) for n in self.config.names),
             port=self.port,
+            event="stopped",
         )
 
 

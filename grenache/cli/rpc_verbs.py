@@ -17,7 +17,8 @@ from grenache.cli.options import (
     parse_json,
     positive_int,
 )
-from grenache.cli.session import Session, begin_logging, emit
+from grenache.cli.session import Session, emit
+from grenache.logs import FORMATS, begin_logging
 from grenache.peer import PeerRPCClient
 from grenache.service_tap import GrenacheService
 from grenache.service_tap import Options as ServiceOptions
@@ -91,6 +92,12 @@ class MapOptions(_RPCOptions):
     optParameters: list[list[Any]] = [["limit", "l", None, "Ask at most N peers.", positive_int]]
 
 
+def _log_format(name: str) -> str:
+    if name not in FORMATS:
+        raise ValueError(f"unknown log format {name!r} (one of {', '.join(FORMATS)})")
+    return name
+
+
 def _reactor_name(name: str) -> str:
     known = sorted(r.shortName for r in getReactorTypes())
     if name not in known:
@@ -124,6 +131,7 @@ class ServeOptions(GnuOptions, ServiceOptions):
         "  grenache serve secure_svc --handler mypkg.handlers:echo --tls-key server.key \\\n"
         "      --tls-cert server.crt --tls-client-fingerprints 5B:1D:...:9E\n"
         "  grenache serve aio --reactor asyncio --handler mypkg.handlers:async_echo\n"
+        "  grenache serve echo --handler mypkg.handlers:echo --metrics 9100 --log-format json\n"
     )
     optParameters: list[list[Any]] = [
         [
@@ -133,6 +141,13 @@ class ServeOptions(GnuOptions, ServiceOptions):
             "Reactor to run on, as twistd -r names it (e.g. asyncio); installed before "
             "anything else runs.",
             _reactor_name,
+        ],
+        [
+            "log-format",
+            None,
+            "text",
+            "Logs on stderr as text or json (one JSON object per line, with the event's fields).",
+            _log_format,
         ],
     ]
 
@@ -187,18 +202,19 @@ async def serve(session: Session) -> None:
     options = session.options
     service = GrenacheService(options.config(), session.reactor)
     port = await service.listen()
-    begin_logging()  # events logged so far are replayed
+    begin_logging(options["log-format"])  # events logged so far are replayed
     service.startService()
     assert service.started is not None
     announced = await service.started
     session.reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    emit(
-        {
-            "name": list(options["names"]),
-            "port": port,
-            "transport": options["transport"],
-            "grape": options["grape"],
-            "announced": announced,
-        }
-    )
+    ready: dict[str, Any] = {
+        "name": list(options["names"]),
+        "port": port,
+        "transport": options["transport"],
+        "grape": options["grape"],
+        "announced": announced,
+    }
+    if service.metrics_port is not None:
+        ready["metrics"] = service.metrics_port
+    emit(ready)
     await Deferred()  # until SIGINT or SIGTERM stops the reactor

@@ -5,7 +5,8 @@ documented defaults (peers expire after 120 s, 8 KiB API bodies), no bootstrap n
 the command line are in milliseconds, as Node's. ``--aph`` and ``--apw`` take a port number (as
 Node's) or a Twisted endpoint description (``tcp6:30001``,
 ``ssl:30001:privateKey=key.pem:certKey=cert.pem``); ``--bn`` takes host names and
-``[ipv6]:port`` too. docs/deploying.rst is the operator's page.
+``[ipv6]:port`` too. ``--metrics PORT`` (or an endpoint description) serves ``/metrics``
+(Prometheus) and ``/health`` (docs/metrics.rst). docs/deploying.rst is the operator's page.
 
 :func:`makeService` builds a :class:`~grenache.grape.service.Grape`, a ``MultiService`` whose
 children are the listening ports and the maintenance timer, as ``twisted.names``' tap builds
@@ -18,10 +19,17 @@ import gc
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
+from grenache.dht.limits import DEFAULT_MAX_SOURCES, DEFAULT_QUERY_BURST, DEFAULT_QUERY_RATE
+from grenache.dht.routing import MAX_CONTACTS_PER_IP
 from grenache.endpoints import ListenSpec, server_endpoint
 from grenache.grape.service import Grape, GrapeConfig, ListenError, parse_bootstrap
+from grenache.metrics import Metrics, MetricsService, listen_spec
+
+log = Logger()
 
 
 def _port(value: str) -> int:
@@ -64,6 +72,13 @@ def _positive(value: str) -> int:
     return number
 
 
+def _rate(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(f"{value} must be a non-negative number")
+    return number
+
+
 class Options(usage.Options):
     """Flags of ``twistd grape``; each long flag also takes the Node grape's spelling."""
 
@@ -79,6 +94,7 @@ class Options(usage.Options):
         "  twistd -n --pidfile g2.pid grape --dp 20002 --aph 40001 --bn localhost:20001\n"
         "  twistd -n grape --aph ssl:30001:privateKey=key.pem:certKey=cert.pem\n"
         "  twistd -n grape --aph tcp6:30001 --apw 30002 -b ::1\n"
+        "  twistd -n grape --metrics 9100          /metrics and /health on TCP 9100\n"
     )
 
     optParameters = [
@@ -133,6 +149,42 @@ class Options(usage.Options):
             "API request body limit in bytes; 0 = no limit.",
             _non_negative,
         ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve /metrics (Prometheus) and /health on this TCP port or endpoint description "
+            "(off unless given).",
+            listen_spec,
+        ],
+        [
+            "query-rate",
+            None,
+            DEFAULT_QUERY_RATE,
+            "DHT queries per second from one public IP after the burst; 0 = no limit.",
+            _rate,
+        ],
+        [
+            "query-burst",
+            None,
+            DEFAULT_QUERY_BURST,
+            "DHT queries one public IP may send at once.",
+            _positive,
+        ],
+        [
+            "max-sources",
+            None,
+            DEFAULT_MAX_SOURCES,
+            "Source IPs the DHT query rate limit tracks.",
+            _positive,
+        ],
+        [
+            "max-contacts-per-ip",
+            None,
+            MAX_CONTACTS_PER_IP,
+            "Routing-table contacts one public IP may hold.",
+            _positive,
+        ],
         ["dc", None, None, "Accepted for compatibility with Node; unused, as in Node."],
         ["cache_maxAge", None, None, "Accepted for compatibility with Node; unused, as in Node."],
     ]
@@ -182,6 +234,10 @@ class Options(usage.Options):
             max_values=self["dht_maxValues"],
             max_payload_size=self["check_maxPayloadSize"] or None,
             verify_mutable=not self["no-verify"],
+            query_rate=self["query-rate"],
+            query_burst=self["query-burst"],
+            max_sources=self["max-sources"],
+            max_contacts_per_ip=self["max-contacts-per-ip"],
         )
 
 
@@ -218,6 +274,30 @@ class TwistdGrape(Grape):
                 raise SystemExit(f"twistd grape: {error}") from None
             raise
 
+    def startService(self) -> None:
+        super().startService()
+        metrics = self.getServiceNamed("metrics") if "metrics" in self.namedServices else None
+        if isinstance(metrics, MetricsService):
+            metrics.when_listening().addErrback(self._metrics_failed)
+
+    def _metrics_failed(self, failure: Failure) -> None:
+        # Asked for and unavailable: an operator's probe would report the grape dead anyway.
+        log.critical("twistd grape: --metrics: {error}", error=failure.getErrorMessage())
+        if self.reactor.running:
+            self.reactor.stop()
+
+
+def add_metrics(grape: Grape, where: ListenSpec, metrics: Metrics | None = None) -> Metrics:
+    """Serve ``metrics`` (a new :class:`~grenache.metrics.Metrics` by default) for ``grape``
+    on ``where``: a :class:`~grenache.metrics.MetricsService` child named ``metrics``."""
+    own: Metrics | None = getattr(grape, "metrics", None)  # a grape built with metrics=
+    if metrics is None:
+        metrics = own if own is not None else Metrics()
+    if own is not metrics:
+        metrics.watch_grape(grape)
+    MetricsService(metrics, grape.reactor, where).setServiceParent(grape)
+    return metrics
+
 
 def makeService(options: Options) -> IService:
     """Build the grape service; ``twistd`` binds its ports in ``privilegedStartService``."""
@@ -229,6 +309,8 @@ def makeService(options: Options) -> IService:
         grape = TwistdGrape(options.config(), reactor, exit_on_listen_error=not daemon)
     except ValueError as error:
         raise SystemExit(f"twistd grape: {error}") from None
+    if options["metrics"] is not None:
+        add_metrics(grape, options["metrics"])
     # Keep the startup heap (~55k objects: modules, classes) out of full collections, which
     # otherwise walk it all (20-25 ms pauses under load; bench/README.md, Grape). Process-wide,
     # so it is done here at the entry point and not by the library.

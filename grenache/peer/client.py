@@ -130,6 +130,7 @@ class PeerRPCClient:
             "Destination {dest} refused the connection; left out for {seconds} s",
             dest=dest,
             seconds=self.unreachable_backoff,
+            event="dest_set_aside",
         )
 
     def _usable(self, dests: Sequence[str]) -> list[str]:

@@ -117,6 +117,7 @@ class _Subscription:
                 "Resubscribing to {name} failed ({error}); retrying",
                 name=self.name,
                 error=error_message(failure),
+                event="resubscribe_failed",
             )
             self._schedule(avoid)
             self.peer._emit("error", self.name, failure.value)
