@@ -38,7 +38,7 @@ class OperationTests(SynchronousTestCase):
         return self.assertRaises(error, self.run_op, operation, data)
 
     def test_unknown_operation(self) -> None:
-        for name in ("unannounce", "lookup?x=1", "LOOKUP", ""):
+        for name in ("UNANNOUNCE", "lookup?x=1", "LOOKUP", ""):
             self.assertEqual(
                 self.fails(GrapeRequestNotFound, name, "x").message, "ERR_REQ_NOTFOUND"
             )

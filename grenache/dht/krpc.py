@@ -92,6 +92,10 @@ _TID_LIMIT = 0xFFFF
 #: Sweeps a request survives; it fails on the next one (k-rpc-socket's ``ttl: 4``).
 _TTL = 4
 
+#: Background queries (see :meth:`KRPCProtocol.query`) in flight at once; past it a
+#: background query waits for an ordinary slot.
+MAX_BACKGROUND = 64
+
 #: Slack when turning clock time into a sweep number, against float rounding.
 _EPSILON = 1e-6
 
@@ -275,6 +279,23 @@ class _Request:
     tid: int = 0
     born: int = 0
     """Number of the last sweep before the request was sent."""
+    background: bool = False
+    """Sent outside the in-flight limit; its timeout is not reported (see ``query``)."""
+
+
+class _NotifyingDropCounter(DropCounter):
+    """A :class:`DropCounter` that also tells ``on_drop`` (the grape's ``warning`` event)."""
+
+    on_drop: Callable[[str, Any], None] | None = None
+
+    def count(self, reason: str, addr: Any, failure: Any = None) -> None:
+        super().count(reason, addr, failure)
+        on_drop = self.on_drop
+        if on_drop is not None:
+            try:
+                on_drop(reason, addr)
+            except Exception:
+                self._log.failure("on_drop failed for {reason}", reason=reason)
 
 
 class KRPCProtocol(DatagramProtocol):
@@ -293,7 +314,8 @@ class KRPCProtocol(DatagramProtocol):
     every address that answered one (``y=r`` or ``y=e``). A queued query whose address
     ``skip_queued`` says is down by the time a slot frees up is not sent: it fails with
     :class:`KRPCTimeout` at once, so that queries to a dead node queued before it was known
-    dead do not each wait out a timeout. Counters, all public
+    dead do not each wait out a timeout. ``on_drop(reason, addr)`` (None: nobody) hears about
+    every datagram dropped and every send that failed. Counters, all public
     and only ever incremented: :attr:`received` (the outcome of every datagram), :attr:`dropped`
     (per reason) and :attr:`refused` (error replies sent, per code).
     """
@@ -333,7 +355,7 @@ class KRPCProtocol(DatagramProtocol):
         #: ``refused`` (a query answered ``y=e``), ``response`` (a reply to one of our queries)
         #: or ``dropped``; the values always add up to the number of datagrams received.
         self.received: Counter[str] = Counter()
-        self.drops = DropCounter(self._seconds, self.log, quiet=QUIET_DROPS)
+        self.drops = _NotifyingDropCounter(self._seconds, self.log, quiet=QUIET_DROPS)
         #: Dropped datagrams (and failed sends, ``send failed``) per reason.
         self.dropped: Counter[str] = self.drops.counts
         #: Error replies sent, per KRPC error code.
@@ -342,12 +364,22 @@ class KRPCProtocol(DatagramProtocol):
         self.concurrency = concurrency
         self._tick = 0
         self._outstanding: dict[int, _Request] = {}
+        self._background = 0  # background requests among _outstanding
         self._queue: deque[_Request] = deque()
         self._period = timeout / 4
         self._sweep_call: IDelayedCall | None = None
         self._epoch = 0.0  # clock time of sweep number 0 (sweeps run only while busy)
         self._next_sweep = 1  # number of the sweep _sweep_call is scheduled for
         self._running = False
+
+    @property
+    def on_drop(self) -> Callable[[str, Any], None] | None:
+        """Told ``(reason, addr)`` for every dropped datagram and failed send (None: nobody)."""
+        return self.drops.on_drop
+
+    @on_drop.setter
+    def on_drop(self, fn: Callable[[str, Any], None] | None) -> None:
+        self.drops.on_drop = fn
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -361,6 +393,7 @@ class KRPCProtocol(DatagramProtocol):
         self._stop_sweep()
         requests = [*self._outstanding.values(), *self._queue]
         self._outstanding.clear()
+        self._background = 0
         self._queue.clear()
         for req in requests:
             req.deferred.errback(KRPCClosed())
@@ -369,7 +402,7 @@ class KRPCProtocol(DatagramProtocol):
 
     @property
     def in_flight(self) -> int:
-        """Queries sent and still waiting for a reply or a timeout."""
+        """Queries sent and still waiting for a reply or a timeout (background ones too)."""
         return len(self._outstanding)
 
     @property
@@ -378,7 +411,12 @@ class KRPCProtocol(DatagramProtocol):
         return len(self._queue)
 
     def query(
-        self, addr: Address, q: str, args: dict[str, Any], node_id: bytes | None = None
+        self,
+        addr: Address,
+        q: str,
+        args: dict[str, Any],
+        node_id: bytes | None = None,
+        background: bool = False,
     ) -> Deferred[Response]:
         """Send query ``q`` with arguments ``args`` to ``addr``.
 
@@ -389,6 +427,12 @@ class KRPCProtocol(DatagramProtocol):
         The Deferred fires with a :class:`Response`, or fails with :class:`KRPCError` (the node
         answered ``y=e``), :class:`KRPCTimeout`, :class:`KRPCUnexpectedNode` or
         :class:`KRPCClosed`.  Cancelling it withdraws the query and frees its slot.
+
+        A ``background`` query is for a message some nodes may not answer at all (a query a
+        Node grape does not know, which it drops): it is sent at once, outside the
+        ``concurrency`` limit (up to :data:`MAX_BACKGROUND` of them; past that it takes an
+        ordinary slot), and its timeout fails the Deferred without telling ``on_timeout``, so
+        a silent node is not taken for a dead one.
 
         Raises ``ValueError`` at once when ``addr`` is not an IPv4 address and port, or when
         ``args`` cannot be encoded or would crash a Node grape (a non-bytes ``target`` or
@@ -409,7 +453,11 @@ class KRPCProtocol(DatagramProtocol):
             self._withdraw(req)
 
         req = _Request(addr, q.encode("utf-8"), encoded_a, node_id, Deferred(cancel))
-        if len(self._outstanding) < self.concurrency and not self._queue:
+        if background and self._background < MAX_BACKGROUND:
+            req.background = True
+            self._background += 1
+            self._send(req)
+        elif len(self._outstanding) - self._background < self.concurrency and not self._queue:
             self._send(req)
         else:
             self._queue.append(req)
@@ -437,7 +485,11 @@ class KRPCProtocol(DatagramProtocol):
         """Send queued queries while in-flight slots are free (see ``skip_queued``)."""
         skip = self.skip_queued
         skipped = []
-        while self._queue and self._running and len(self._outstanding) < self.concurrency:
+        while (
+            self._queue
+            and self._running
+            and len(self._outstanding) - self._background < self.concurrency
+        ):
             req = self._queue.popleft()
             if skip is not None and skip(req.addr):
                 skipped.append(req)
@@ -449,6 +501,8 @@ class KRPCProtocol(DatagramProtocol):
     def _finish(self, req: _Request) -> None:
         """Take an in-flight request off the books and let the queue move."""
         del self._outstanding[req.tid]
+        if req.background:
+            self._background -= 1
         if not self._outstanding:
             self._stop_sweep()
         self._drain()
@@ -489,11 +543,13 @@ class KRPCProtocol(DatagramProtocol):
         expired = [r for r in self._outstanding.values() if number - r.born > _TTL]
         for req in expired:
             del self._outstanding[req.tid]
+            if req.background:
+                self._background -= 1
         if self._running and (self._outstanding or self._queue):
             self._schedule_sweep(number + 1)
             self._drain()
         for req in expired:
-            if self.on_timeout is not None:
+            if self.on_timeout is not None and not req.background:
                 try:
                     self.on_timeout(req.addr)
                 except Exception:

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from grenache.dht import bep44
+from grenache.dht.events import Events
 from grenache.dht.krpc import Address, KRPCProtocol, Response
 from grenache.dht.limits import (
     DEFAULT_MAX_SOURCES,
@@ -62,6 +63,11 @@ log = Logger()
 Resolve = Callable[[str], "Deferred[str]"]
 """``resolve(name)``: a Deferred firing with an IPv4 address for the host name (the shape of
 :meth:`IReactorCore.resolve <twisted.internet.interfaces.IReactorCore.resolve>`)."""
+
+Verify = Callable[[bytes, bytes, bytes], bool]
+"""``verify(signature, message, public_key)``: whether ``signature`` is ``public_key``'s
+signature of ``message`` (the BEP 44 signature buffer), in the argument order of Node's
+``verify`` option."""
 
 TOKEN_TABLE_MAX_AGE = 300.0
 LOOKUP_RESULT_LIMIT = 100
@@ -102,6 +108,10 @@ class DHTConfig:
     Limits against hostile senders (docs/protocol.rst, *DHT messages*): ``query_rate`` queries
     per second after a ``query_burst`` per public source IP (0: no limit), ``max_sources`` IPs
     tracked, ``max_contacts_per_ip`` routing-table contacts per public IP.
+
+    ``verify`` checks mutable items' signatures instead of the built-in ed25519 check (see
+    :data:`Verify`; Node's ``verify`` option). ``verify_mutable`` False refuses mutable items
+    (BEP 44 error 400) and cannot be combined with a ``verify`` function.
     """
 
     bootstrap: tuple[Address, ...] = ()
@@ -118,6 +128,14 @@ class DHTConfig:
     query_burst: int = DEFAULT_QUERY_BURST
     max_sources: int = DEFAULT_MAX_SOURCES
     max_contacts_per_ip: int = MAX_CONTACTS_PER_IP
+    verify: Verify | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.verify is not None:
+            if not callable(self.verify):
+                raise ValueError("verify must be a function (signature, message, public_key)")
+            if not self.verify_mutable:
+                raise ValueError("verify_mutable=False refuses mutable items: give no verify")
 
 
 @attrs.define
@@ -184,6 +202,9 @@ class DHTNode:
         self._reported_neighbours = 0
         self.node_id = node_id if node_id is not None else os.urandom(20)
         self._rng = rng or random.Random()
+        #: Listeners of the grape's events (:mod:`grenache.dht.events`).
+        self.events = Events()
+        self._verify_failures = 0
         self.krpc = KRPCProtocol(
             self.node_id,
             clock,
@@ -198,6 +219,7 @@ class DHTNode:
             on_answer=self._answered,
             skip_queued=self._skip_queued,
         )
+        self.krpc.on_drop = self._dropped
         self.routing = RoutingTable(self.node_id, max_per_ip=config.max_contacts_per_ip)
         #: Addresses whose last query timed out, left out of walks and fan-outs until they
         #: answer again (see :meth:`is_down`).
@@ -259,10 +281,19 @@ class DHTNode:
         self.own_texts.start()
         self.tokens.start()
         self._schedule_liveness()
-        self.bootstrap().addBoth(
-            lambda _: self.ready.callback(None) if not self.ready.called else None
-        )
+        if self.krpc.transport is not None:
+            self.events.emit("listening")
+        self.bootstrap().addBoth(self._bootstrapped)
         return self.ready
+
+    def _bootstrapped(self, _: object) -> None:
+        if not self.ready.called:
+            self.ready.callback(None)
+            self.events.emit("ready")
+
+    def _dropped(self, reason: str, addr: Any) -> None:
+        if "warning" in self.events.active:
+            self.events.emit("warning", reason)
 
     def stop(self) -> None:
         """Stop every timer. Closing the socket (``port.stopListening()``) is the caller's."""
@@ -435,8 +466,11 @@ class DHTNode:
         if known is not None:
             known.seen = now
             return
+        before = len(self.routing)
         full = self.routing.add(Contact(id=node_id, host=addr[0], port=addr[1], seen=now))
         self._neighbours_changed()
+        if len(self.routing) > before and "node" in self.events.active:
+            self.events.emit("node", join_host_port(*addr))
         if full is not None:
             self._eviction_queue = full  # last one wins
             if not self._evicting:
@@ -474,6 +508,8 @@ class DHTNode:
             if dead is not None:
                 self.routing.add(newcomer)
                 self._neighbours_changed()
+                if self.routing.get(newcomer.id) is not None:
+                    self.events.emit("node", join_host_port(*newcomer.addr))
             self._run_evictions()
 
         ensureDeferred(self._first_dead(stale)).addCallback(settle)
@@ -638,7 +674,32 @@ class DHTNode:
         if not isinstance(token, bytes) or not self.tokens.is_valid(addr[0], token):
             return KRPCError(203, "cannot `announce_peer` with bad token")
         self.peers.add(info_hash, encode_peer(addr[0], port))
+        if "announce" in self.events.active:
+            self.events.emit("announce", _name(info_hash))
         return {}
+
+    def _on_unannounce_peer(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | KRPCError:
+        """This project's ``unannounce_peer`` (docs/protocol.rst, *DHT messages*): forget the
+        peer ``(source IP, port)`` under ``info_hash``, checked as ``announce_peer`` is."""
+        implied = a.get("implied_port")
+        port = addr[1] if implied else a.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 65535:
+            return KRPCError(203, "`unannounce_peer` needs a port from 1 to 65535")
+        info_hash = a.get("info_hash")
+        if not isinstance(info_hash, bytes) or not info_hash:
+            return KRPCError(203, "`unannounce_peer` missing required `a.info_hash` field")
+        token = a.get("token")
+        if not isinstance(token, bytes) or not self.tokens.is_valid(addr[0], token):
+            return KRPCError(203, "cannot `unannounce_peer` with bad token")
+        if self._forget_peer(info_hash, addr[0], port):
+            self.events.emit("unannounce", _name(info_hash))
+        return {}
+
+    def _forget_peer(self, key: bytes, host: str, port: int) -> bool:
+        """Drop ``host:port`` under ``key`` from the peer store and the lookup results;
+        whether the peer store had it."""
+        self.seen_peers.remove(key, f"{host}:{port}".encode("ascii"))
+        return self.peers.remove(key, encode_peer(host, port))
 
     def _on_get(self, a: dict[str, Any], addr: Address) -> dict[str, Any] | KRPCError:
         target = a.get("target")
@@ -685,7 +746,7 @@ class DHTNode:
         if cas is not None and (not isinstance(cas, int) or isinstance(cas, bool)):
             return KRPCError(203, "`put` `a.cas` must be an integer")
         item = bep44.Item(v=v, k=k, sig=sig, seq=seq, salt=salt or None)
-        if not item.signature_valid():
+        if not self.signature_valid(item):
             return KRPCError(206, "invalid signature")
         refusal = self._store_mutable(item, cas)
         return {} if refusal is None else refusal
@@ -742,11 +803,19 @@ class DHTNode:
         return self._peer_texts(key)
 
     def _gather(self, key: bytes) -> None:
-        """Remember the peers stored here under ``key`` among the lookup's results."""
+        """Start a lookup's results with the peers stored here under ``key``.
+
+        Results from earlier lookups are dropped first: a lookup answers what the DHT holds
+        now, so a peer that was unannounced (or expired) leaves the answers at once
+        (docs/protocol.rst, *Deliberate differences from Node.js*).
+        """
+        self.seen_peers.remove_key(key)
         for record in self.peers.get(key, LOOKUP_RESULT_LIMIT) + self.own_peers.get(key):
             self._remember(key, record)
         for text in self.own_texts.get(key):
             self.seen_peers.add(key, text)
+            if "peer" in self.events.active:
+                self.events.emit("peer", text.decode("ascii"))
 
     def _peer_texts(self, key: bytes) -> list[str]:
         return [r.decode("ascii") for r in self.seen_peers.get(key, LOOKUP_RESULT_LIMIT)]
@@ -755,6 +824,8 @@ class DHTNode:
         text = _peer_text(record)
         if text is not None:
             self.seen_peers.add(key, text)
+            if "peer" in self.events.active:
+                self.events.emit("peer", text.decode("ascii"))
 
     def _run_lookup(self, key: bytes) -> Deferred[list[str]]:
         self._gather(key)
@@ -833,6 +904,8 @@ class DHTNode:
                 self.peers.add(key, encode_peer(host, port))
             else:
                 self.own_texts.add(key, join_host_port(host, port).encode("ascii"))
+            if "announce" in self.events.active:
+                self.events.emit("announce", _name(key))
         args = {"implied_port": 0, "info_hash": key, "port": port}
         table = self.tables.peek(key)
         if table is not None:
@@ -871,7 +944,97 @@ class DHTNode:
     def _announce_alone(self, key: bytes, port: int) -> int:
         if self.config.host is None:
             self.own_peers.add(key, encode_peer("127.0.0.1", port))
+            if "announce" in self.events.active:
+                self.events.emit("announce", _name(key))
         return 1
+
+    def unannounce(self, key: bytes, port: int) -> Deferred[int]:
+        """Withdraw an announce of ``port`` under ``key`` at once instead of letting it expire;
+        fires with the number of nodes that confirmed (never fails).
+
+        Port 0 means this node's DHT port, as for :meth:`announce`. The node forgets its own
+        record of the peer, then sends ``unannounce_peer`` to the nodes of the key's token
+        table (the ones an announce reached), each with its token. Python grapes confirm;
+        Node grapes do not know the query and drop it, so it is sent as a background query
+        (docs/protocol.rst, *DHT messages*) and their silence is not taken for death: they keep
+        the peer until it expires. With nobody to tell, the result is 1 when this node itself
+        held the record (a lone grape), else 0.
+        """
+        if port == 0:
+            port = self.port
+        removed = self._forget_own(key, port)
+        args = {"info_hash": key, "port": port}
+        table = self.tables.peek(key)
+        d = (
+            succeed(table)
+            if table is not None
+            else self._token_table(key, "get_peers", {"info_hash": key})
+        )
+
+        def send(table: KBucket) -> Deferred[int] | int:
+            is_down = self.is_down
+            contacts = [c for c in table.to_list() if c.token and not is_down(c.addr)]
+            if not contacts:
+                return 0
+            tally = _Tally(len(contacts))
+            query_one = self.krpc.query
+            for index, c in enumerate(contacts):
+                query_one(
+                    c.addr,
+                    "unannounce_peer",
+                    {**args, "token": c.token},
+                    node_id=c.id,
+                    background=True,
+                ).addCallbacks(tally.hit, tally.miss, errbackArgs=(index,))
+            return tally.result
+
+        def counted(result: Any) -> int:
+            hits = result if isinstance(result, int) else 0
+            if isinstance(result, Failure) and not result.check(AllQueriesFailed, DHTError):
+                log.failure("unannounce failed", result)
+            return hits or (1 if removed else 0)
+
+        return d.addCallback(send).addBoth(counted)
+
+    def _forget_own(self, key: bytes, port: int) -> bool:
+        """Forget this node's own records of ``port`` under ``key`` (self-stored with ``host``
+        or kept as a lone node); whether there was one."""
+        removed = False
+        host = self.config.host
+        if host is not None:
+            if self._own_host_compact:
+                removed = self._forget_peer(key, host, port)
+            else:
+                text = join_host_port(host, port).encode("ascii")
+                removed = self.own_texts.remove(key, text)
+                self.seen_peers.remove(key, text)
+        else:
+            self.seen_peers.remove(key, f"127.0.0.1:{port}".encode("ascii"))
+        removed = self.own_peers.remove(key, encode_peer("127.0.0.1", port)) or removed
+        if removed:
+            self.events.emit("unannounce", _name(key))
+        return removed
+
+    def signature_valid(self, item: bep44.Item) -> bool:
+        """Whether a mutable item's signature checks out (immutable: always), with the
+        configured ``verify`` function or the built-in ed25519 check. A ``verify`` that raises
+        counts as False (logged the first time and every 1000th)."""
+        verify = self.config.verify
+        if verify is None or item.k is None:
+            return item.signature_valid()
+        if item.sig is None:
+            return False
+        message = bep44.signature_buffer(item.v, item.seq or 0, item.salt)
+        try:
+            return bool(verify(item.sig, message, item.k))
+        except Exception:
+            self._verify_failures += 1
+            if self._verify_failures % 1000 == 1:
+                log.failure(
+                    "the verify function raised ({count} times in all); the item is refused",
+                    count=self._verify_failures,
+                )
+            return False
 
     def put(self, item: bep44.Item, cas: int | None = None) -> Deferred[PutResult]:
         """Store a BEP 44 item in the DHT; fires with its key and the number of storing nodes.
@@ -903,7 +1066,7 @@ class DHTNode:
         def alone(failure: Failure) -> PutResult:
             self._trap_alone(failure)
             if item.mutable:
-                if not self.config.verify_mutable or not item.signature_valid():
+                if not self.config.verify_mutable or not self.signature_valid(item):
                     raise AllQueriesFailed()
                 refusal = self._store_mutable(item, cas)
                 if refusal is not None:
@@ -944,7 +1107,7 @@ class DHTNode:
             if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
                 return None
             item = bep44.Item(v=v, k=k, sig=sig, seq=seq, salt=salt)
-            if item.key() != key or not item.signature_valid():
+            if item.key() != key or not self.signature_valid(item):
                 return None
             if best and (best[0].item.seq or 0) >= (seq or 0):
                 return None
@@ -965,6 +1128,11 @@ def _peer_text(record: bytes) -> bytes | None:
     """A compact peer as ``b"ip:port"`` (None for a malformed one); peers recur, so cached."""
     addr = decode_peer(record)
     return None if addr is None else f"{addr[0]}:{addr[1]}".encode("ascii")
+
+
+def _name(key: bytes) -> str:
+    """A key as the service name Node's grape reports (UTF-8, bad bytes replaced)."""
+    return key.decode("utf-8", errors="replace")
 
 
 def _one_hit(_: Response) -> int:
@@ -1053,4 +1221,5 @@ _HANDLERS = {
     "announce_peer": DHTNode._on_announce_peer,
     "get": DHTNode._on_get,
     "put": DHTNode._on_put,
+    "unannounce_peer": DHTNode._on_unannounce_peer,
 }

@@ -156,10 +156,17 @@ class RecordCache:
         if self._fresh.add(key, record) and self._fresh.size > self.max_size:
             self.gc()
 
-    def remove(self, key: bytes, record: bytes) -> None:
-        """Forget ``record`` under ``key`` in both generations."""
-        self._fresh.remove(key, record)
-        self._stale.remove(key, record)
+    def remove(self, key: bytes, record: bytes) -> bool:
+        """Forget ``record`` under ``key`` in both generations; whether it was there."""
+        fresh = self._fresh.remove(key, record)
+        return self._stale.remove(key, record) or fresh
+
+    def remove_key(self, key: bytes) -> None:
+        """Forget every record under ``key``."""
+        for generation in (self._fresh, self._stale):
+            bucket = generation.records.pop(key, None)
+            if bucket:
+                generation.size -= len(bucket)
 
     def get(self, key: bytes, n: int = 0) -> list[bytes]:
         """Up to ``n`` distinct records of ``key`` in random order (all of them when ``n`` is 0)."""

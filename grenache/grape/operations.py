@@ -1,4 +1,6 @@
-"""The four grape operations, shared by the HTTP and the WebSocket API.
+"""The grape operations, shared by the HTTP and the WebSocket API: Node's four (``announce``,
+``lookup``, ``put``, ``get``) and ``unannounce``, the one grenache-grape's development branch
+adds (docs/protocol.rst, *Grape HTTP API*).
 
 ``dispatch(node, operation, data)`` checks ``data`` the way grenache-grape 1.0.0 does, runs the
 operation on the DHT node and answers the JSON-able result Node would send (docs/protocol.rst,
@@ -63,16 +65,28 @@ def dispatch(node: DHTNode, operation: str, data: Any) -> Any:
     return result
 
 
-def announce(node: DHTNode, data: Any) -> Deferred[int]:
+def _name_and_port(data: Any, operation: str) -> tuple[bytes, int]:
+    """``[name, port]`` of an announce or unannounce, checked as Node checks an announce."""
+    wire = f"ERR_GRAPE_{operation.upper()}"
     if not isinstance(data, list):
-        raise GrapeAnnounceInvalid()
+        raise GrapeAnnounceInvalid(wire)
     name = data[0] if data else None
     port = data[1] if len(data) > 1 else None
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise GrapeServicePortInvalid()
     if not isinstance(name, str):
-        raise GrapeDataInvalid("ERR_GRAPE_ANNOUNCE: the service name must be a string")
-    return node.announce(name.encode("utf-8"), port)
+        raise GrapeDataInvalid(f"{wire}: the service name must be a string")
+    return name.encode("utf-8"), port
+
+
+def announce(node: DHTNode, data: Any) -> Deferred[int]:
+    return node.announce(*_name_and_port(data, "announce"))
+
+
+def unannounce(node: DHTNode, data: Any) -> Deferred[int]:
+    """``[name, port]``: withdraw the announce at once; the number of DHT nodes that
+    confirmed (0 when none could, e.g. Node grapes, which keep it until it expires)."""
+    return node.unannounce(*_name_and_port(data, "unannounce"))
 
 
 def lookup(node: DHTNode, data: Any) -> list[str] | Deferred[list[str]]:
@@ -212,4 +226,10 @@ def get_result_json(found: GetResult, salt: bytes | None, local: bool) -> dict[s
     return result
 
 
-_OPERATIONS = {"announce": announce, "lookup": lookup, "put": put, "get": get}
+_OPERATIONS = {
+    "announce": announce,
+    "unannounce": unannounce,
+    "lookup": lookup,
+    "put": put,
+    "get": get,
+}

@@ -33,7 +33,7 @@ may bind later, and then :meth:`Grape.start` fails with :class:`ListenError`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -49,7 +49,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from grenache.dht.krpc import Address
-from grenache.dht.node import DHTConfig, DHTNode, Resolve
+from grenache.dht.limits import DEFAULT_MAX_SOURCES, DEFAULT_QUERY_BURST, DEFAULT_QUERY_RATE
+from grenache.dht.node import DHTConfig, DHTNode, Resolve, Verify
+from grenache.dht.routing import MAX_CONTACTS_PER_IP
 from grenache.endpoints import (
     ListenSpec,
     bound_port,
@@ -84,6 +86,14 @@ class GrapeConfig:
     address or a name (resolved at start and before every retry). ``bootstrap_retry`` is the
     period of the maintenance timer: while the grape has no neighbour although bootstrap nodes
     were given, it warns and bootstraps again.
+
+    ``verify`` is Node's ``verify`` option: a function ``(signature, message, public_key) ->
+    bool`` that checks mutable BEP 44 items instead of the built-in ed25519 check (a hardware
+    or remote verifier, another algorithm); ``verify_mutable`` False refuses mutable items as
+    a stock Node grape does, and cannot be combined with ``verify``. ``query_rate`` (queries
+    per second, 0: no limit) and ``query_burst`` limit each public source IP of DHT queries,
+    ``max_sources`` is how many source IPs are tracked and ``max_contacts_per_ip`` how many
+    routing-table contacts one public IP may hold (docs/protocol.rst, *DHT messages*).
     """
 
     dht_port: int = 20001
@@ -98,8 +108,14 @@ class GrapeConfig:
     max_payload_size: int | None = 8192
     verify_mutable: bool = True
     bootstrap_retry: float = 30.0
+    verify: Verify | None = None
+    query_rate: float = DEFAULT_QUERY_RATE
+    query_burst: int = DEFAULT_QUERY_BURST
+    max_sources: int = DEFAULT_MAX_SOURCES
+    max_contacts_per_ip: int = MAX_CONTACTS_PER_IP
 
     def dht_config(self) -> DHTConfig:
+        """The DHT node's share of this configuration (ValueError for contradictory values)."""
         return DHTConfig(
             bootstrap=self.bootstrap,
             host=self.host,
@@ -108,6 +124,11 @@ class GrapeConfig:
             max_tables=self.max_tables,
             max_values=self.max_values,
             verify_mutable=self.verify_mutable,
+            verify=self.verify,
+            query_rate=self.query_rate,
+            query_burst=self.query_burst,
+            max_sources=self.max_sources,
+            max_contacts_per_ip=self.max_contacts_per_ip,
         )
 
 
@@ -205,6 +226,11 @@ class Grape(MultiService):
     ``privilegedStartService`` binds the ports given as numbers or descriptions synchronously and
     raises :class:`ListenError` (all or none bound) if one cannot be. ``resolve`` turns bootstrap
     host names into IPv4 addresses (the reactor's ``resolve`` by default).
+
+    Programs watch the grape with :meth:`add_listener` (the events of Node's grape: ``ready``,
+    ``listening``, ``announce``, ``peer``, ``node``, ``warning``, and ``unannounce``; see
+    :mod:`grenache.dht.events` for when each fires and its arguments). Add listeners before
+    :meth:`start` to hear ``listening`` and ``ready``.
     """
 
     name = "grape"
@@ -243,6 +269,15 @@ class Grape(MultiService):
         maintenance.clock = reactor
         maintenance.setName("maintenance")
         maintenance.setServiceParent(self)
+
+    def add_listener(self, event: str, fn: Callable[..., Any]) -> None:
+        """Call ``fn`` on ``event`` (ValueError for an unknown event name). Listeners run
+        synchronously; one that raises is logged and the grape carries on."""
+        self.node.events.add_listener(event, fn)
+
+    def remove_listener(self, event: str, fn: Callable[..., Any]) -> None:
+        """Stop calling ``fn`` on ``event``."""
+        self.node.events.remove_listener(event, fn)
 
     def _add_listener(self, name: str, what: str, where: ListenSpec, factory: Any) -> None:
         service: StreamServerEndpointService
