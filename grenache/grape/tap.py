@@ -26,6 +26,8 @@ from twisted.python.failure import Failure
 from grenache.dht.limits import DEFAULT_MAX_SOURCES, DEFAULT_QUERY_BURST, DEFAULT_QUERY_RATE
 from grenache.dht.routing import MAX_CONTACTS_PER_IP
 from grenache.endpoints import ListenSpec, server_endpoint
+from grenache.grape.api_http import GrapeHTTPAPI
+from grenache.grape.operations import make_dispatch
 from grenache.grape.service import Grape, GrapeConfig, ListenError, parse_bootstrap
 from grenache.metrics import Metrics, MetricsService, listen_spec
 
@@ -295,8 +297,18 @@ def add_metrics(grape: Grape, where: ListenSpec, metrics: Metrics | None = None)
         metrics = own if own is not None else Metrics()
     if own is not metrics:
         metrics.watch_grape(grape)
+        _meter_api(grape, metrics)
     MetricsService(metrics, grape.reactor, where).setServiceParent(grape)
     return metrics
+
+
+def _meter_api(grape: Grape, metrics: Metrics) -> None:
+    """Send both APIs' operations through ``metrics.wrap_dispatch`` (through the factories'
+    public ``handler`` and ``dispatch`` attributes, before anything is served)."""
+    dispatch = metrics.wrap_dispatch(make_dispatch(grape.node))
+    grape.http_factory.handler = GrapeHTTPAPI(dispatch)
+    if grape.ws_factory is not None:
+        grape.ws_factory.dispatch = dispatch
 
 
 def makeService(options: Options) -> IService:
