@@ -208,7 +208,7 @@ class CallRecorder:
         )
         seconds = HistogramMetricFamily(
             f"{prefix}_seconds",
-            f"Seconds each of the {doc.lower()} took, by {label}.",
+            f"Seconds each of the {doc[0].lower() + doc[1:]} took, by {label}.",
             labels=[label],
         )
         indexes = [OUTCOMES.index(name) for name in outcomes]
@@ -414,34 +414,38 @@ class Metrics:
     # --- the collector ------------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
-        yield from self.rpc_server.families(
-            "grenache_rpc_request",
-            "key",
-            "RPC requests served",
-            ("ok", "error", "timeout", "cancelled"),
-        )
-        yield GaugeMetricFamily(
-            "grenache_rpc_connections",
-            "Open connections to this process's RPC servers.",
-            value=sum(_server_connections(t) for t in self._server_transports),
-        )
-        yield from self.rpc_client.families(
-            "grenache_rpc_client_request", "dest", "RPC requests sent", OUTCOMES
-        )
-        yield GaugeMetricFamily(
-            "grenache_rpc_client_connections",
-            "Open connections of this process's RPC clients.",
-            value=sum(_client_connections(t) for t in self._client_transports),
-        )
-        announces = CounterMetricFamily(
-            "grenache_announces",
-            "Announces made through the grape, by name and outcome.",
-            labels=["name", "outcome"],
-        )
-        for name in sorted({*self.announces.ok, *self.announces.failed}):
-            announces.add_metric([name, "ok"], self.announces.ok.get(name, 0))
-            announces.add_metric([name, "failed"], self.announces.failed.get(name, 0))
-        yield announces
+        """Every family of what is watched (a family nothing feeds is left out)."""
+        if self._server_transports:
+            yield from self.rpc_server.families(
+                "grenache_rpc_request",
+                "key",
+                "RPC requests served",
+                ("ok", "error", "timeout", "cancelled"),
+            )
+            yield GaugeMetricFamily(
+                "grenache_rpc_connections",
+                "Open connections to this process's RPC servers.",
+                value=sum(_server_connections(t) for t in self._server_transports),
+            )
+        if self._client_transports:
+            yield from self.rpc_client.families(
+                "grenache_rpc_client_request", "dest", "RPC requests sent", OUTCOMES
+            )
+            yield GaugeMetricFamily(
+                "grenache_rpc_client_connections",
+                "Open connections of this process's RPC clients.",
+                value=sum(_client_connections(t) for t in self._client_transports),
+            )
+        if self._links:
+            announces = CounterMetricFamily(
+                "grenache_announces",
+                "Announces made through the grape, by name and outcome.",
+                labels=["name", "outcome"],
+            )
+            for name in sorted({*self.announces.ok, *self.announces.failed}):
+                announces.add_metric([name, "ok"], self.announces.ok.get(name, 0))
+                announces.add_metric([name, "failed"], self.announces.failed.get(name, 0))
+            yield announces
         yield from self._collect_pubsub()
         if self._nodes:
             yield from self.grape.families(
