@@ -308,3 +308,26 @@ class RecorderTests(SynchronousTestCase):
         one, two = Metrics(), Metrics()
         self.assertIsNot(one.registry, two.registry)
         self.assertIsNot(one.registry, REGISTRY)
+
+
+class DocsExampleTests(TestCase):
+    """docs/metrics.rst's program runs as written and prints what the page says."""
+
+    timeout = 60
+
+    async def test_the_program_on_the_page(self) -> None:
+        import re
+        from pathlib import Path
+
+        from tests.test_docs import run_python
+
+        page = (Path(__file__).parent.parent / "docs" / "metrics.rst").read_text()
+        match = re.search(r"count nothing\)::\n\n((?:(?:    .*)?\n)+)", page)
+        assert match is not None
+        source = "\n".join(line[4:] for line in match.group(1).splitlines())
+        code, lines, err = await run_python(self, source)
+        self.assertEqual(code, 0, err.decode())
+        self.assertEqual(lines[0], "42")
+        self.assertEqual(lines[1], 'grenache_rpc_requests_total{key="doubler",outcome="ok"} 1.0')
+        self.assertEqual(len(lines), 6)
+        self.assertEqual(lines[-1], "healthy")
