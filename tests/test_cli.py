@@ -723,10 +723,10 @@ class ServeTests(TestCase):
         self.assertIn(ended.code, (0, None), ended.describe())
         self.assertIn(b"Serving 'cli_served', 'cli_served_too'", ended.err)
         self.assertIn(b"Stopped announcing 'cli_served', 'cli_served_too'", ended.err)
-        # The port is closed: a request now cannot connect.
+        # Stopping unannounced it: the grape no longer lists it (and its port is closed).
         gone = await run_cli(self, "request", "cli_served", "1", "-g", grape.url)
         self.assertEqual(gone.code, 1, gone.describe())
-        self.assertIn(b"cannot connect to 'cli_served'", gone.err)
+        self.assertIn(b"no peer is announced as 'cli_served'", gone.err)
 
     def successResultOf_json(self, result: Result) -> Any:
         self.assertEqual(result.code, 0, result.describe())

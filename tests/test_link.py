@@ -687,21 +687,32 @@ class AnnounceLoopTests(HTTPCase):
         self.successResultOf(link.start_announcing("svc", 1))
         self.successResultOf(link.start_announcing("svc", 2))
         self.assertEqual(len(self.clock.getDelayedCalls()), 2)
-        link.stop_announcing("svc", 1)
+        self.successResultOf(link.stop_announcing("svc", 1))
         self.assertEqual(link.announcing(), [("svc", 2)])
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
-        link.stop_announcing("svc", 2)
-        link.stop_announcing("svc", 3)  # not announcing: nothing happens
+        self.successResultOf(link.stop_announcing("svc", 2))
+        self.successResultOf(link.stop_announcing("svc", 3))  # not announcing: nothing sent
         self.assertNoTimers()
         self.clock.advance(1000)
-        self.assertEqual(len(self.grape.seen), 2)
+        # Two announces, then an unannounce for each stopped loop.
+        self.assertEqual(
+            [(seen.type, seen.data) for seen in self.grape.seen],
+            [
+                ("announce", ["svc", 1]),
+                ("announce", ["svc", 2]),
+                ("unannounce", ["svc", 1]),
+                ("unannounce", ["svc", 2]),
+            ],
+        )
 
     def test_stop_announcing_while_announcing(self) -> None:
         link = self.make(hold)
         d = link.start_announcing("svc", 1)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the request timeout
-        link.stop_announcing("svc", 1)
+        leaving = link.stop_announcing("svc", 1)
         self.failureResultOf(d, errors.LinkStopped)
+        self.grape.seen[-1].reply(200, b"1")  # the unannounce
+        self.successResultOf(leaving)
         self.assertNoTimers()
 
     def test_stop_stops_every_loop(self) -> None:

@@ -290,7 +290,8 @@ class ServiceTests(TestCase):
         await service.stopService()
         self.assertEqual(service.link.announcing(), [])
         self.assertFalse(service.link.running)
-        await self.assertFailure(client.request("tap_x", 1), errors.DestinationUnreachable)
+        # Stopping unannounced the names: the grape no longer lists the service at all.
+        await self.assertFailure(client.request("tap_x", 1), errors.LookupEmpty)
 
     async def test_grape_down_at_start(self) -> None:
         config = ServiceConfig(

@@ -20,6 +20,11 @@ What it keeps from the Node link:
   ``options``;
 - ``startAnnouncing``'s jitter formula: each gap is uniform in ``[0.5, 1.5) * interval``.
 
+What it adds: :meth:`Link.unannounce` (the ``unannounce`` operation of grenache-grape's
+development branch, which Python grapes serve), and :meth:`Link.stop_announcing` uses it, so
+a stopped service leaves lookups at once; against a Node grape, which lacks it, the service
+leaves when its last announce expires, as before, and nothing fails.
+
 Where it deliberately differs (each is a bug or a trap in Node 1.0.2):
 
 - **Empty lookups are not cached.** Node caches ``[]`` (truthy in JS) and so hides a service

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from grenache.codec import json_dumps
 from grenache.dht import bep44
 from grenache.errors import (
+    GrapeReplyError,
     GrapeUnreachable,
     GrapeWrongAPI,
     LinkStopped,
@@ -164,6 +165,7 @@ class Link:
         self._cache = _LookupCache(reactor, lookup_cache_ttl, lookup_cache_size)
         self._flights: dict[bytes, _Flight] = {}
         self._loops: dict[tuple[str, int], AnnounceLoop] = {}
+        self._told_unsupported = False
         self._http_agent = http_agent
         self._ws_agent = ws_agent
         self._client: GrapeClient | None = None
@@ -242,6 +244,26 @@ class Link:
         ``retry`` and ``timeout`` as for :meth:`lookup`."""
         d = self._call("announce", [name, port], retry, timeout)
         return d.addCallback(announce_result, self._ok_status)
+
+    def unannounce(
+        self, name: str, port: int, *, retry: int = 3, timeout: float | None = None
+    ) -> Deferred[int]:
+        """Withdraw the announce of ``name`` at ``port`` at once, instead of letting it expire
+        (the grape API's ``unannounce``, docs/protocol.rst, *Grape HTTP API*); fires with the
+        number of DHT nodes that confirmed. Python grapes have it; a Node grape answers
+        ``ERR_REQ_NOTFOUND`` (GrapeReplyError, see :meth:`unannounce_unsupported`) and keeps
+        the service in lookups until its last announce expires. ``retry`` and ``timeout`` as
+        for :meth:`lookup`."""
+        d = self._call("unannounce", [name, port], retry, timeout)
+        return d.addCallback(announce_result, self._ok_status)
+
+    @staticmethod
+    def unannounce_unsupported(failure: Failure) -> bool:
+        """Whether an :meth:`unannounce` failed because the grape has no such operation (a
+        Node grape: ``ERR_REQ_NOTFOUND`` with status 200, or 404 from its development
+        branch)."""
+        error = failure.value
+        return isinstance(error, GrapeReplyError) and error.message == "ERR_REQ_NOTFOUND"
 
     def put(
         self,
@@ -385,11 +407,44 @@ class Link:
             loop.start()
         return loop.first_result()
 
-    def stop_announcing(self, name: str, port: int) -> None:
-        """Stop the announcing loop of ``name``:``port`` (its timer and announce in flight)."""
+    def stop_announcing(self, name: str, port: int) -> Any:
+        """Stop the announcing loop of ``name``:``port`` (its timer and announce in flight)
+        and :meth:`unannounce` it, so that lookups stop finding it at once.
+
+        Returns a ``Deferred[None]`` that fires when the unannounce ended; it never fails. A
+        grape without ``unannounce`` (a Node grape) is not an error: the service then leaves
+        lookups when its last announce expires, as it always did, and the link logs it once.
+        Other failures are logged as warnings. Without a running loop for ``name``:``port``
+        nothing is sent.
+        """
         loop = self._loops.pop((name, port), None)
-        if loop is not None:
-            loop.stop()
+        if loop is None:
+            return succeed(None)
+        loop.stop()
+        d = self.unannounce(name, port, retry=1)
+        return d.addCallbacks(lambda _: None, self._unannounce_failed, errbackArgs=(name, port))
+
+    def _unannounce_failed(self, failure: Failure, name: str, port: int) -> None:
+        if self.unannounce_unsupported(failure):
+            if not self._told_unsupported:
+                self._told_unsupported = True
+                log.info(
+                    "grape {grape} has no unannounce (a Node grape?): {name}:{port} and later "
+                    "services stay in lookups until their last announce expires",
+                    grape=self.grape,
+                    name=name,
+                    port=port,
+                )
+            return
+        if failure.check(LinkStopped):
+            return
+        log.warn(
+            "unannounce of {name}:{port} failed ({error}); it stays in lookups until its last "
+            "announce expires",
+            name=name,
+            port=port,
+            error=failure.getErrorMessage(),
+        )
 
     def announcing(self) -> list[tuple[str, int]]:
         """The ``(name, port)`` pairs with a running announcing loop."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from grenache.peer.protocols import LinkProtocol, PubTransport, ServerTransport
 
@@ -69,15 +70,28 @@ class AnnouncedListener(Generic[_ListeningT]):
         return self.link.start_announcing(name, port)
 
     def stop(self) -> Deferred[None]:
-        """Stop announcing, then stop the transport."""
+        """Stop announcing, then stop the transport.
+
+        :class:`~grenache.link.Link`'s ``stop_announcing`` also unannounces each name, so
+        that lookups stop finding this peer at once; the transport stops once that ended
+        (at most the link's ``request_timeout``; never an error: a grape without unannounce
+        leaves the peer in lookups until its last announce expires). A link whose
+        ``stop_announcing`` returns nothing is not waited for.
+        """
         if self._stopped:
             return succeed(None)
         self._stopped = True
-        for name, port in self._announced:
-            try:
-                assert self.link is not None
-                self.link.stop_announcing(name, port)
-            except Exception:
-                log.failure("stop_announcing({name}, {port}) failed", name=name, port=port)
+        leaving = [self._stop_announcing(name, port) for name, port in self._announced]
         self._announced.clear()
-        return self.transport.stop()
+        if not leaving:
+            return self.transport.stop()
+        return gatherResults(leaving).addCallback(lambda _: self.transport.stop())
+
+    def _stop_announcing(self, name: str, port: int) -> Deferred[None]:
+        assert self.link is not None
+        d: Deferred[None] = maybeDeferred(self.link.stop_announcing, name, port)
+
+        def failed(failure: Failure) -> None:
+            log.failure("stop_announcing({name}, {port}) failed", failure, name=name, port=port)
+
+        return d.addErrback(failed)
