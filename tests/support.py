@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -17,11 +18,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from grenache import errors
+from grenache.peer import OutgoingRequest
 from grenache.tls import fingerprint
 
 # grenache-nodejs-http's shipped test client certificate (test/certs/client1-crt.pem, public)
@@ -204,3 +207,116 @@ def recording_log(case: SynchronousTestCase, module: ModuleType) -> list[dict[st
     events: list[dict[str, Any]] = []
     case.patch(module, "log", Logger(namespace="test", observer=events.append))
     return events
+
+
+# --- scripted peer doubles ------------------------------------------------------------------
+# Unit tests of the peers' algorithms that script each destination's answer per call (see
+# tests/test_peer_client_options.py, tests/test_peer_sub_events.py); tests of a service's
+# behaviour use grenache.testing's in-memory network instead.
+
+
+class FakeLink:
+    """Answers lookups from a dict and records announcing."""
+
+    def __init__(self, services: dict[str, list[str]] | None = None) -> None:
+        self.services = services or {}
+        self.announcing: list[tuple[str, int]] = []
+        self.stopped: list[tuple[str, int]] = []
+        self.lookups = 0
+
+    def lookup(self, name: str) -> Deferred[list[str]]:
+        self.lookups += 1
+        dests = self.services.get(name)
+        if not dests:
+            return fail(errors.LookupEmpty())
+        return succeed(list(dests))
+
+    def start_announcing(self, name: str, port: int) -> Deferred[int]:
+        self.announcing.append((name, port))
+        return succeed(1)
+
+    def stop_announcing(self, name: str, port: int) -> None:
+        self.stopped.append((name, port))
+
+    def stop(self) -> None:
+        pass
+
+
+Behaviour = Callable[[OutgoingRequest], "Deferred[Any]"]
+
+
+class FakeClientTransport:
+    """Per-destination behaviour: a callable returning a Deferred, or a Deferred to hold."""
+
+    def __init__(self, behaviours: dict[str, Behaviour] | None = None) -> None:
+        self.behaviours = behaviours or {}
+        self.sent: list[tuple[str, OutgoingRequest]] = []
+        self.held: list[tuple[str, OutgoingRequest, Deferred[Any]]] = []
+        self.stopped = False
+
+    def request(self, dest: str, request: OutgoingRequest) -> Deferred[Any]:
+        self.sent.append((dest, request))
+        behaviour = self.behaviours.get(dest)
+        if behaviour is None:
+            d: Deferred[Any] = Deferred()
+            self.held.append((dest, request, d))
+            return d
+        return behaviour(request)
+
+    def stop(self) -> Deferred[None]:
+        self.stopped = True
+        return succeed(None)
+
+
+def answers(value: Any) -> Behaviour:
+    return lambda request: succeed(value)
+
+
+def echo(dest: str) -> Behaviour:
+    return lambda request: succeed([dest, request.payload])
+
+
+def refuses(request: OutgoingRequest) -> Deferred[Any]:
+    return fail(errors.DestinationUnreachable("ERR_REQUEST_GENERIC: refused"))
+
+
+def raises(message: str) -> Behaviour:
+    return lambda request: fail(errors.RemoteError(message))
+
+
+class FakeConnection:
+    def __init__(
+        self, transport: FakeSubTransport, dest: str, on_message: Any, on_close: Any
+    ) -> None:
+        self.transport = transport
+        self.dest = dest
+        self.on_message = on_message
+        self.on_close = on_close
+        self.open = True
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self.on_close()
+
+
+class FakeSubTransport:
+    def __init__(self, refusing: set[str] | None = None) -> None:
+        self.refusing = refusing if refusing is not None else set()
+        self.connections: list[FakeConnection] = []
+        self.attempts: list[str] = []
+        self.stopped = False
+
+    def connect(self, dest: str, on_message: Any, on_close: Any) -> Deferred[Any]:
+        self.attempts.append(dest)
+        if dest in self.refusing:
+            return fail(errors.DestinationUnreachable("refused"))
+        conn = FakeConnection(self, dest, on_message, on_close)
+        self.connections.append(conn)
+        return succeed(conn)
+
+    def stop(self) -> Deferred[None]:
+        self.stopped = True
+        for conn in self.connections:
+            conn.close()
+        return succeed(None)

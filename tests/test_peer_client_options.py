@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from grenache import errors
 from grenache.peer import OutgoingRequest, PeerRPCClient
 from grenache.peer.client import DEFAULT_ACTIVE_WINDOW
-from tests.test_peer import FakeClientTransport, FakeLink, echo, refuses
+from tests.support import FakeClientTransport, FakeLink, echo, refuses
 
 DESTS = [f"h{i}:{1000 + i}" for i in range(10)]
 

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from grenache import errors
 from grenache.peer import PeerSub
 from grenache.peer import sub as sub_module
-from tests.test_peer import FakeLink, FakeSubTransport
+from tests.support import FakeLink, FakeSubTransport
 
 
 class HeldSubTransport(FakeSubTransport):
