@@ -268,20 +268,12 @@ class FakeClientTransport:
         return succeed(None)
 
 
-def answers(value: Any) -> Behaviour:
-    return lambda request: succeed(value)
-
-
 def echo(dest: str) -> Behaviour:
     return lambda request: succeed([dest, request.payload])
 
 
 def refuses(request: OutgoingRequest) -> Deferred[Any]:
     return fail(errors.DestinationUnreachable("ERR_REQUEST_GENERIC: refused"))
-
-
-def raises(message: str) -> Behaviour:
-    return lambda request: fail(errors.RemoteError(message))
 
 
 class FakeConnection:
