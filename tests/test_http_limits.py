@@ -567,7 +567,8 @@ class RequestErrorHookTests(SynchronousTestCase):
         out = rpc.send(post(b"[" * 100000) + post(b"{}"))
         self.assertEqual(out.count(PARSE_400), 2)
         (e1, r1), (e2, r2) = seen
-        self.assertIsInstance(e1.__cause__, RecursionError)
+        self.assertIsInstance(e1.__cause__, ValueError)
+        self.assertIn("nested too deeply", str(e1.__cause__))
         self.assertEqual(r1.body, b"[" * 100000)
         self.assertIsNone(e2.__cause__)
         self.assertEqual(r2.body, b"{}")
