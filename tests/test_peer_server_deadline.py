@@ -9,7 +9,6 @@ from typing import Any
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.task import Clock
-from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from grenache import errors
@@ -19,6 +18,7 @@ from grenache.peer.server import DEFAULT_HANDLER_TIMEOUT
 from grenache.service_tap import GrenacheService, Options, ServiceConfig
 from grenache.transports.http import HTTPClientTransport, HTTPServerTransport
 from grenache.transports.ws import WSClientTransport, WSServerTransport
+from tests.support import recording_log
 
 
 class FakeServerTransport:
@@ -59,17 +59,11 @@ class Never:
         self.cancelled += 1
 
 
-def recording_log(case: SynchronousTestCase) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    case.patch(server_module, "log", Logger(namespace="test", observer=events.append))
-    return events
-
-
 class HandlerDeadlineTests(SynchronousTestCase):
     def serve(
         self, handler: Any, timeout: float | None = 5.0, **kwargs: Any
     ) -> tuple[PeerRPCServer, FakeServerTransport, Clock]:
-        self.events = recording_log(self)
+        self.events = recording_log(self, server_module)
         clock = Clock()
         transport = FakeServerTransport()
         server = PeerRPCServer(
@@ -234,7 +228,7 @@ class HandlerDeadlineTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_clock_from_transport(self) -> None:
-        recording_log(self)
+        recording_log(self, server_module)
         clock = Clock()
         transport = FakeServerTransport(reactor=clock)
         server = PeerRPCServer(None, transport, Never(), handler_timeout=2)
@@ -280,7 +274,7 @@ class OverTheWireTests(TestCase):
     Clock, advanced once the handler holds the request."""
 
     async def check(self, server_transport: Any, client_transport: Any) -> None:
-        recording_log(self)
+        recording_log(self, server_module)
         clock = Clock()
         called: Deferred[None] = Deferred()
         cancelled: list[Any] = []

@@ -35,7 +35,6 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.test import iosim
 from twisted.trial import unittest
 
 from grenache import codec
@@ -57,7 +56,7 @@ from grenache.transports.ws import (
     WSSubTransport,
     fingerprint_whitelist,
 )
-from tests.support import Identity, make_pki
+from tests.support import Identity, SyncPumper, make_pki
 
 DEST = "127.0.0.1:1337"
 PARSE_ERROR = b'[null,"ERR_REQUEST_PARSE",null]'
@@ -65,21 +64,6 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-class SyncPumper:
-    """The pumper ``create_memory_agent`` wants, flushed when the test says so."""
-
-    def __init__(self) -> None:
-        self.pumps: list[iosim.IOPump] = []
-
-    def add(self, pump: iosim.IOPump) -> None:
-        self.pumps.append(pump)
-
-    def flush(self) -> None:
-        for _ in range(3):
-            for pump in list(self.pumps):
-                pump.flush()
 
 
 class FakeServe:
