@@ -807,7 +807,7 @@ class DHTNode:
 
         Results from earlier lookups are dropped first: a lookup answers what the DHT holds
         now, so a peer that was unannounced (or expired) leaves the answers at once
-        (docs/protocol.rst, *Deliberate differences from Node.js*).
+        (docs/protocol.rst, *Grape HTTP API*).
         """
         self.seen_peers.remove_key(key)
         for record in self.peers.get(key, LOOKUP_RESULT_LIMIT) + self.own_peers.get(key):
