@@ -153,8 +153,8 @@ class WatchedLink:
     def start_announcing(self, name: str, port: int) -> Deferred[int]:
         return self.link.start_announcing(name, port)  # type: ignore[no-any-return]
 
-    def stop_announcing(self, name: str, port: int) -> None:
-        self.link.stop_announcing(name, port)
+    def stop_announcing(self, name: str, port: int) -> Deferred[None]:
+        return self.link.stop_announcing(name, port)  # type: ignore[no-any-return]
 
 
 @attrs.define

@@ -407,7 +407,7 @@ class Link:
             loop.start()
         return loop.first_result()
 
-    def stop_announcing(self, name: str, port: int) -> Any:
+    def stop_announcing(self, name: str, port: int) -> Deferred[None]:
         """Stop the announcing loop of ``name``:``port`` (its timer and announce in flight)
         and :meth:`unannounce` it, so that lookups stop finding it at once.
 

@@ -3,7 +3,7 @@ port their transport listens on, announcing it by name through the link, and sto
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
@@ -89,7 +89,7 @@ class AnnouncedListener(Generic[_ListeningT]):
 
     def _stop_announcing(self, name: str, port: int) -> Deferred[None]:
         assert self.link is not None
-        d: Deferred[None] = maybeDeferred(self.link.stop_announcing, name, port)
+        d: Deferred[Any] = maybeDeferred(self.link.stop_announcing, name, port)
 
         def failed(failure: Failure) -> None:
             log.failure("stop_announcing({name}, {port}) failed", failure, name=name, port=port)

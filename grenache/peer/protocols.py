@@ -42,8 +42,11 @@ class LinkProtocol(Protocol):
         with the first announce's result."""
         ...
 
-    def stop_announcing(self, name: str, port: int) -> None:
-        """Stop announcing ``name`` at ``port``."""
+    def stop_announcing(self, name: str, port: int) -> Deferred[None] | None:
+        """Stop announcing ``name`` at ``port`` and, where the grape can, unannounce it.
+
+        May return a Deferred that fires when the unannounce ended; it never fails.
+        """
         ...
 
 
