@@ -94,6 +94,15 @@ class GrapeMetricsTests(TestCase):
         self.assertEqual((code, json.loads(body)["status"]), (200, "healthy"))
         _, text, _ = await scrape(port)
         self.assertGreaterEqual(value(text, "grenache_dht_routing_nodes"), 1)
+        # The bootstrap's find_node went out and was answered by the first grape.
+        queries = "grenache_dht_queries_total"
+        self.assertGreaterEqual(
+            value(text, queries, q="find_node", direction="sent", outcome="answered"), 1
+        )
+        _, first_text, _ = await scrape(first.getServiceNamed("metrics").port)
+        self.assertGreaterEqual(
+            value(first_text, queries, q="find_node", direction="received", outcome="answered"), 1
+        )
         metrics = second.getServiceNamed("metrics").metrics
         stopping = second.stop()
         state, answer = metrics.health()

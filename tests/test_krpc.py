@@ -469,6 +469,48 @@ class TimeoutTests(SynchronousTestCase):
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
 
+class QueryCountTests(SynchronousTestCase):
+    """``queries`` counts each query by name, direction and outcome (the metrics read it)."""
+
+    def test_sent(self) -> None:
+        h = Harness()
+        answered = h.proto.query(PEER, "ping", {})
+        h.reply(T1, {"id": B})
+        self.successResultOf(answered)
+        refused = h.proto.query(PEER, "get", {"target": B})
+        h.receive(b"d1:eli203e4:nopee1:t2:\x00\x021:y1:ee")
+        self.failureResultOf(refused, KRPCError)
+        timed_out = h.proto.query(PEER, "find_node", {"target": B})
+        h.clock.advance(3)
+        self.failureResultOf(timed_out, KRPCTimeout)
+        self.assertEqual(
+            dict(h.proto.queries),
+            {
+                ("ping", "sent", "answered"): 1,
+                ("get", "sent", "error"): 1,
+                ("find_node", "sent", "timeout"): 1,
+            },
+        )
+
+    def test_received(self) -> None:
+        h = Harness(result={"id": A})
+        h.receive(ping_query())
+        h.handler.result = None
+        h.receive(ping_query())
+        h.handler.result, h.handler.raises = KRPCError(203, "bad"), True
+        h.receive(ping_query())
+        h.receive(b"d1:ad2:id20:" + B + b"e1:q5:bogus1:t2:\x00\x071:y1:qe")
+        self.assertEqual(
+            dict(h.proto.queries),
+            {
+                ("ping", "received", "answered"): 1,
+                ("ping", "received", "dropped"): 1,
+                ("ping", "received", "refused"): 1,
+                ("other", "received", "refused"): 1,
+            },
+        )
+
+
 class ConcurrencyTests(SynchronousTestCase):
     def test_seventeenth_query_waits_for_a_slot(self) -> None:
         h = Harness()

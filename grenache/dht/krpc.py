@@ -360,6 +360,8 @@ class KRPCProtocol(DatagramProtocol):
         self.dropped: Counter[str] = self.drops.counts
         #: Error replies sent, per KRPC error code.
         self.refused: Counter[int] = Counter()
+        # (query name, "sent" or "received", outcome): the metrics' grenache_dht_queries_total.
+        self.queries: Counter[tuple[str, str, str]] = Counter()
         self.timeout = timeout
         self.concurrency = concurrency
         self._tick = 0
@@ -492,6 +494,7 @@ class KRPCProtocol(DatagramProtocol):
         ):
             req = self._queue.popleft()
             if skip is not None and skip(req.addr):
+                self.queries[(_query_name(req.q), "sent", "skipped")] += 1
                 skipped.append(req)
             else:
                 self._send(req)
@@ -543,6 +546,7 @@ class KRPCProtocol(DatagramProtocol):
         expired = [r for r in self._outstanding.values() if number - r.born > _TTL]
         for req in expired:
             del self._outstanding[req.tid]
+            self.queries[(_query_name(req.q), "sent", "timeout")] += 1
             if req.background:
                 self._background -= 1
         if self._running and (self._outstanding or self._queue):
@@ -633,6 +637,7 @@ class KRPCProtocol(DatagramProtocol):
         # Before dispatch, as Node does: a find_node reply then already includes the asker.
         self._node_seen(a.get(b"id"), addr)
         name = q.decode("utf-8", "replace")
+        counted = _query_name(q)
         try:
             result = self.handle_query(name, _str_keys(a), addr)
         except KRPCError as e:
@@ -642,9 +647,11 @@ class KRPCProtocol(DatagramProtocol):
             self.drops.count(f"handler error ({name[:20]})", addr, Failure())
             return
         if result is None:
+            self.queries[(counted, "received", "dropped")] += 1
             self._drop(f"no reply ({name[:20]})", addr)
             return
         if isinstance(result, KRPCError):
+            self.queries[(counted, "received", "refused")] += 1
             self._refuse(t, addr, result)
             return
         if not isinstance(result, dict):
@@ -664,6 +671,7 @@ class KRPCProtocol(DatagramProtocol):
             self.drops.count(f"reply not encodable ({name[:20]})", addr, Failure())
             return
         self.received["answered"] += 1
+        self.queries[(counted, "received", "answered")] += 1
         self._write(data, addr)
 
     def _refuse(self, t: bytes, addr: Address, error: KRPCError) -> None:
@@ -689,10 +697,24 @@ class KRPCProtocol(DatagramProtocol):
         if self.on_answer is not None:
             self.on_answer(addr)
         if y == b"e":
+            self.queries[(_query_name(req.q), "sent", "error")] += 1
             req.deferred.errback(_error_from(message.get(b"e")))
             return
+        self.queries[(_query_name(req.q), "sent", "answered")] += 1
         r_str = _str_keys(r) if isinstance(r, dict) else {}
         if req.node_id is not None and r_str.get("id") != req.node_id:
             req.deferred.errback(KRPCUnexpectedNode())
             return
         req.deferred.callback(Response(r_str, addr))
+
+
+_QUERY_NAMES = {
+    q.encode(): q
+    for q in ("ping", "find_node", "get_peers", "announce_peer", "get", "put", "unannounce_peer")
+}
+
+
+def _query_name(q: bytes) -> str:
+    """The query's name for counting: one of the queries Grenache knows, else ``other`` (so a
+    hostile peer cannot grow the counters with made-up names)."""
+    return _QUERY_NAMES.get(q, "other")
