@@ -150,6 +150,23 @@ class BootstrapByNameTests(SynchronousTestCase):
         self.assertIn("bootstrap failed: no answer from 127.0.0.1:9", self.logs)
         self.assertEqual(self.net.reactor.resolutions, [])  # an address needs no lookup
 
+    def test_silent_bootstrap_node_while_a_neighbour_found_us(self) -> None:
+        """The other grape bootstrapped from this one meanwhile: not a failure, not alone."""
+        second = self.net.grape(bootstrap=[("127.0.0.1", 9)])
+        started = second.start()
+        self.net.settle()
+        third = self.net.grape(bootstrap=[("127.0.0.1", second.dht_port)])
+        third_started = third.start()
+        self.net.settle()
+        self.successResultOf(third_started)
+        self.net.reactor.advance(3)  # the KRPC timeout of second's own bootstrap
+        self.net.settle()
+        self.successResultOf(started)
+        self.assertFalse(any("bootstrap failed" in line for line in self.logs), self.logs)
+        self.assertIn(
+            "bootstrap: no answer from 127.0.0.1:9, but 1 DHT neighbours known", self.logs
+        )
+
     def test_ipv6_bootstrap_node_is_a_warning(self) -> None:
         second = self.net.grape(bootstrap=[("::1", 20001)])
         self.successResultOf(second.start())

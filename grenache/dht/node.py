@@ -412,6 +412,13 @@ class DHTNode:
                 missing=f" (no answer from {', '.join(bad)})" if bad else "",
                 neighbours=len(self.routing),
             )
+        elif bad and len(self.routing):
+            # Another node found us meanwhile (it bootstrapped from us): not alone.
+            log.info(
+                "bootstrap: no answer from {nodes}, but {neighbours} DHT neighbours known",
+                nodes=", ".join(bad),
+                neighbours=len(self.routing),
+            )
         elif bad:
             log.warn("bootstrap failed: no answer from {nodes}", nodes=", ".join(bad))
 
