@@ -12,7 +12,10 @@ pinned to CPU 0 and clients to CPU 1 when the machine has two.
 
     python bench/http_rpc.py [--duration 5] [--concurrency 32] [--payload-bytes 64]
                              [--compress] [--pairs py-py,node-node,py-node,node-py]
-                             [--repeat N]
+                             [--repeat N] [--metrics]
+
+``--metrics`` gives the Python server and client a ``grenache.metrics.Metrics`` (what
+``--metrics`` on ``grenache serve`` does), to measure what recording costs.
 
 The Node packages come from the interop test install (``.cache/interop-node``); it is
 created on first use when ``node`` and ``npm`` are available.
@@ -37,15 +40,22 @@ NODE_DIR = Path(__file__).resolve().parent / "node"
 # --- roles run in child processes -------------------------------------------------------------
 
 
-def run_py_server(port: int) -> None:
-    """Echo server: PeerRPCServer on HTTPServerTransport; prints {"ready":true,"port":P}."""
+def run_py_server(port: int, metered: bool = False) -> None:
+    """Echo server: PeerRPCServer on HTTPServerTransport; prints {"ready":true,"port":P}.
+
+    ``metered``: with a :class:`grenache.metrics.Metrics` recording every request."""
     from twisted.internet import reactor
 
     from grenache.peer import PeerRPCServer
     from grenache.transports.http import HTTPServerTransport
 
+    options: dict[str, Any] = {}
+    if metered:
+        from grenache.metrics import Metrics
+
+        options["metrics"] = Metrics()
     server = PeerRPCServer(
-        None, HTTPServerTransport(reactor, interface="127.0.0.1"), lambda r: r.payload
+        None, HTTPServerTransport(reactor, interface="127.0.0.1"), lambda r: r.payload, **options
     )
 
     def ready(bound: int) -> None:
@@ -66,10 +76,16 @@ def run_py_client(conf: dict[str, Any]) -> None:
         def lookup(self, name: str) -> defer.Deferred[list[str]]:
             return defer.succeed([conf["dest"]])
 
+    options: dict[str, Any] = {}
+    if conf.get("metrics"):
+        from grenache.metrics import Metrics
+
+        options["metrics"] = Metrics()
     client = PeerRPCClient(
         FixedLink(),
         HTTPClientTransport(reactor, pool_size_per_dest=max(1, conf["concurrency"])),
         reactor=reactor,
+        **options,
     )
     state = {"counting": False, "stopped": False, "requests": 0, "errors": 0, "first": None}
 
@@ -135,9 +151,13 @@ def pinned(cpu: int) -> Any:
     return lambda: os.sched_setaffinity(0, {cpu})
 
 
-def start_server(kind: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(
+    kind: str, env: dict[str, str], metered: bool = False
+) -> tuple[subprocess.Popen[bytes], int]:
     if kind == "py":
         argv = [sys.executable, __file__, "--role", "py-server"]
+        if metered:
+            argv.append("--metrics")
     else:
         argv = ["node", str(NODE_DIR / "http_server.js"), json.dumps({"port": 0})]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, cwd=ROOT, preexec_fn=pinned(0))
@@ -177,13 +197,16 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--payload-bytes", type=int, default=64)
     parser.add_argument("--compress", action="store_true")
+    parser.add_argument(
+        "--metrics", action="store_true", help="Python peers record grenache.metrics.Metrics"
+    )
     parser.add_argument("--pairs", default="py-py,node-node,py-node,node-py")
     parser.add_argument(
         "--repeat", type=int, default=1, help="run the pairs this many times, report medians"
     )
     args = parser.parse_args()
     if args.role == "py-server":
-        run_py_server(0)
+        run_py_server(0, metered=args.metrics)
         return
     if args.role == "py-client":
         run_py_client(json.loads(args.conf))
@@ -203,7 +226,7 @@ def main() -> None:
     for round_ in range(max(1, args.repeat)):
         for pair in pairs:
             client_kind, server_kind = pair.split("-")
-            server, port = start_server(server_kind, env)
+            server, port = start_server(server_kind, env, metered=args.metrics)
             try:
                 conf = {
                     "dest": f"127.0.0.1:{port}",
@@ -212,6 +235,7 @@ def main() -> None:
                     "concurrency": args.concurrency,
                     "payload": payload,
                     "compress": args.compress,
+                    "metrics": args.metrics,
                 }
                 result = run_client(client_kind, conf, env)
             finally:
