@@ -1,7 +1,12 @@
 """One connection of the lean HTTP/1.1 server: :class:`HTTPServerProtocol`.
 
 What it does, and its override points, are described in :mod:`grenache.http.server`, whose
-:class:`~grenache.http.server.HTTPServerFactory` builds it.
+:class:`~grenache.http.server.HTTPServerFactory` builds it. This module parses requests
+(``httptools``), keeps the pipeline and keep-alive, dispatches to the handler and closes the
+connection; the rest of the connection is in mixins, one job each:
+:class:`~grenache.http.server_output.OutputMixin` (ordered writing, send-buffer backpressure),
+:class:`~grenache.http.server_handoff.StreamHandoffMixin` (streamed requests) and
+:class:`~grenache.http.server_deadlines.DeadlinesMixin` (the sweep's deadlines).
 """
 
 from __future__ import annotations
@@ -16,10 +21,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from grenache import errors
-from grenache.http.messages import HTTPRequest, HTTPResponse, serialize_response
+from grenache.http.messages import HTTPRequest, HTTPResponse
+from grenache.http.server_deadlines import DeadlinesMixin
+from grenache.http.server_handoff import (
+    _CONTINUE,
+    INTERNAL_ERROR,
+    StreamHandoffMixin,
+    _StopParsing,
+)
+from grenache.http.server_output import OutputMixin, _OutputFlow
 from grenache.http.server_stream import (
     HTTPStreamRequest,
     HTTPStreamResponse,
@@ -35,17 +47,11 @@ __all__ = ["HTTPServerProtocol"]
 
 log = Logger()
 
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _BAD_REQUEST = HTTPResponse(400, b"Bad Request")
 _HEADERS_TOO_LARGE = HTTPResponse(431, b"Request Header Fields Too Large")
-INTERNAL_ERROR = HTTPResponse(500, b"Internal Server Error")
 
 
-class _StopParsing(Exception):
-    """Raised inside a parser callback to abandon the rest of the input."""
-
-
-class HTTPServerProtocol(protocol.Protocol):
+class HTTPServerProtocol(StreamHandoffMixin, OutputMixin, DeadlinesMixin, protocol.Protocol):
     """One HTTP/1.1 server connection (see the module docstring for the behaviour and the
     override points: :meth:`accept_client`, :meth:`before_dispatch`,
     :meth:`prepare_response`, :meth:`socket_closed`, :meth:`requestReceived`).
@@ -484,107 +490,6 @@ class HTTPServerProtocol(protocol.Protocol):
             self._parser.get_http_version(),
         )
 
-    # --- streams ----------------------------------------------------------------------------
-
-    def _route(self, slot: Slot, content_length: int, interim: bool) -> bool:
-        """Ask the router about the request whose head is complete; start it if it streams.
-
-        The ``100 Continue`` (``interim``) is due before anything the handler writes.
-        """
-        router: Any = self._router
-        request = self.streamRequestReceived(self._parser.get_method())
-        handler = router(request)
-        if handler is None:
-            return False
-        limit = self.factory.max_stream_size
-        if limit is not None and content_length > limit:
-            self._reject(self.factory.too_large)
-            raise _StopParsing()
-        version_11 = request.version == "1.1"
-        if interim:
-            slot.interim = _CONTINUE
-        slot.head = request.method == "HEAD"
-        slot.close = not self._keep_alive or not version_11
-        response = self.stream_response_class(self, slot, version_11, slot.head)
-        slot.stream = response
-        slot.request = request
-        request._slot = slot
-        self._stream_in = request
-        self._body_size = 0
-        try:
-            result = handler(request, response)
-        except Exception:
-            self._stream_failed(Failure(), request, response)
-        else:
-            if isinstance(result, Coroutine):
-                result = Deferred.fromCoroutine(result)
-            if isinstance(result, Deferred):
-                result.addErrback(self._stream_failed, request, response)
-        if self._stream_in is request:
-            self._stream_hold_changed(request)
-        if self._pending and self._pending[0] is slot:
-            self._flush()
-        return True
-
-    def _stream_failed(
-        self, failure: Failure, request: HTTPStreamRequest, response: HTTPStreamResponse
-    ) -> None:
-        log.failure(
-            "HTTP stream handler failed for {method} {path}",
-            failure,
-            method=request.method,
-            path=request.path,
-        )
-        if self._disconnected or response.finished:
-            return
-        if not response.started:
-            response.respond(INTERNAL_ERROR)
-        else:
-            self.closeConnection(abort=True)
-
-    def _stream_hold_changed(self, request: HTTPStreamRequest) -> None:
-        if request is not self._stream_in:
-            return
-        hold = request.holding
-        if hold != self._stream_hold:
-            self._stream_hold = hold
-            self._update_reading()
-
-    def _stream_too_large(self, request: HTTPStreamRequest) -> None:
-        """A streamed body crossed ``max_stream_size``: 413 if possible, else drop it."""
-        slot = request._slot
-        response = slot.stream if slot is not None else None
-        if slot is not None:
-            slot.close = True
-        self._stop_input(errors.RequestTooLarge())
-        if response is None or response.finished:
-            self._flush()
-        elif not response.started:
-            response.respond(self.factory.too_large)
-        else:
-            self.closeConnection(abort=True)
-
-    def _stream_response_done(self, slot: Slot) -> None:
-        """A streamed response was finished by its handler."""
-        if slot.request is not None and not slot.request_done:
-            slot.request._discard()  # nobody will read the rest: read it and throw it away
-        if self._pending and self._pending[0] is slot:
-            self._flush()
-
-    def _drop_streams(self, reason: Failure) -> None:
-        """End every stream on this connection with ``reason`` (it is closing)."""
-        stream_in = self._stream_in
-        self._stream_in = None
-        self._stream_hold = False
-        if stream_in is not None:
-            stream_in._finish(reason)
-        for slot in self._pending:
-            slot.drop_stream(reason)
-
-    def _stream_busy(self) -> bool:
-        """Whether a stream's handler has the turn (the idle sweep must spare it)."""
-        return bool(self._pending) and self._pending[0].stream_busy()
-
     # --- responses ------------------------------------------------------------------------
 
     def _dispatch(self, slot: Slot, request: HTTPRequest) -> None:
@@ -665,129 +570,7 @@ class HTTPServerProtocol(protocol.Protocol):
         if self._pending and self._pending[0] is slot:
             self._flush()
 
-    def _flush(self) -> None:
-        """Write every response that is ready, in request order."""
-        if self._flushing:
-            self._flush_again = True
-            return
-        self._flushing = True
-        try:
-            while True:
-                self._flush_again = False
-                self._flush_once()
-                if not self._flush_again:
-                    break
-        finally:
-            self._flushing = False
-
-    def _flush_once(self) -> None:
-        pending = self._pending
-        write = self._write
-        if write is None or self._closing:
-            return
-        wrote = False
-        while pending and not self._out_full:
-            slot = pending[0]
-            stream = slot.stream
-            if stream is not None:
-                if slot.interim is not None:
-                    write(slot.interim)
-                    slot.interim = None
-                if stream._transport is None:
-                    self._spill()
-                    # The stream's own producer follows the send buffer while it is live.
-                    self._unregister_flow()
-                    stream._go_live(self.transport)
-                    if self._flush_again or self._closing or not pending or pending[0] is not slot:
-                        return  # the handler acted meanwhile: flushed again from the top
-                if not (stream.finished and slot.request_done):
-                    break
-                pending.popleft()
-                wrote = True
-                if slot.close:
-                    self._close()
-                    return
-                self._register_flow()
-                continue
-            if slot.response is None:
-                if slot.interim is not None:
-                    write(slot.interim)
-                    slot.interim = None
-                    if slot is self._current:
-                        self._body_started = self._seconds()  # the client may send it now
-                break
-            pending.popleft()
-            write(serialize_response(slot.response, slot.close, slot.head))
-            wrote = True
-            if slot.close:
-                self._close()
-                return
-        if wrote:
-            self.lastActivity = self._seconds()
-        if self._held:
-            self._dispatch_held()
-        if (
-            self._pipeline_full
-            and len(pending) <= self.factory.max_pipeline // 2
-            and not self._input_closed
-        ):
-            self._pipeline_full = False
-            self._update_reading()
-
-    def _dispatch_held(self) -> None:
-        """Hand held requests to the handler, in order, while fewer than ``max_pipeline``
-        answers are outstanding and the client reads."""
-        held = self._held
-        limit = self.factory.max_pipeline
-        pending = self._pending
-        while held and not self._out_full and len(pending) - len(held) <= limit:
-            slot, request = held.popleft()
-            self._dispatch(slot, request)
-
-    # --- output flow ----------------------------------------------------------------------
-
-    def _register_flow(self) -> None:
-        """Follow the transport's send buffer (a push producer it pauses when full)."""
-        if self._flow is not None or self._disconnected or self._closing:
-            return
-        register = getattr(self.transport, "registerProducer", None)
-        if register is None:
-            return
-        flow = _OutputFlow(self)
-        try:
-            register(flow, True)
-        except RuntimeError:
-            return  # another producer is registered (a test transport's, say): no bound
-        self._flow = flow
-
-    def _unregister_flow(self) -> None:
-        """Stop following the send buffer (a stream's producer takes over, or closing)."""
-        flow, self._flow = self._flow, None
-        if flow is None:
-            return
-        flow.proto = None
-        if self._out_full:
-            self._output_paused(False, flow_gone=True)
-        transport: Any = self.transport
-        if transport is not None and not self._disconnected:
-            transport.unregisterProducer()
-
-    def _output_paused(self, full: bool, flow_gone: bool = False) -> None:
-        """The transport's send buffer filled (``full``) or drained.
-
-        While it is full nothing more is written (responses wait in their slots) and nothing
-        is read, so one client that does not read holds at most the buffer and one response;
-        the sweep drops it after ``output_timeout`` without progress.
-        """
-        if full == self._out_full or self._disconnected:
-            return
-        self._out_full = full
-        if full:
-            self._out_since = self._seconds()
-            self._out_seen = -1
-        elif not flow_gone:
-            self._flush()  # may fill the buffer again before reading resumes
-        self._update_reading()
+    # --- closing ------------------------------------------------------------------------
 
     def _forget_pending(self) -> None:
         """Drop every pending response; handlers still running are cancelled (their
@@ -803,15 +586,6 @@ class HTTPServerProtocol(protocol.Protocol):
                 if waiting is not None:
                     waiting.cancel()
         pending.clear()
-
-    def _spill(self) -> None:
-        """Hand batched output to the transport now, before something else is written to it."""
-        if self._batched is not None:
-            self._batched.spill()
-
-    def _send_failed(self) -> None:
-        """Sending the batched output raised (logged by the batch): drop the connection."""
-        self.closeConnection(abort=True)
 
     def _close(self) -> None:
         self._stop_input()
@@ -857,102 +631,6 @@ class HTTPServerProtocol(protocol.Protocol):
             self._abort_connection()
         elif not self._closing:
             self._lose()
-
-    # --- the sweep ------------------------------------------------------------------------
-
-    def checkDeadlines(self, now: float) -> None:
-        """Enforce this connection's deadlines (the factory's sweep calls it periodically).
-
-        - output: a client that has not read for ``output_timeout`` seconds while the send
-          buffer is full is dropped (aborted: it would not read a goodbye either);
-        - header section: one not complete ``header_timeout`` seconds after its first byte
-          is answered ``408`` (the factory's ``timed_out``) and the connection closed;
-        - buffered body: one arriving slower than ``min_body_rate`` bytes a second (averaged
-          since the header section, after ``body_grace`` seconds) likewise;
-        - idle: see :meth:`checkIdle`.
-
-        Time during which the server itself did not read (a full pipeline, a stream holding
-        its body, a full send buffer) does not count against the client.
-        """
-        if self._disconnected:
-            return
-        factory = self.factory
-        if self._out_full:
-            limit = factory.output_timeout
-            if limit:
-                seen = twisted_tcp.pending_output(self.transport)
-                if seen is not None and 0 <= seen < self._out_seen:
-                    self._out_since = now  # the client read some: progress
-                if seen is not None:
-                    self._out_seen = seen
-                if now - self._out_since >= limit:
-                    self.closeConnection(abort=True)
-                    return
-        elif not self._paused and not self._input_closed:
-            if self._in_headers:
-                started = self._head_started
-                limit = self._header_timeout
-                if started >= 0 and limit and now - started >= limit:
-                    self._reject(factory.timed_out)
-                    return
-            elif self._stream_in is None and (self._current is None or not self._current.interim):
-                rate = factory.min_body_rate
-                elapsed = now - self._body_started
-                if (
-                    rate
-                    and elapsed >= factory.body_grace
-                    and self._body_size - self._body_base < rate * elapsed
-                ):
-                    self._reject(factory.timed_out)
-                    return
-        if factory.idle_timeout:
-            self.checkIdle(now, factory.idle_timeout)
-
-    # --- idle sweep -----------------------------------------------------------------------
-
-    def checkIdle(self, now: float, idle_timeout: float) -> None:
-        """Close the connection if it has been idle ``idle_timeout`` seconds (sweep callback).
-
-        A connection waiting on a handler is busy, not idle (a stream too, unless it waits for
-        the client). One that was already asked to close and is still here (a client that
-        does not read) is aborted.
-        """
-        if self._disconnected or self._running or self._stream_busy():
-            return
-        if now - self.lastActivity < idle_timeout:
-            return
-        if self._write is None:
-            return
-        if self._closing:
-            if self._abort_connection is not None:
-                self._abort_connection()
-            return
-        self._stop_input(errors.RequestTimeout())
-        self._drop_streams(Failure(errors.RequestTimeout()))
-        self._forget_pending()
-        self.lastActivity = now
-        self._lose()
-
-
-@implementer(IPushProducer)
-class _OutputFlow:
-    """Registered on the transport: relays its send-buffer backpressure to the protocol."""
-
-    __slots__ = ("proto",)
-
-    def __init__(self, proto: HTTPServerProtocol) -> None:
-        self.proto: HTTPServerProtocol | None = proto
-
-    def pauseProducing(self) -> None:
-        if self.proto is not None:
-            self.proto._output_paused(True)
-
-    def resumeProducing(self) -> None:
-        if self.proto is not None:
-            self.proto._output_paused(False)
-
-    def stopProducing(self) -> None:
-        """The connection is going: ``connectionLost`` follows."""
 
 
 def _nothing() -> None:
