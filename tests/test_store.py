@@ -6,8 +6,10 @@ import hashlib
 import random
 
 from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
+from grenache.dht import store
 from grenache.dht.store import LRUCache, RecordCache, TokenSecrets
 
 KEY = b"rpc_test"
@@ -30,6 +32,22 @@ class RecordCacheTests(SynchronousTestCase):
         self.assertEqual(RecordCache(self.clock, 0.05).tick, 0.034)  # ceil(33.33 ms)
         self.assertIsNone(RecordCache(self.clock, 0).tick)
         self.assertIsNone(RecordCache(self.clock, float("inf")).tick)
+
+    def test_expiry_is_one_structured_event_per_gc(self) -> None:
+        events: list[dict[str, object]] = []
+        self.patch(store, "log", Logger(observer=events.append))
+        cache = self.cache()
+        cache.add(KEY, PEER_A)
+        cache.add(KEY, PEER_B)
+        self.clock.advance(80)  # fresh -> stale: nothing expired, nothing logged
+        self.assertEqual(events, [])
+        cache.add(KEY, PEER_A)  # refreshed
+        self.clock.advance(80)  # PEER_B expires
+        (event,) = events
+        self.assertEqual(
+            (event["event"], event["expired"], event["kept"], event["log_level"]),
+            ("expiry", 1, 1, LogLevel.debug),
+        )
 
     def test_dedup(self) -> None:
         cache = self.cache()

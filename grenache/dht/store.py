@@ -25,12 +25,16 @@ from typing import Any, Generic, TypeVar, cast
 
 from twisted.internet.base import DelayedCall
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 __all__ = ["LRUCache", "RecordCache", "TokenSecrets"]
 
 K = TypeVar("K")
 V = TypeVar("V")
 
+
+
+log = Logger()
 
 class _Generation:
     """One record-cache generation: key -> insertion-ordered set of records, plus a count."""
@@ -179,10 +183,21 @@ class RecordCache:
         return self._rng.sample(records, n)
 
     def gc(self) -> None:
-        """Age everything one generation: fresh becomes stale, the old stale is dropped."""
+        """Age everything one generation: fresh becomes stale, the old stale is dropped.
+
+        What expired is told in one debug event (``event="expiry"``, ``expired``, ``kept``),
+        once per gc, never per record."""
+        expired = self._stale.size
         self._stale = self._fresh
         self._fresh = _Generation()
         self._gced = True
+        if expired:
+            log.debug(
+                "{expired} records expired, {kept} kept",
+                event="expiry",
+                expired=expired,
+                kept=self._stale.size,
+            )
 
     def keys(self) -> list[bytes]:
         """Keys that currently have at least one record."""
