@@ -268,7 +268,7 @@ def start_python_grape(lab: Lab, cpu: int | None, bootstrap: int | None, label: 
     if bootstrap is not None:
         argv += ["--bn", f"{LOCALHOST}:{bootstrap}"]
     proc = lab.spawn(label, argv, cpu)
-    m = proc.wait_for(r"listening: DHT udp[ /](?:[^,]*:)?(\d+), HTTP API tcp[ /](?:[^,]*:)?(\d+)")
+    m = proc.wait_for(r"listening: DHT udp[ /](?:[^,\s]*:)?(\d+), HTTP API tcp[ /](?:[^,\s]*:)?(\d+)")
     return Grape("python", int(m.group(1)), int(m.group(2)), [proc])
 
 
