@@ -459,8 +459,24 @@ class DHTNode(Bootstrap, QueryHandlers, Bep44Client, FanOut, DownNeighbours):
         """
         if self.config.bootstrap or len(self.routing) != 0:
             return None
-        self._gather(key)
-        return self._peer_texts(key)
+        # What _gather + _peer_texts answer, without the lookup cache: nothing was walked, so
+        # there is nothing to keep for the next lookup (which starts afresh anyway).
+        texts: dict[bytes, None] = {}
+        for record in self.peers.get(key, LOOKUP_RESULT_LIMIT) + self.own_peers.get(key):
+            text = _peer_text(record)
+            if text is not None:
+                texts[text] = None
+        for text in self.own_texts.get(key):
+            texts[text] = None
+        answer = [text.decode("ascii") for text in texts]
+        if "peer" in self.events.active:
+            for peer in answer:
+                self.events.emit("peer", peer)
+        if len(answer) > LOOKUP_RESULT_LIMIT:
+            return self._rng.sample(answer, LOOKUP_RESULT_LIMIT)
+        if len(answer) > 1:
+            self._rng.shuffle(answer)
+        return answer
 
     def _gather(self, key: bytes) -> None:
         """Start a lookup's results with the peers stored here under ``key``.
