@@ -268,7 +268,9 @@ def start_python_grape(lab: Lab, cpu: int | None, bootstrap: int | None, label: 
     if bootstrap is not None:
         argv += ["--bn", f"{LOCALHOST}:{bootstrap}"]
     proc = lab.spawn(label, argv, cpu)
-    m = proc.wait_for(r"listening: DHT udp[ /](?:[^,\s]*:)?(\d+), HTTP API tcp[ /](?:[^,\s]*:)?(\d+)")
+    # Both startup lines: "udp/20001" (before the endpoint change) and "udp 0.0.0.0:20001".
+    port = r"[ /](?:[^,\s]*:)?(\d+)"
+    m = proc.wait_for(rf"listening: DHT udp{port}, HTTP API tcp{port}")
     return Grape("python", int(m.group(1)), int(m.group(2)), [proc])
 
 
