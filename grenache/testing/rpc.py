@@ -16,7 +16,6 @@ reply within the request's timeout it fails with :class:`~grenache.errors.Reques
 
 from __future__ import annotations
 
-import math
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,7 @@ from grenache.errors import (
     TransportClosed,
 )
 from grenache.peer.request import OutgoingRequest, Reply, Request, error_message
-from grenache.transports.ws.common import DEFAULT_MAX_MESSAGE_SIZE, js_truthy
+from grenache.transports.ws.common import DEFAULT_MAX_MESSAGE_SIZE, encode_request, js_truthy
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -243,18 +242,10 @@ class MemoryClientTransport:
         self.sent.append((dest, request))
         if self._stopped:
             return fail(TransportClosed())
-        if not (request.timeout > 0 and math.isfinite(request.timeout)):
-            return fail(ValueError(f"timeout must be positive and finite: {request.timeout!r}"))
         try:
-            frame = codec.json_dumps([request.rid, request.key, request.payload])
-        except (TypeError, ValueError, RecursionError):
+            frame = encode_request(request, self.max_message_size)
+        except (TypeError, ValueError, RecursionError, RequestTooLarge):
             return fail()
-        if len(frame) > self.max_message_size:
-            return fail(
-                RequestTooLarge(
-                    f"{RequestTooLarge.wire}: {len(frame)} bytes > {self.max_message_size}"
-                )
-            )
         fault = self.network.fault(dest)
         server = self.network.listener(dest)
         if (fault is not None and fault.kind == "refuse") or (

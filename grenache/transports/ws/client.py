@@ -13,7 +13,6 @@ transport.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
@@ -22,7 +21,12 @@ from twisted.logger import Logger
 from grenache import codec
 from grenache.errors import RemoteError, RequestTimeout, RequestTooLarge, TransportClosed
 from grenache.peer import OutgoingRequest
-from grenache.transports.ws.common import DEFAULT_MAX_MESSAGE_SIZE, js_truthy, unreachable
+from grenache.transports.ws.common import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    encode_request,
+    js_truthy,
+    unreachable,
+)
 from grenache.transports.ws.connector import (
     Agent,
     ClientFactory,
@@ -183,18 +187,10 @@ class WSClientTransport(DialingTransport):
         """Send ``request`` to ``dest`` and fire with the reply's result (see the protocol)."""
         if self._stopped:
             return fail(TransportClosed())
-        if not (request.timeout > 0 and math.isfinite(request.timeout)):
-            return fail(ValueError(f"timeout must be positive and finite: {request.timeout!r}"))
         try:
-            frame = codec.json_dumps([request.rid, request.key, request.payload])
-        except (TypeError, ValueError, RecursionError):
+            frame = encode_request(request, self.max_message_size)
+        except (TypeError, ValueError, RecursionError, RequestTooLarge):
             return fail()
-        if len(frame) > self.max_message_size:
-            return fail(
-                RequestTooLarge(
-                    f"{RequestTooLarge.wire}: {len(frame)} bytes > {self.max_message_size}"
-                )
-            )
         connection = self._connections.get(dest)
         if connection is None or connection.is_closed:
             connection = ClientConnection(self, dest)

@@ -15,7 +15,14 @@ from OpenSSL import SSL
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.python.failure import Failure
 
-from grenache.errors import DestinationUnreachable, TLSHandshakeError, WrongProtocol
+from grenache import codec
+from grenache.errors import (
+    DestinationUnreachable,
+    RequestTooLarge,
+    TLSHandshakeError,
+    WrongProtocol,
+)
+from grenache.peer import OutgoingRequest
 
 __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
@@ -23,6 +30,7 @@ __all__ = [
     "SUBSCRIBER_MESSAGE_LIMIT",
     "UpgradeRequired",
     "configure",
+    "encode_request",
     "gather",
     "js_truthy",
     "start_closing",
@@ -75,6 +83,22 @@ def configure(protocol: WebSocketProtocol, max_message_size: int) -> None:
     p.failByDrop = False
     p.openHandshakeTimeout = OPEN_HANDSHAKE_TIMEOUT
     p.closeHandshakeTimeout = 1.0
+
+
+def encode_request(request: OutgoingRequest, max_message_size: int) -> bytes:
+    """A request's frame, ``[rid, key, payload]`` as JSON (docs/protocol.rst, *RPC over
+    WebSocket*).
+
+    Raises :class:`ValueError` for a timeout that is not positive and finite, the codec's
+    error for a payload JSON cannot carry, and :class:`~grenache.errors.RequestTooLarge` past
+    ``max_message_size`` bytes.
+    """
+    if not (request.timeout > 0 and math.isfinite(request.timeout)):
+        raise ValueError(f"timeout must be positive and finite: {request.timeout!r}")
+    frame = codec.json_dumps([request.rid, request.key, request.payload])
+    if len(frame) > max_message_size:
+        raise RequestTooLarge(f"{RequestTooLarge.wire}: {len(frame)} bytes > {max_message_size}")
+    return frame
 
 
 def js_truthy(value: Any) -> bool:
