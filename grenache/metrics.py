@@ -333,18 +333,12 @@ class Metrics:
 
     def count_announces(self, link: Any) -> None:
         """Count every announce ``link`` makes (its announcing loops' too), by name and
-        outcome. The link's ``announce`` is wrapped on this instance, once."""
-        if any(watched is link for watched in self._links):
-            return
-        self._links.append(link)
-        original = link.announce
-        note = self.announces.note
-
-        def announce(name: str, port: int, *args: Any, **kwargs: Any) -> Deferred[Any]:
-            d: Deferred[Any] = original(name, port, *args, **kwargs)
-            return d.addBoth(note, name)
-
-        link.announce = announce
+        outcome, through its ``announce_observers`` (:class:`grenache.link.Link` has them; a
+        link without them is not counted)."""
+        observers = getattr(link, "announce_observers", None)
+        if observers is not None and self.announces.note not in observers:
+            observers.append(self.announces.note)
+            self._links.append(link)
 
     def wrap_dispatch(self, dispatch: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
         """A grape API dispatcher (``dispatch(operation, data)``) that counts each operation

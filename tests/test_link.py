@@ -205,6 +205,16 @@ class HTTPWireTests(HTTPCase):
             seen.body, b'{"rid":"' + seen.rid.encode() + b'","data":["rpc_test",11337]}'
         )
 
+    def test_announce_observers_see_each_outcome(self) -> None:
+        link = self.make(answer(b'"No nodes to query"'))
+        seen: list[tuple[Any, str]] = []
+        link.announce_observers.append(lambda out, name: seen.append((out, name)) or out)
+        d = link.announce("rpc_test", 11337, retry=1)
+        self.failureResultOf(d, errors.GrapeReplyError)
+        [(outcome, name)] = seen
+        self.assertEqual(name, "rpc_test")
+        self.assertTrue(outcome.check(errors.GrapeReplyError))
+
     def test_unicode_name(self) -> None:
         """Names go out as raw UTF-8, as JSON.stringify writes them."""
         link = self.make(answer(b'["127.0.0.1:1"]'))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -161,6 +161,10 @@ class Link:
         self.reactor = reactor
         self.request_timeout = request_timeout
         self.announce_interval = announce_interval
+        #: Called as ``observer(outcome, name)`` with each announce's result or Failure (the
+        #: announcing loops' too), before the caller sees it; returns the outcome unchanged.
+        #: :meth:`grenache.metrics.Metrics.count_announces` counts announces this way.
+        self.announce_observers: list[Callable[[Any, str], Any]] = []
         self._rng = rng if rng is not None else random.Random()
         self._cache = _LookupCache(reactor, lookup_cache_ttl, lookup_cache_size)
         self._flights: dict[bytes, _Flight] = {}
@@ -243,7 +247,10 @@ class Link:
         nodes that stored it (GrapeReplyError for "No nodes to query" and the like).
         ``retry`` and ``timeout`` as for :meth:`lookup`."""
         d = self._call("announce", [name, port], retry, timeout)
-        return d.addCallback(announce_result, self._ok_status)
+        d.addCallback(announce_result, self._ok_status)
+        for observer in self.announce_observers:
+            d.addBoth(observer, name)
+        return d
 
     def unannounce(
         self, name: str, port: int, *, retry: int = 3, timeout: float | None = None
