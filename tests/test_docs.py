@@ -218,12 +218,14 @@ async def run_python(case: TestCase, source: str) -> tuple[int, list[str], bytes
 
 class CodeInPagesTests(TestCase):
     def test_python_blocks_run_or_name_their_example(self) -> None:
-        """A Python block in the README either is a complete program (run below) or says, in
-        the paragraph before it, which file of examples/ it comes from, and is a part of it."""
-        blocks = python_blocks(REPO / "README.rst")
-        self.assertGreaterEqual(len(blocks), 3)
+        """A Python block in the README or docs/ either is a complete program (run below), or a
+        whole file of examples/ shown with literalinclude, or says, in the paragraph before it,
+        which file of examples/ it comes from, and is a part of it."""
+        blocks = [b for page in pages() for b in python_blocks(page)]
+        self.assertGreaterEqual(len(blocks), 5)
+        included = {path.read_text().strip() for path in (REPO / "examples").glob("*.py")}
         for code, before in blocks:
-            if "react(" in code:
+            if "react(" in code or code.strip() in included:
                 continue
             named = re.findall(r"examples/\w+\.py", before)
             self.assertTrue(named, f"no example named before:\n{code}")
