@@ -13,7 +13,7 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -225,11 +225,19 @@ def _failed(error: Exception) -> Deferred[Any]:
     return d
 
 
-def spawn(case: TestCase, argv: Sequence[str], cwd: Path = REPO) -> Proc:
-    """Start ``argv`` in ``cwd`` on the trial reactor; killed in ``case``'s cleanups."""
+def spawn(
+    case: TestCase,
+    argv: Sequence[str],
+    cwd: Path = REPO,
+    env: Mapping[str, str] | None = None,
+) -> Proc:
+    """Start ``argv`` in ``cwd`` on the trial reactor, with ``env`` added to the environment
+    and this checkout importable from any ``cwd``; killed in ``case``'s cleanups."""
     proc = Proc(argv, reactor)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS",)}
-    reactor.spawnProcess(proc, argv[0], list(argv), env=env, path=str(cwd))
+    full = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    full.update(env or {})
+    full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full.get("PYTHONPATH")]))
+    reactor.spawnProcess(proc, argv[0], list(argv), env=full, path=str(cwd))
 
     async def cleanup() -> None:
         if not proc.has_ended:

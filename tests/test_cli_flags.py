@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import ensureDeferred
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
@@ -26,7 +25,6 @@ from tests.test_cli import (
     CLI,
     REPO,
     TWISTD,
-    Proc,
     Result,
     _Writer,
     echo,
@@ -192,23 +190,6 @@ class UsageErrorTests(TestCase):
 # --- subprocesses ---------------------------------------------------------------------------
 
 
-def spawn_env(case: TestCase, argv: tuple[str, ...], env: dict[str, str], cwd: Path) -> Proc:
-    """Like tests.test_cli.spawn, with ``env`` added to the environment."""
-    proc = Proc(argv, reactor)
-    full = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-    full.update(env)
-    full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full.get("PYTHONPATH")]))
-    reactor.spawnProcess(proc, argv[0], list(argv), env=full, path=str(cwd))
-
-    async def cleanup() -> None:
-        if not proc.has_ended:
-            proc.kill("KILL")
-            await proc.ended
-
-    case.addCleanup(lambda: ensureDeferred(cleanup()))
-    return proc
-
-
 class CommandLineTests(TestCase):
     timeout = 180
 
@@ -232,7 +213,7 @@ class CommandLineTests(TestCase):
         work = Path(self.mktemp()).resolve()
         home.mkdir()
         work.mkdir()
-        proc = spawn_env(self, (*CLI, "keygen"), {"HOME": str(home)}, work)
+        proc = spawn(self, (*CLI, "keygen"), work, {"HOME": str(home)})
         proc.close_stdin()
         result = await proc.finish()
         self.assertEqual(result.code, 0, result.describe())
@@ -244,7 +225,7 @@ class CommandLineTests(TestCase):
         self.assertEqual(
             cli.read_key_file(key_file).hex(), json.loads(key_file.read_text())["secretKey"]
         )
-        again = spawn_env(self, (*CLI, "keygen"), {"HOME": str(home)}, work)
+        again = spawn(self, (*CLI, "keygen"), work, {"HOME": str(home)})
         again.close_stdin()
         self.assertIn(b"already exists (use --force", (await again.finish()).err)
 

@@ -39,6 +39,7 @@ from tests.test_cli import (
     grenache,
     reactor,
     run_cli,
+    spawn,
     start_server,
 )
 
@@ -334,18 +335,8 @@ def fake_grape(case: TestCase, reply: Any) -> str:
 
 
 def spawn_with_home(case: TestCase, home: Path, *args: str) -> Proc:
-    """``grenache ARGS...`` with ``HOME`` set to ``home``."""
-    proc = Proc((*CLI, *args), reactor)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-    env["HOME"] = str(home)
-    reactor.spawnProcess(proc, CLI[0], list(proc.argv), env=env, path=str(REPO))
-
-    async def cleanup() -> None:
-        if not proc.has_ended:
-            proc.kill("KILL")
-            await proc.ended
-
-    case.addCleanup(lambda: ensureDeferred(cleanup()))
+    """``grenache ARGS...`` with ``HOME`` set to ``home`` and stdin closed."""
+    proc = spawn(case, (*CLI, *args), env={"HOME": str(home)})
     proc.close_stdin()
     return proc
 

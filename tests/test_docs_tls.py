@@ -22,8 +22,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.interop.harness import start_python_grape
-from tests.test_cli import REPO, reactor
-from tests.test_cli_flags import spawn_env
+from tests.test_cli import REPO, reactor, spawn
 
 PAGE = REPO / "docs" / "tls.rst"
 _FINGERPRINT = r"(?:[0-9A-F]{2}:){19}[0-9A-F]{2}"
@@ -101,7 +100,7 @@ class TLSPageTests(TestCase):
             with self.subTest(command=command.line):
                 if line.startswith("grenache serve "):
                     served = True
-                    proc = spawn_env(self, ("/bin/sh", "-c", f"exec {line}"), env, work)
+                    proc = spawn(self, ("/bin/sh", "-c", f"exec {line}"), work, env)
                     ready = json.loads(await proc.line(0))
                     shown = json.loads(command.output[0])
                     self.assertEqual(set(ready), set(shown))
