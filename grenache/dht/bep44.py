@@ -6,21 +6,20 @@
   (docs/protocol.rst, *BEP 44 items*).
 
 Ed25519 comes from ``cryptography``; private keys are 32-byte seeds (RFC 8032), not the
-64-byte "expanded" secret keys of ed25519-supercop.
+64-byte "expanded" secret keys of ed25519-supercop. It is imported by the first signature
+made or checked, so a grape that never sees a mutable item does not load it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from bencode2 import bencode
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = [
     "MAX_SALT_SIZE",
@@ -107,6 +106,9 @@ def verify(signature: bytes, message: bytes, public_key: bytes) -> bool:
         and len(public_key) == PUBLIC_KEY_SIZE
     ):
         return False
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except (InvalidSignature, ValueError):
@@ -114,19 +116,25 @@ def verify(signature: bytes, message: bytes, public_key: bytes) -> bool:
     return True
 
 
+def _private_key_class() -> type[Ed25519PrivateKey]:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey
+
+
 def sign(private_key: bytes, message: bytes) -> bytes:
     """Sign ``message`` with the 32-byte ed25519 seed ``private_key`` (64-byte signature)."""
-    return Ed25519PrivateKey.from_private_bytes(private_key).sign(message)
+    return _private_key_class().from_private_bytes(private_key).sign(message)
 
 
 def public_key_of(private_key: bytes) -> bytes:
     """The raw 32-byte public key of a 32-byte ed25519 seed."""
-    return Ed25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes_raw()
+    return _private_key_class().from_private_bytes(private_key).public_key().public_bytes_raw()
 
 
 def generate_private_key() -> bytes:
     """A fresh random 32-byte ed25519 seed."""
-    return Ed25519PrivateKey.generate().private_bytes_raw()
+    return _private_key_class().generate().private_bytes_raw()
 
 
 @attrs.frozen

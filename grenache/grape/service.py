@@ -61,7 +61,6 @@ from grenache.endpoints import (
     split_host_port,
 )
 from grenache.grape.api_http import grape_http_factory
-from grenache.grape.api_ws import grape_ws_factory
 from grenache.grape.operations import make_dispatch
 
 __all__ = ["Grape", "GrapeConfig", "ListenError", "parse_bootstrap"]
@@ -260,6 +259,9 @@ class Grape(MultiService):
         self._add_listener("http-api", "HTTP API", config.api_port, self.http_factory)
         self.ws_factory: Any = None
         if config.ws_port is not None:
+            # Imported here: autobahn is a large import a grape without a WebSocket API skips.
+            from grenache.grape.api_ws import grape_ws_factory
+
             self.ws_factory = grape_ws_factory(
                 dispatch, max_message_size=config.max_payload_size or 1 << 20, reactor=reactor
             )

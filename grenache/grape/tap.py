@@ -16,7 +16,7 @@ its server. A port that cannot be bound stops ``twistd`` with a one-line error a
 from __future__ import annotations
 
 import gc
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService
 from twisted.logger import Logger
@@ -29,7 +29,9 @@ from grenache.endpoints import ListenSpec, server_endpoint
 from grenache.grape.api_http import GrapeHTTPAPI
 from grenache.grape.operations import make_dispatch
 from grenache.grape.service import Grape, GrapeConfig, ListenError, parse_bootstrap
-from grenache.metrics import Metrics, MetricsService, listen_spec
+
+if TYPE_CHECKING:
+    from grenache.metrics import Metrics
 
 log = Logger()
 
@@ -58,6 +60,14 @@ def _listen_spec(value: str) -> ListenSpec:
 
 class _NoReactor:
     """Stands for the reactor while an endpoint description is only being checked."""
+
+
+def _metrics_spec(value: str) -> ListenSpec:
+    """``--metrics``: :func:`grenache.metrics.listen_spec`, imported only when the flag is given
+    (prometheus_client is not loaded by a grape that serves no metrics)."""
+    from grenache.metrics import listen_spec
+
+    return listen_spec(value)
 
 
 def _non_negative(value: str) -> int:
@@ -157,7 +167,7 @@ class Options(usage.Options):
             None,
             "Serve /metrics (Prometheus) and /health on this TCP port or endpoint description "
             "(off unless given).",
-            listen_spec,
+            _metrics_spec,
         ],
         [
             "query-rate",
@@ -278,7 +288,11 @@ class TwistdGrape(Grape):
 
     def startService(self) -> None:
         super().startService()
-        metrics = self.getServiceNamed("metrics") if "metrics" in self.namedServices else None
+        if "metrics" not in self.namedServices:
+            return
+        from grenache.metrics import MetricsService
+
+        metrics = self.getServiceNamed("metrics")
         if isinstance(metrics, MetricsService):
             metrics.when_listening().addErrback(self._metrics_failed)
 
@@ -292,6 +306,8 @@ class TwistdGrape(Grape):
 def add_metrics(grape: Grape, where: ListenSpec, metrics: Metrics | None = None) -> Metrics:
     """Serve ``metrics`` (a new :class:`~grenache.metrics.Metrics` by default) for ``grape``
     on ``where``: a :class:`~grenache.metrics.MetricsService` child named ``metrics``."""
+    from grenache.metrics import Metrics, MetricsService
+
     own: Metrics | None = getattr(grape, "metrics", None)  # a grape built with metrics=
     if metrics is None:
         metrics = own if own is not None else Metrics()
