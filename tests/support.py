@@ -299,7 +299,9 @@ class FakeSubTransport:
         self.attempts: list[str] = []
         self.stopped = False
 
-    def connect(self, dest: str, on_message: Any, on_close: Any) -> Deferred[Any]:
+    def connect(
+        self, dest: str, on_message: Any, on_close: Any, *, topic: str | None = None
+    ) -> Deferred[Any]:
         self.attempts.append(dest)
         if dest in self.refusing:
             return fail(errors.DestinationUnreachable("refused"))

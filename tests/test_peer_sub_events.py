@@ -28,7 +28,9 @@ class HeldSubTransport(FakeSubTransport):
         super().__init__()
         self.pending: list[Deferred[Any]] = []
 
-    def connect(self, dest: str, on_message: Any, on_close: Any) -> Deferred[Any]:
+    def connect(
+        self, dest: str, on_message: Any, on_close: Any, *, topic: str | None = None
+    ) -> Deferred[Any]:
         self.attempts.append(dest)
         d: Deferred[Any] = Deferred()
         self.pending.append(d)

@@ -111,7 +111,13 @@ class StreamClientTransport(ClientTransport, Protocol):
 
 
 class PubTransport(Protocol):
-    """The publishing side of a pub/sub transport."""
+    """The publishing side of a pub/sub transport.
+
+    One optional method, called by :class:`~grenache.peer.PeerPub` when present:
+    ``add_topic(name)``, for each name the peer announces, by a transport whose messages
+    travel under a name (ZeroMQ's topics). A transport without it sends every message to
+    every subscriber, whatever name they looked up.
+    """
 
     def listen(self, where: ListenSpec) -> Deferred[int]:
         """Listen on ``where`` (as :meth:`ServerTransport.listen`) and fire with the bound
@@ -143,8 +149,14 @@ class SubTransport(Protocol):
         dest: str,
         on_message: Callable[[str | bytes], None],
         on_close: Callable[[], None],
+        *,
+        topic: str | None = None,
     ) -> Deferred[SubConnection]:
         """Connect to the publisher at ``dest``; fires once connected.
+
+        ``topic`` is the name subscribed to (:class:`~grenache.peer.PeerSub` passes it): a
+        transport whose publishers send several names on one connection (ZeroMQ) delivers
+        only that name's messages; the others ignore it.
 
         ``on_message`` is called for each message and ``on_close`` once when an established
         connection ends (for any reason). A failed connection attempt fails the Deferred

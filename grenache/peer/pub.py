@@ -43,6 +43,15 @@ class PeerPub(AnnouncedListener[PubTransport]):
         <grenache.peer.PeerRPCServer.listen>`) and fire with the bound TCP port."""
         return self.transport.listen(where).addCallback(self._bound)
 
+    def announce(self, name: str) -> Deferred[int]:
+        """Announce ``name`` (as :meth:`AnnouncedListener.announce
+        <grenache.peer.listener.AnnouncedListener.announce>`), and tell a transport that
+        publishes under names (``add_topic``, ZeroMQ's) to publish under this one too."""
+        add_topic = getattr(self.transport, "add_topic", None)
+        if add_topic is not None:
+            add_topic(name)
+        return super().announce(name)
+
     def pub(self, message: str | bytes) -> int:
         """Send ``message`` to every subscriber; return how many it was sent to."""
         sent = self.transport.publish(message)

@@ -68,7 +68,10 @@ class _Subscription:
                 raise CancelledError()
             try:
                 conn = await peer.transport.connect(
-                    dest, self._on_message, functools.partial(self._on_close, dest)
+                    dest,
+                    self._on_message,
+                    functools.partial(self._on_close, dest),
+                    topic=self.name,
                 )
             except CancelledError:
                 raise

@@ -166,9 +166,12 @@ class MemorySubTransport:
         dest: str,
         on_message: Callable[[str | bytes], None],
         on_close: Callable[[], None],
+        *,
+        topic: str | None = None,
     ) -> Deferred[SubConnection]:
         """Connect to the publisher at ``dest``; fires with the
-        :class:`MemorySubConnection`."""
+        :class:`MemorySubConnection`. ``topic`` is ignored: every subscriber gets all the
+        publisher sends, as over WebSocket."""
         self.attempts.append(dest)
         if self._stopped:
             return fail(TransportClosed())

@@ -157,8 +157,11 @@ class WSSubTransport(DialingTransport):
         dest: str,
         on_message: Callable[[str | bytes], None],
         on_close: Callable[[], None],
+        *,
+        topic: str | None = None,
     ) -> Deferred[SubConnection]:
-        """Subscribe to the publisher at ``dest``; fires once the socket is open."""
+        """Subscribe to the publisher at ``dest``; fires once the socket is open. ``topic``
+        is ignored: a WebSocket publisher sends every subscriber all it publishes."""
         if self._stopped:
             return fail(TransportClosed())
         subscription = Subscription(self, dest, on_message, on_close)
