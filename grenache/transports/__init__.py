@@ -7,7 +7,11 @@ command that never talks WebSocket never imports autobahn.
 
 - ``http``: RPC over HTTP (docs/protocol.rst, *RPC over HTTP*);
 - ``ws``: RPC and publish/subscribe over WebSocket (docs/protocol.rst, *RPC over WebSocket*,
-  *Pub/sub over WebSocket*).
+  *Pub/sub over WebSocket*);
+- ``zmq``: RPC and publish/subscribe over ZeroMQ, msgpack or JSON, CURVE for security
+  (docs/protocol.rst, *RPC over ZeroMQ*, *Pub/sub over ZeroMQ*; docs/zeromq.rst). Its
+  ``tls`` is a :class:`~grenache.transports.zmq.CurveServer` or
+  :class:`~grenache.transports.zmq.CurveClient`.
 
 A transport is listed here once it exists; asking for any other name raises
 :class:`UnknownTransport`, whose message lists what is available.
@@ -101,6 +105,15 @@ TRANSPORTS: Mapping[str, TransportEntry] = {
             client="WSClientTransport",
             publisher="WSPubTransport",
             subscriber="WSSubTransport",
+        ),
+        TransportEntry(
+            "zmq",
+            "grenache.transports.zmq",
+            "RPC and pub/sub over ZeroMQ (msgpack or JSON, CURVE)",
+            server="ZmqServerTransport",
+            client="ZmqClientTransport",
+            publisher="ZmqPubTransport",
+            subscriber="ZmqSubTransport",
         ),
     )
 }

@@ -142,8 +142,10 @@ def read_keypair_file(path: str | os.PathLike[str]) -> CurveKeyPair:
 
 
 def read_client_keys(spec: str) -> frozenset[bytes]:
-    """Client public keys from ``spec``: a file (one Z85 key per line, ``#`` comments, or a
-    key file whose ``public`` is taken) or keys separated by commas."""
+    """Client public keys from ``spec``: a file (a key file, whose ``public`` is taken; or one
+    Z85 key per line, first word of the line, blank lines and lines starting with ``"# "``
+    skipped: Z85 has ``#`` among its characters, not the space) or keys separated by
+    commas."""
     path = Path(spec).expanduser()
     if path.is_file():
         text = path.read_text("utf-8")
@@ -153,8 +155,9 @@ def read_client_keys(spec: str) -> frozenset[bytes]:
             document = None
         if isinstance(document, dict) and "public" in document:
             return frozenset([parse_key(document["public"], f"public key in {path}")])
-        lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-        return frozenset(parse_key(line, f"client key in {path}") for line in lines if line)
+        lines = [line for line in text.splitlines() if line.strip()]
+        keys = [line.split()[0] for line in lines if not line.startswith("# ")]
+        return frozenset(parse_key(k, f"client key in {path}") for k in keys)
     keys = [k.strip() for k in spec.split(",") if k.strip()]
     if not keys:
         raise ValueError(f"no client keys in {spec!r} (a file, or Z85 keys separated by commas)")

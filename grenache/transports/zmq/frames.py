@@ -189,17 +189,18 @@ def bind_address(where: ListenSpec, interface: str = "") -> str:
     if isinstance(where, bool) or not isinstance(where, (int, str)):
         raise ValueError(wrong)
     if isinstance(where, str):
-        parts = where.split(":")
+        kind, _, rest = where.partition(":")
         if where.isdigit():
-            parts = ["tcp", where]
-        if len(parts) < 2 or parts[0] != "tcp" or not parts[1].isdigit():
+            kind, rest = "tcp", where
+        port_text, _, option = rest.partition(":")
+        if kind != "tcp" or not port_text.isdigit():
             raise ValueError(wrong)
-        port = int(parts[1])
-        for option in parts[2:]:
+        port = int(port_text)
+        if option:
             name, _, value = option.partition("=")
             if name != "interface" or not value:
                 raise ValueError(f"unknown option {option!r} in {where!r} (only interface=)")
-            interface = value
+            interface = value.replace("\\:", ":")
     else:
         port = where
     if not 0 <= port <= 65535:
@@ -305,6 +306,7 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
         self.received = received
         self.copy_frames = copy_frames
         self.closed = False
+        self.paused = False
         super().__init__(factory)
         s = self.socket
         s.setsockopt(zmq.MAXMSGSIZE, options.max_message_size)
@@ -335,8 +337,12 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
             if self.read_scheduled.active():
                 self.read_scheduled.cancel()
             self.read_scheduled = None
+        if self.paused and not self.closed:
+            # Clears the descriptor's signal (it would stay readable and spin the reactor).
+            self.socket.getsockopt(zmq.EVENTS)
+            return
         copy = self.copy_frames
-        while not self.closed:
+        while not (self.closed or self.paused):
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=copy)
             except zmq.Again:
@@ -355,6 +361,18 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
         if self.read_scheduled is None:
             # ZeroMQ's descriptor may have been drained by the send: look again soon.
             self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
+
+    def pause(self) -> None:
+        """Stop reading: messages wait in ZeroMQ's queues (up to the high-water mark), then
+        the peers' TCP connections push back."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Read again (at once: the descriptor will not signal what already waits)."""
+        if self.paused:
+            self.paused = False
+            if self.read_scheduled is None and not self.closed:
+                self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
 
     def close(self) -> None:
         """Close the socket at once (linger 0: queued messages are dropped)."""
