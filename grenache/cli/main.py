@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 from twisted.internet.defer import ensureDeferred
 from twisted.python import usage
 
-from grenache.cli import grape_verbs, pubsub_verbs, rpc_verbs
+from grenache.cli import grape_verbs, proxy_verbs, pubsub_verbs, rpc_verbs
 from grenache.cli.options import PROG, GnuOptions, option_error
 from grenache.cli.session import CommandError, Reported, Session, one_line
 from grenache.handlers import HandlerError
@@ -32,6 +32,7 @@ VERBS: list[tuple[str, type[usage.Options], str]] = [
     ("serve", rpc_verbs.ServeOptions, "Run a handler as an announced service."),
     ("pub", pubsub_verbs.PubOptions, "Publish each line of stdin as NAME."),
     ("sub", pubsub_verbs.SubOptions, "Print each message published as NAME."),
+    ("proxy", proxy_verbs.ProxyOptions, "Serve services on one transport through another."),
 ]
 """Each verb: its name, its options class, its one-line description."""
 
@@ -46,6 +47,7 @@ ACTIONS: dict[str, Callable[[Session], Any]] = {
     "serve": rpc_verbs.serve,
     "pub": pubsub_verbs.pub,
     "sub": pubsub_verbs.sub,
+    "proxy": proxy_verbs.proxy,
 }
 """Each verb's coroutine, run with the verb's :class:`~grenache.cli.session.Session`."""
 
@@ -55,7 +57,8 @@ class Options(usage.Options):
 
     longdesc = (
         "Talk to a Grenache network: look services up, announce them, store and fetch DHT "
-        "values, call services, run a handler as a service, publish and subscribe. Output is "
+        "values, call services, run a handler as a service, publish and subscribe, proxy between "
+        "transports. Output is "
         "JSON on stdout; errors are one line on stderr with exit status 1 (2 for a bad "
         "command line)."
     )

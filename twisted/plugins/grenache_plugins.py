@@ -14,3 +14,11 @@ grenache_service = ServiceMaker(
     "announced to a grape",
     "grenache-service",
 )
+
+grenache_proxy = ServiceMaker(
+    "grenache-proxy",
+    "grenache.proxy_tap",
+    "A Grenache transport proxy: serves services on one transport through another "
+    "(grenache-nodejs-proxy's control protocol without --name)",
+    "grenache-proxy",
+)

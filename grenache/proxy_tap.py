@@ -1,0 +1,251 @@
+"""``twistd grenache-proxy``: run a transport proxy (the options of ``grenache proxy``).
+
+::
+
+    twistd -n grenache-proxy --name fibonacci_worker --from ws --to http --port 1340
+
+serves ``ws:fibonacci_worker`` over WebSocket on port 1340 and forwards each request to the
+``fibonacci_worker`` services over HTTP. Without ``--name``, the proxy speaks
+grenache-nodejs-proxy's control protocol under ``rpc_proxy``::
+
+    twistd -n grenache-proxy --from http --port 1340
+
+and with ``--pubsub`` it relays one name's messages from one pub/sub transport to another.
+``grenache proxy NAME ...`` runs the same :class:`~grenache.proxy.ProxyService` with the same
+options; docs/proxy.rst describes all three modes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE
+from grenache.metrics import listen_spec
+from grenache.proxy import DEFAULT_MAX_KEYS, ProxyConfig, ProxyError, ProxyService
+from grenache.service_tap import check_listen, describe_failure
+from grenache.tls_options import ServerTLSOptions, TLSFlagError, client_tls
+from grenache.transports import UnknownTransport, transport_names
+
+__all__ = ["ForwardTLSOptions", "Options", "makeService"]
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{value} is not a port number (0-65535)")
+    return port
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not 0 < number < float("inf"):
+        raise ValueError(f"{value} must be a positive number")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{value} must be an integer of at least 1")
+    return number
+
+
+class ForwardTLSOptions(usage.Options):
+    """The forwarding side's TLS flags (the proxy as a client of the service):
+    ``--to-tls-ca``, ``--to-tls-cert``, ``--to-tls-key``, ``--to-tls-insecure``, read by
+    :meth:`read_to_tls` into ``self["to-tls"]`` (a :class:`~grenache.tls.ClientTLS` or
+    ``None``)."""
+
+    optParameters: list[list[Any]] = [
+        ["to-tls-ca", None, None, "PEM CA bundle the services' certificates must lead to."],
+        ["to-tls-cert", None, None, "PEM client certificate to present to the services."],
+        ["to-tls-key", None, None, "PEM private key of --to-tls-cert."],
+    ]
+    optFlags: list[list[Any]] = [
+        ["to-tls-insecure", None, "Reach the services over TLS without checking them."],
+    ]
+
+    def read_to_tls(self) -> None:
+        """Read the flags' files; a usage error naming the flag and file if one is bad."""
+        try:
+            tls = client_tls(
+                self["to-tls-ca"],
+                self["to-tls-cert"],
+                self["to-tls-key"],
+                bool(self["to-tls-insecure"]),
+            )
+        except TLSFlagError as error:
+            # client_tls names the flags without their "to-" prefix.
+            raise usage.UsageError(str(error).replace("--tls-", "--to-tls-")) from None
+        self["to-tls"] = tls
+
+
+class Options(ServerTLSOptions, ForwardTLSOptions):
+    """Options of ``twistd grenache-proxy`` (and of ``grenache proxy``)."""
+
+    synopsis = "--from TRANSPORT [--name NAME --to TRANSPORT [--as KEY] [--pubsub]] [options]"
+    longdesc = (
+        "Run a Grenache transport proxy. With --name NAME (static mode), serve the key "
+        "FROM:NAME (or --as KEY) over the --from transport and forward each request to "
+        "NAME's services over the --to transport, carrying their replies and errors back "
+        "unchanged. Without --name (control mode, grenache-nodejs-proxy's protocol), announce "
+        "rpc_proxy: a request to it with payload 'ws:NAME' starts serving the key ws:NAME, "
+        "forwarded to NAME over WebSocket ('http:NAME': over HTTP), and 'stop ws:NAME' stops "
+        "it. With --pubsub, subscribe to NAME's publishers over --to and publish every message "
+        "over --from as FROM:NAME. --tls-* flags serve over TLS; --to-tls-* flags reach the "
+        "services over TLS."
+    )
+    examples = (
+        "Examples:\n"
+        "  twistd -n grenache-proxy --name fibonacci_worker --from ws --to http --port 1340\n"
+        "  twistd -n grenache-proxy --from http --port 1341              (control mode)\n"
+        "  twistd -n grenache-proxy --name ticker --pubsub --from ws --to ws --port 1342\n"
+        "  twistd -n grenache-proxy --name svc --from http --to ws --as svc_http --metrics 9100\n"
+    )
+
+    optParameters: list[list[Any]] = [
+        [
+            "from",
+            None,
+            None,
+            f"Transport the proxy serves on, its callers' ({' or '.join(transport_names())}).",
+        ],
+        [
+            "to",
+            None,
+            None,
+            "Transport the proxied service speaks (static and pub/sub modes).",
+        ],
+        ["as", None, None, "Key to announce instead of FROM:NAME (one NAME), or of rpc_proxy."],
+        ["port", "p", None, "TCP port to listen on; 0 = any free port (the default).", _port],
+        [
+            "listen",
+            "l",
+            None,
+            "Endpoint description to listen on instead of --port, e.g. tcp6:0.",
+        ],
+        ["bind", "b", None, "Address to listen on (default: every IPv4 interface)."],
+        ["grape", "g", DEFAULT_GRAPE, "URL of the grape's API to look up and announce through."],
+        [
+            "announce-interval",
+            None,
+            DEFAULT_ANNOUNCE_INTERVAL,
+            "Seconds between announces (each gap jittered to 0.5-1.5 times this).",
+            _positive,
+        ],
+        [
+            "timeout",
+            None,
+            10.0,
+            "Seconds each forwarded request may take (per attempt).",
+            _positive,
+        ],
+        [
+            "retry",
+            None,
+            1,
+            "Attempts per forwarded request (each to a server chosen afresh).",
+            _positive_int,
+        ],
+        [
+            "max-keys",
+            None,
+            DEFAULT_MAX_KEYS,
+            "Most keys proxied at once; a control request past it is answered with an error.",
+            _positive_int,
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve /metrics (Prometheus) and /health on this TCP port or endpoint description "
+            "(off unless given).",
+            listen_spec,
+        ],
+    ]
+    optFlags: list[list[Any]] = [
+        ["pubsub", None, "Relay NAME's published messages instead of its requests."],
+    ]
+
+    compData = usage.Completions(
+        optActions={
+            "from": usage.CompleteList(transport_names()),
+            "to": usage.CompleteList(transport_names()),
+            "grape": usage.CompleteList([DEFAULT_GRAPE], descr="grape URL"),
+            "bind": usage.CompleteHostnames(),
+            "name": usage.Completer(descr="service name", repeat=True),
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["names"] = []
+
+    def opt_name(self, name: str) -> None:
+        """Service name to proxy (may be given more than once; none: control mode)."""
+        self["names"].append(name)
+
+    def getUsage(self, width: int | None = None) -> str:
+        return super().getUsage(width) + "\n" + self.examples
+
+    def postOptions(self) -> None:
+        if not self["from"]:
+            raise usage.UsageError(
+                f"give --from TRANSPORT, the transport the proxy serves on "
+                f"({' or '.join(transport_names())})"
+            )
+        if self["listen"] is not None:
+            if self["port"] is not None:
+                raise usage.UsageError("give --port or --listen, not both")
+            if self["bind"] is not None:
+                raise usage.UsageError(
+                    "--bind applies to --port; put interface=ADDRESS in the --listen description"
+                )
+            check_listen(self["listen"])
+        self.read_tls()
+        self.read_to_tls()
+        try:
+            self.config().check()
+        except ProxyError as error:
+            raise usage.UsageError(str(error)) from None
+
+    def config(self) -> ProxyConfig:
+        """The proxy this command line describes."""
+        return ProxyConfig(
+            from_transport=self["from"],
+            names=tuple(self["names"]),
+            to_transport=self["to"],
+            key=self["as"],
+            pubsub=bool(self["pubsub"]),
+            port=self["port"] or 0,
+            listen=self["listen"],
+            interface=self["bind"],
+            grape=self["grape"],
+            announce_interval=self["announce-interval"],
+            tls=self.get("tls"),
+            to_tls=self.get("to-tls"),
+            timeout=self["timeout"],
+            retry=self["retry"],
+            max_keys=self["max-keys"],
+            metrics=self["metrics"],
+        )
+
+
+def makeService(options: Options) -> IService:
+    """Build the proxy and bind its port now, so that a taken port is a one-line error
+    before twistd daemonizes."""
+    from twisted.internet import reactor
+
+    try:
+        service = ProxyService(options.config(), reactor)
+    except (ProxyError, UnknownTransport) as error:
+        raise SystemExit(f"twistd grenache-proxy: {error}") from None
+    outcome: list[Any] = []
+    service.listen().addBoth(outcome.append)
+    if outcome and isinstance(outcome[0], Failure):
+        raise SystemExit(f"twistd grenache-proxy: {describe_failure(outcome[0])}")
+    return service  # type: ignore[return-value]
