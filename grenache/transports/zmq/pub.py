@@ -18,6 +18,7 @@ TCP connection, freeing its queue.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import zmq
@@ -41,6 +42,8 @@ __all__ = ["ZmqPubTransport", "encode_message"]
 
 log = Logger()
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 def encode_message(codec: Codec, message: str | bytes) -> bytes:
     """The body frame of ``message`` in ``codec``; :class:`TypeError` for a message that is not
@@ -50,7 +53,7 @@ def encode_message(codec: Codec, message: str | bytes) -> bytes:
             return codec.dumps(message)
         except UnicodeEncodeError:
             # A lone surrogate: sent as U+FFFD, as a WebSocket text frame carries it.
-            return codec.dumps(message.encode("utf-8", "replace").decode("utf-8"))
+            return codec.dumps(_LONE_SURROGATE.sub("\ufffd", message))
     if isinstance(message, (bytes, bytearray, memoryview)):
         if codec.name == "json":
             raise TypeError("JSON carries no bytes: publish a str, or use the msgpack codec")
