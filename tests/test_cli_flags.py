@@ -69,6 +69,7 @@ VALID = {
     "serve": ["svc", "--handler", "m:f"],
     "pub": ["svc"],
     "sub": ["svc"],
+    "proxy": ["--from", "http"],
 }
 
 
