@@ -4,7 +4,7 @@ grape (grenache-grape 1.0.0, ``tests/interop/node/grape.js``) in one run.
 
     python bench/grape.py [--seconds N] [--connections C] [--window W] [--rounds R]
                           [--topology lone,pair] [--rev REV] [--py-spy] [--no-ceiling]
-                          [--json] [--keep]
+                          [--json [PATH]] [--quick] [--keep]
 
 What it measures, each phase against both grapes, R rounds (3) interleaved Python/Node with
 the order alternating per round, each measurement N seconds (5) after a 1 s warm-up:
@@ -38,6 +38,12 @@ the table) and prints its top functions. The Node packages come from the interop
 cache (``.cache/interop-node``, installed by ``npm ci`` on first use). The Python grapes run
 the working tree's code, or with ``--rev REV`` that git revision, exported under /tmp (for
 numbers that do not move while someone edits the tree); the header says which.
+
+``--json PATH`` writes the results as bench JSON (bench/README.md: one object with rows of
+rates per round and the Python/Node ratios; what ``python -m bench`` reads); ``--json`` alone
+prints every measurement as one ``BENCHJSON`` line instead. ``--quick`` is a smoke run of a few
+seconds per grape (lone topology, one 1 s round, no ceilings, no waiting for quiet).
+``--repeats N`` is ``--rounds N``.
 """
 
 from __future__ import annotations
@@ -886,7 +892,7 @@ def report(
     if profiler is not None:
         for label, text in profiler.reports:
             print(f"\n## py-spy, Python grape, {label}\n{text}")
-    if args.json:
+    if args.json == "-":
         everything = {
             "machine": machine_facts(),
             "ceilings": ceilings,
@@ -895,6 +901,73 @@ def report(
             ],
         }
         print("\nBENCHJSON " + json.dumps(everything))
+    elif args.json:
+        Path(args.json).write_text(json.dumps(bench_json(rows, ceilings, args), indent=1) + "\n")
+
+
+#: Issue targets: the grape API at least as fast as Node's (Python/Node >= 1.0).
+TARGETS = {"HTTP /lookup": 1.0, "HTTP /announce": 1.0}
+
+
+def bench_json(rows: list[Row], ceilings: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """The results in the bench JSON convention (bench/README.md): one row per phase,
+    topology and grape with the rate of each round kept, and the Python/Node ratio of the
+    medians per phase."""
+    out_rows: list[dict[str, Any]] = []
+    ratios: list[dict[str, Any]] = []
+    notes = [f"ceiling: {line}" for line in ceilings]
+    for row in rows:
+        label = f"{row.phase} ({row.topology})"
+        for impl in ("python", "node"):
+            result = row.results.get(impl)
+            if result is not None:
+                out_rows.append(
+                    {
+                        "label": label,
+                        "impl": impl,
+                        "values": [float(v) for v in result["rates"]],
+                        "median": float(result["rate"]),
+                        "p50_us": result["p50_us"],
+                        "p99_us": result["p99_us"],
+                        "errors": result["errors"],
+                        "quiet_runs": result["quiet_runs"],
+                    }
+                )
+        py, nd = row.results.get("python"), row.results.get("node")
+        if py is not None and nd is not None and nd["rate"]:
+            ratios.append(
+                {
+                    "label": label,
+                    "value": round(py["rate"] / nd["rate"], 3),
+                    "target": TARGETS.get(row.phase),
+                }
+            )
+            notes.append(
+                f"{label}: p99 Python {fmt_us(py['p99_us'])}, Node {fmt_us(nd['p99_us'])}; "
+                f"errors {py['errors']}/{nd['errors']}; quiet rounds "
+                f"{py['quiet_runs']} / {nd['quiet_runs']}"
+            )
+        for impl in ("python", "node"):
+            reply = row.replies.get(impl, "")
+            if row.phase == "HTTP /announce" and not re.fullmatch(r"200 \d+", reply):
+                notes.append(
+                    f"{impl} {row.topology} /announce answers {reply!r} (an error string with "
+                    "status 200), so that row compares a real announce with an error path"
+                )
+    tool = "wrk -t1" if shutil.which("wrk") and not args.no_wrk else "bench/loadgen.py http"
+    notes.append(
+        f"{args.rounds} round(s) of {args.seconds:g} s per grape and phase after a 1 s warm-up; "
+        f"HTTP: {args.connections} keep-alive connections ({tool}); DHT: {args.window} "
+        "get_peers in flight; grapes pinned to one CPU, the load generator to the other"
+    )
+    return {
+        "family": "grape",
+        "title": "Grape: HTTP API and DHT",
+        "unit": "req/s",
+        "rows": out_rows,
+        "ratios": ratios,
+        "notes": notes,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -937,10 +1010,26 @@ def main(argv: list[str] | None = None) -> int:
         "the working tree, e.g. HEAD",
     )
     parser.add_argument(
-        "--json", action="store_true", help="also print all results as one JSON line"
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help="write the results as bench JSON to PATH; without PATH, print all results as one "
+        "BENCHJSON line",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: lone topology, one 1 s round, no ceilings, no waiting for quiet",
+    )
+    parser.add_argument(
+        "--repeats", type=int, dest="rounds", default=argparse.SUPPRESS, help="same as --rounds"
     )
     parser.add_argument("--keep", action="store_true", help="keep the /tmp work directory (logs)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.rounds, args.topology = 1.0, 1, "lone"
+        args.no_ceiling, args.retries, args.quiet_budget = True, 0, 0.0
     args.topology = [t.strip() for t in args.topology.split(",") if t.strip()]
     if not set(args.topology) <= {"lone", "pair"} or not args.topology:
         parser.error("--topology takes lone, pair or lone,pair")

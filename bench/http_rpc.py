@@ -12,10 +12,15 @@ pinned to CPU 0 and clients to CPU 1 when the machine has two.
 
     python bench/http_rpc.py [--duration 5] [--concurrency 32] [--payload-bytes 64]
                              [--compress] [--pairs py-py,node-node,py-node,node-py]
-                             [--repeat N] [--metrics]
+                             [--repeat N] [--metrics] [--json PATH] [--quick]
 
 ``--metrics`` gives the Python server and client a ``grenache.metrics.Metrics`` (what
 ``--metrics`` on ``grenache serve`` does), to measure what recording costs.
+
+``--json PATH`` also writes the results as bench JSON (bench/README.md; what ``python -m
+bench`` reads): the rate of every round per pairing and the Python/Node ratio of the medians.
+``--quick`` is a smoke run (1 s per run after a 0.3 s warm-up, the py-py and node-node pairs
+unless ``--pairs`` is given). ``--repeats N`` is ``--repeat N``.
 
 The Node packages come from the interop test install (``.cache/interop-node``); it is
 created on first use when ``node`` and ``npm`` are available.
@@ -200,11 +205,22 @@ def main() -> None:
     parser.add_argument(
         "--metrics", action="store_true", help="Python peers record grenache.metrics.Metrics"
     )
-    parser.add_argument("--pairs", default="py-py,node-node,py-node,node-py")
+    parser.add_argument("--pairs", default=None, help="default py-py,node-node,py-node,node-py")
     parser.add_argument(
         "--repeat", type=int, default=1, help="run the pairs this many times, report medians"
     )
+    parser.add_argument(
+        "--repeats", type=int, dest="repeat", default=argparse.SUPPRESS, help="same as --repeat"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results as bench JSON")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 s runs, py-py and node-node"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.duration, args.warmup = 1.0, 0.3
+        args.pairs = args.pairs or "py-py,node-node"
+    args.pairs = args.pairs or "py-py,node-node,py-node,node-py"
     if args.role == "py-server":
         run_py_server(0, metered=args.metrics)
         return
@@ -264,6 +280,50 @@ def main() -> None:
     if "py-py" in results and "node-node" in results:
         ratio = results["py-py"] / results["node-node"]
         print(f"  python/node (client+server): {ratio:.2f}x")
+    if args.json:
+        note = (
+            f"{args.concurrency} requests in flight, {args.duration:g} s per run after a "
+            f"{args.warmup:g} s warm-up, payload {len(json.dumps(payload))} B JSON, "
+            f"compress={args.compress}, metrics={args.metrics}; servers on one CPU, clients on "
+            "the other; each client is the full peer with a lookup answered at once"
+        )
+        Path(args.json).write_text(json.dumps(bench_json(runs, [note]), indent=1) + "\n")
+
+
+IMPL = {"py": "python", "node": "node"}
+
+
+def bench_json(runs: dict[str, list[float]], notes: list[str]) -> dict[str, Any]:
+    """Rates per pairing in the bench JSON convention (bench/README.md). py-py and node-node
+    share the label "client + server" (one row per implementation); a crossing is labelled by
+    its two sides and listed under its client's implementation."""
+    rows = []
+    for pair, values in runs.items():
+        client, server = pair.split("-")
+        if client == server:
+            label = "client + server"
+        else:
+            label = f"{IMPL[client]} client -> {IMPL[server]} server"
+        rows.append(
+            {
+                "label": label,
+                "impl": IMPL[client],
+                "values": [round(v, 1) for v in values],
+                "median": round(statistics.median(values), 1),
+            }
+        )
+    ratios = []
+    if runs.get("py-py") and runs.get("node-node"):
+        value = statistics.median(runs["py-py"]) / statistics.median(runs["node-node"])
+        ratios.append({"label": "client + server", "value": round(value, 3), "target": 1.0})
+    return {
+        "family": "http_rpc",
+        "title": "HTTP RPC (PeerRPCClient -> PeerRPCServer, echo)",
+        "unit": "req/s",
+        "rows": rows,
+        "ratios": ratios,
+        "notes": notes,
+    }
 
 
 if __name__ == "__main__":

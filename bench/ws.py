@@ -3,6 +3,7 @@
 
     python bench/ws.py [--seconds N] [--concurrency C] [--payload-size B]
                        [--subscribers S] [--messages M] [--message-size B] [--burst K]
+                       [--phase rpc|pubsub] [--repeats R] [--json PATH] [--quick]
 
 Two phases, each one run per pairing, all on 127.0.0.1 with ports the OS picks:
 
@@ -28,6 +29,10 @@ is missing.
 
 The roles (``rpc-server``, ``rpc-client``, ``pub``, ``sub``) are subcommands of this file; the
 default command runs everything and prints a table with rates and Python/Node ratios.
+``--phase`` runs one phase only; ``--repeats R`` runs every pairing R times (medians);
+``--json PATH`` (with one ``--phase``) writes that phase's results as bench JSON (family
+``ws_rpc`` or ``ws_pubsub``; bench/README.md), what ``python -m bench`` reads; ``--quick`` is a
+smoke run (1 s RPC runs, 2,000 messages to 4 subscribers, python-python and node-node only).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -311,6 +317,8 @@ class Bench:
         pairs = [("python", "python")]
         if self.node_env is not None:
             pairs = [("node", "node"), ("python", "python"), ("python", "node"), ("node", "python")]
+        if self.args.quick:
+            pairs = [p for p in pairs if p[0] == p[1]]
         return pairs
 
     def rpc(self, client: str, server: str) -> dict[str, Any]:
@@ -361,41 +369,126 @@ class Bench:
             for p in procs:
                 p.kill()
 
-    def run(self) -> None:
+    def run(self) -> dict[str, Any] | None:
+        """Run the phases asked for; the bench JSON of the one phase run, if only one ran."""
+        a = self.args
+        result: dict[str, Any] | None = None
+        if a.phase in (None, "rpc"):
+            result = self.run_rpc()
+        if a.phase in (None, "pubsub"):
+            result = self.run_pubsub()
+        return result
+
+    def run_rpc(self) -> dict[str, Any]:
         a = self.args
         print(
             f"WebSocket RPC: {a.concurrency} requests in flight, payload ~{a.payload_size} B, "
             f"{a.seconds:g} s after a {WARMUP:g} s warm-up; servers on CPU {self.server_cpu}, "
             f"clients on CPU {self.client_cpu}"
         )
-        rpc: dict[tuple[str, str], float] = {}
-        for client, server in self.kinds():
-            result = self.rpc(client, server)
-            rpc[(client, server)] = result["rate"]
-            errors = f"  ({result['errors']} errors)" if result.get("errors") else ""
-            print(
-                f"  {client:>6} client -> {server:<6} server  {result['rate']:10,.0f} req/s{errors}"
-            )
+        rpc: dict[tuple[str, str], list[float]] = {}
+        errors = 0
+        for round_ in range(a.repeats):
+            for client, server in self.kinds():
+                result = self.rpc(client, server)
+                rpc.setdefault((client, server), []).append(result["rate"])
+                errors += result.get("errors", 0)
+                shown = f"  ({result['errors']} errors)" if result.get("errors") else ""
+                label = f" (round {round_ + 1})" if a.repeats > 1 else ""
+                print(
+                    f"  {client:>6} client -> {server:<6} server  {result['rate']:10,.0f} req/s"
+                    f"{shown}{label}"
+                )
         self._ratio(rpc)
+        notes = [
+            f"{a.concurrency} requests in flight, payload ~{a.payload_size} B, {a.seconds:g} s "
+            f"per run after a {WARMUP:g} s warm-up; servers on one CPU, clients on the other; "
+            f"the clients are the full peer with a lookup answered at once; {errors} errors"
+        ]
+        return self._json("ws_rpc", "WebSocket RPC (echo)", "req/s", rpc, "client", notes)
+
+    def run_pubsub(self) -> dict[str, Any]:
+        a = self.args
         print(
             f"\nPub/sub fan-out: {a.subscribers} subscribers, {a.messages} text messages of "
             f"{a.message_size} B, {a.burst} per reactor turn"
         )
-        fan: dict[tuple[str, str], float] = {}
-        for sub, pub in self.kinds():
-            result = self.pubsub(pub, sub)
-            fan[(sub, pub)] = result["rate"]
-            short = result["received"] < a.messages * a.subscribers
-            note = f"  (only {result['received']} received)" if short else ""
-            rate = result["rate"]
-            print(f"  {pub:>6} pub    -> {sub:<6} subs    {rate:10,.0f} msg/s delivered{note}")
+        fan: dict[tuple[str, str], list[float]] = {}
+        short_runs = 0
+        for round_ in range(a.repeats):
+            for sub, pub in self.kinds():
+                result = self.pubsub(pub, sub)
+                fan.setdefault((sub, pub), []).append(result["rate"])
+                short = result["received"] < a.messages * a.subscribers
+                short_runs += short
+                note = f"  (only {result['received']} received)" if short else ""
+                label = f" (round {round_ + 1})" if a.repeats > 1 else ""
+                rate = result["rate"]
+                print(
+                    f"  {pub:>6} pub    -> {sub:<6} subs    {rate:10,.0f} msg/s delivered"
+                    f"{note}{label}"
+                )
         self._ratio(fan)
+        notes = [
+            f"{a.subscribers} subscriber sockets in one process, {a.messages} text messages of "
+            f"{a.message_size} B, {a.burst} per reactor turn; rate = messages delivered "
+            "(messages x subscribers) per second of wall clock; publisher on one CPU, "
+            f"subscribers on the other; {short_runs} run(s) lost messages"
+        ]
+        # Keys are (subscriber, publisher): the rows are listed by the subscribing side.
+        flipped = {(pub, sub): v for (sub, pub), v in fan.items()}
+        return self._json(
+            "ws_pubsub", "Pub/sub over WebSocket (fan-out)", "msg/s", flipped, "pub", notes
+        )
 
     @staticmethod
-    def _ratio(rates: dict[tuple[str, str], float]) -> None:
+    def _json(
+        family: str,
+        title: str,
+        unit: str,
+        rates: dict[tuple[str, str], list[float]],
+        side: str,
+        notes: list[str],
+    ) -> dict[str, Any]:
+        """Bench JSON (bench/README.md): python-python and node-node share one label (a row per
+        implementation); a crossing is labelled by its two sides, under its first one's."""
+        other = {"client": "server", "pub": "subs"}[side]
+        same = {"client": "client + server", "pub": "publisher + subscribers"}[side]
+        rows = []
+        for (first, second), values in rates.items():
+            label = (
+                "same on both sides" if first == second else f"{first} {side} -> {second} {other}"
+            )
+            rows.append(
+                {
+                    "label": label,
+                    "impl": first,
+                    "values": [round(v, 1) for v in values],
+                    "median": round(statistics.median(values), 1),
+                }
+            )
+        ratios = []
         py, node = rates.get(("python", "python")), rates.get(("node", "node"))
         if py and node:
-            print(f"  python/node ratio: {py / node:.2f}")
+            value = statistics.median(py) / statistics.median(node)
+            target = 1.0 if family == "ws_rpc" else None
+            ratios.append(
+                {"label": "same on both sides", "value": round(value, 3), "target": target}
+            )
+        return {
+            "family": family,
+            "title": title,
+            "unit": unit,
+            "rows": rows,
+            "ratios": ratios,
+            "notes": notes,
+        }
+
+    @staticmethod
+    def _ratio(rates: dict[tuple[str, str], list[float]]) -> None:
+        py, node = rates.get(("python", "python")), rates.get(("node", "node"))
+        if py and node:
+            print(f"  python/node ratio: {statistics.median(py) / statistics.median(node):.2f}")
 
 
 def main() -> None:
@@ -404,6 +497,12 @@ def main() -> None:
     for role in ("rpc-server", "rpc-client", "pub", "sub"):
         p = sub.add_parser(role, help=f"(internal) run the Python {role}")
         p.add_argument("conf", nargs="?", default="{}")
+    roles = {
+        "rpc-server": role_rpc_server,
+        "rpc-client": role_rpc_client,
+        "pub": role_pub,
+        "sub": role_sub,
+    }
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--payload-size", type=int, default=100)
@@ -411,18 +510,26 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--message-size", type=int, default=100)
     parser.add_argument("--burst", type=int, default=100)
+    parser.add_argument("--phase", choices=["rpc", "pubsub"], help="run one phase only")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per pairing (medians)")
+    parser.add_argument("--json", metavar="PATH", help="write bench JSON (needs --phase)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 s RPC runs, 2,000 messages to 4 subs"
+    )
     args = parser.parse_args()
-    roles = {
-        "rpc-server": role_rpc_server,
-        "rpc-client": role_rpc_client,
-        "pub": role_pub,
-        "sub": role_sub,
-    }
+    if args.command not in roles and args.json and args.phase is None:
+        parser.error("--json writes one phase: give --phase rpc or --phase pubsub")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if args.quick:
+        args.seconds, args.messages, args.subscribers = 1.0, 2000, 4
     if args.command in roles:
         roles[args.command](args)
         return
     sys.path.insert(0, str(REPO))
-    Bench(args).run()
+    result = Bench(args).run()
+    if args.json and result is not None:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
