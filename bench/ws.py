@@ -456,9 +456,7 @@ class Bench:
         same = {"client": "client + server", "pub": "publisher + subscribers"}[side]
         rows = []
         for (first, second), values in rates.items():
-            label = (
-                "same on both sides" if first == second else f"{first} {side} -> {second} {other}"
-            )
+            label = same if first == second else f"{first} {side} -> {second} {other}"
             rows.append(
                 {
                     "label": label,
@@ -472,9 +470,7 @@ class Bench:
         if py and node:
             value = statistics.median(py) / statistics.median(node)
             target = 1.0 if family == "ws_rpc" else None
-            ratios.append(
-                {"label": "same on both sides", "value": round(value, 3), "target": target}
-            )
+            ratios.append({"label": same, "value": round(value, 3), "target": target})
         return {
             "family": family,
             "title": title,
