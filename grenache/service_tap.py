@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from grenache.curve_options import CurveServerOptions
 from grenache.endpoints import ListenSpec, describe_listen_spec, server_endpoint
 from grenache.handlers import HandlerError, load_handler
 from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE, Link
@@ -103,13 +104,14 @@ def check_listen(description: str) -> str:
     return description
 
 
-class Options(ServerTLSOptions):
+class Options(ServerTLSOptions, CurveServerOptions):
     """Options of ``twistd grenache-service`` (and of ``grenache serve``)."""
 
     synopsis = "--name NAME --handler pkg.module:function [options]"
     longdesc = (
         "Run a Grenache RPC service: listen on --port (or --listen) with --transport, "
-        "optionally over TLS (--tls-key, --tls-cert), announce each --name "
+        "optionally over TLS (--tls-key, --tls-cert; CURVE for --transport zmq: --curve-key, "
+        "--curve-clients), announce each --name "
         "through the grape at --grape until shutdown, and answer each request with the "
         "--handler function. The handler gets one request object (rid, key, payload, "
         "peer_certificate) and returns a value, a Deferred or a coroutine; an exception it "
@@ -124,6 +126,9 @@ class Options(ServerTLSOptions):
         "      --handler mypkg.handlers:answer --grape http://127.0.0.1:40001\n"
         "  twistd -n grenache-service --name secure --listen tcp6:8443 \\\n"
         "      --tls-key server.key --tls-cert server.crt --tls-client-fingerprints AA:BB:... \\\n"
+        "      --handler mypkg.handlers:answer\n"
+        "  twistd -n grenache-service --name rpc_zmq --transport zmq --port 1339 \\\n"
+        "      --curve-key server.curve.json --curve-clients clients.txt \\\n"
         "      --handler mypkg.handlers:answer\n"
         "  twistd -n -r asyncio grenache-service --name aio --handler mypkg.handlers:async_answer\n"
         "  twistd -n grenache-service --name fibonacci_worker --metrics 9100 \\\n"
@@ -212,7 +217,7 @@ class Options(ServerTLSOptions):
                     "TLS twice: use either an ssl: --listen description or --tls-key/--tls-cert"
                 )
             check_listen(self["listen"])
-        self.read_tls()
+        self.read_security(self["transport"])
 
     def config(self) -> ServiceConfig:
         """The service this command line describes."""
@@ -363,7 +368,7 @@ class GrenacheService(Service):
                 "Serving {names} with {handler} over {transport} on port {port}",
                 names=", ".join(repr(n) for n in self.config.names),
                 handler=_handler_name(self.config.handler),
-                transport=self.config.transport + (" with TLS" if self.config.tls else ""),
+                transport=self.config.transport + _security(self.config),
                 port=port,
                 event="listening",
             )
@@ -485,3 +490,10 @@ def makeService(options: Options) -> IService:
         failure = outcome[0]
         raise SystemExit(f"twistd grenache-service: {describe_failure(failure)}")
     return service  # type: ignore[return-value]
+
+
+def _security(config: ServiceConfig) -> str:
+    """How the service is secured, for its startup log line."""
+    if config.tls is None:
+        return ""
+    return " with CURVE" if config.transport == "zmq" else " with TLS"

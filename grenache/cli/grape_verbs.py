@@ -21,6 +21,7 @@ from grenache.cli.keys import (
     default_key_file,
     default_signing_key_file,
     read_signing_key,
+    write_curve_key_file,
     write_key_file,
 )
 from grenache.cli.options import (
@@ -306,9 +307,19 @@ class KeygenOptions(Verb):
         "  grenache keygen\n"
         '  => {"file":"/home/me/.grenache/key.json","publicKey":"77ff84905a91936367c0..."}\n'
         "  grenache keygen ./service.key.json --force\n"
+        "  grenache keygen --curve server.curve.json   (a CURVE key pair for --transport zmq)\n"
+        '  => {"file":"/home/me/server.curve.json","public":"rq:rM>}U?@Lns47E1%k..."}\n'
     )
     arguments = ("FILE",)
-    optFlags: list[list[Any]] = [["force", "f", "Replace FILE if it exists."]]
+    optFlags: list[list[Any]] = [
+        ["force", "f", "Replace FILE if it exists."],
+        [
+            "curve",
+            None,
+            'Write a CURVE key pair for the zmq transport instead ({"public": Z85, "secret": '
+            "Z85}, default ~/.grenache/curve.json), and print its public key.",
+        ],
+    ]
 
     def parseArgs(self, *args: str) -> None:
         args = tuple(self._arguments(args, optional=1))
@@ -482,6 +493,12 @@ async def get(session: Session) -> None:
 
 async def keygen(session: Session) -> None:
     given = session.options["file"]
+    if session.options["curve"]:
+        path_or_default = None if given == DEFAULT_KEY_FILE else given
+        force = bool(session.options["force"])
+        target, keypair = write_curve_key_file(path_or_default, force=force)
+        emit({"file": str(target.resolve()), "public": keypair.public.decode("ascii")})
+        return
     path = default_key_file() if given == DEFAULT_KEY_FILE else Path(given).expanduser()
     seed = write_key_file(path, force=bool(session.options["force"]))
     emit({"file": str(path.resolve()), "publicKey": bep44.public_key_of(seed).hex()})

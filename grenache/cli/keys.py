@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -30,6 +31,7 @@ from grenache.cli.session import CommandError
 from grenache.dht import bep44
 
 __all__ = [
+    "DEFAULT_CURVE_KEY_FILE",
     "DEFAULT_KEY_FILE",
     "GRENACHE_CLI_KEY_FILE",
     "SigningKey",
@@ -37,11 +39,15 @@ __all__ = [
     "default_signing_key_file",
     "read_key_file",
     "read_signing_key",
+    "write_curve_key_file",
     "write_key_file",
 ]
 
 DEFAULT_KEY_FILE = "~/.grenache/key.json"
 """Where ``grenache keygen`` writes without a file name (``~`` is the user's home)."""
+
+DEFAULT_CURVE_KEY_FILE = "~/.grenache/curve.json"
+"""Where ``grenache keygen --curve`` writes without a file name."""
 
 GRENACHE_CLI_KEY_FILE = "~/.grenache-cli/key"
 """Where grenache-cli's ``grenache-keygen`` writes its secret key (``key.pub`` beside it)."""
@@ -193,3 +199,26 @@ def default_signing_key_file() -> Path:
     raise CommandError(
         f"no key file: neither {ours} nor {theirs} exists (run grenache keygen, or give --key)"
     )
+
+
+def write_curve_key_file(path: str | os.PathLike[str] | None, *, force: bool = False) -> Any:
+    """Create a fresh CURVE key pair for the zmq transport at ``path`` (default
+    :data:`DEFAULT_CURVE_KEY_FILE` in the home directory), JSON ``{"public": Z85, "secret":
+    Z85}`` with mode 0600 (:func:`grenache.transports.zmq.curve.write_keypair_file`); return
+    ``(path, keypair)``. CommandError when the file exists (without ``force``) or cannot be
+    written."""
+    from grenache.transports.zmq.curve import write_keypair_file
+
+    if path is None:
+        target = Path(DEFAULT_CURVE_KEY_FILE).expanduser()
+        if not target.is_absolute():
+            raise CommandError("cannot find your home directory (set HOME or give a FILE)")
+    else:
+        target = Path(path).expanduser()
+    try:
+        keypair = write_keypair_file(target, force=force)
+    except FileExistsError:
+        raise CommandError(f"{target} already exists (use --force to replace it)") from None
+    except OSError as error:
+        raise CommandError(f"cannot write {target}: {error.strerror}") from None
+    return target, keypair

@@ -1,6 +1,6 @@
 """What every verb's command line shares: value parsers, GNU-style option order, named
 unknown options, ``--grape``/``--timeout`` (with grenache-cli's ``-g HOST``, ``-p PORT`` and
-``-t``), the ``--transport`` check and the TLS flags."""
+``-t``), the ``--transport`` check, the TLS flags and the CURVE flags of the zmq transport."""
 
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ from urllib.parse import urlsplit
 from twisted.python import usage
 
 from grenache.codec import json_loads
+from grenache.curve_options import (
+    CurveClientOptions,
+    CurveServerOptions,
+    curve_client,
+    curve_server,
+)
 from grenache.endpoints import join_host_port
 from grenache.link import DEFAULT_GRAPE
 from grenache.tls_options import ClientTLSOptions, ServerTLSOptions
@@ -22,12 +28,16 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "PROG",
     "ClientTLSOptions",
+    "CurveClientOptions",
+    "CurveServerOptions",
     "GnuOptions",
     "GrapePortOption",
     "GrapeTLSOption",
     "ServerTLSOptions",
     "Verb",
     "check_transport",
+    "curve_client",
+    "curve_server",
     "grape_url",
     "non_negative_int",
     "option_error",

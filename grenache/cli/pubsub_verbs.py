@@ -9,7 +9,15 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 
-from grenache.cli.options import PROG, Verb, check_transport, port_number, positive_int
+from grenache.cli.options import (
+    PROG,
+    CurveClientOptions,
+    CurveServerOptions,
+    Verb,
+    check_transport,
+    port_number,
+    positive_int,
+)
 from grenache.cli.session import Session, begin_logging, emit, stdin_lines
 from grenache.peer import PeerPub, PeerSub
 from grenache.service_tap import check_listen
@@ -21,14 +29,15 @@ __all__ = ["PubOptions", "SubOptions", "pub", "sub"]
 _PUBSUB = transport_names(pubsub=True)
 
 
-class PubOptions(Verb, ServerTLSOptions):
+class PubOptions(Verb, ServerTLSOptions, CurveServerOptions):
     synopsis = "NAME [--port P | --listen ENDPOINT] [options]"
     longdesc = (
         "Publish each line read from stdin to every subscriber of NAME (announced through the "
         "grape). Prints one JSON line once listening and announced; ends at the end of stdin. "
         "Subscribers get the lines published while they are connected. --tls-key and "
         "--tls-cert publish over TLS; --tls-ca and --tls-client-fingerprints restrict the "
-        "subscribers."
+        "subscribers. With --transport zmq, --curve-key encrypts with CURVE and "
+        "--curve-clients restricts the subscribers."
     )
     examples = (
         "Example:\n"
@@ -60,15 +69,16 @@ class PubOptions(Verb, ServerTLSOptions):
             self["where"] = self["listen"]
         else:
             self["where"] = self["port"] or 0
-        self.read_tls()
+        self.read_security(self["transport"])
 
 
-class SubOptions(Verb, ClientTLSOptions):
+class SubOptions(Verb, ClientTLSOptions, CurveClientOptions):
     synopsis = "NAME [--count N] [options]"
     longdesc = (
         "Subscribe to a publisher of NAME and print each message as one line; with --count, "
         "stop after N messages. Follows the name to another publisher when the connection is "
-        "lost. --tls-ca, --tls-cert/--tls-key and --tls-insecure subscribe over TLS."
+        "lost. --tls-ca, --tls-cert/--tls-key and --tls-insecure subscribe over TLS; "
+        "--curve-server-key (and --curve-key) to a ZeroMQ publisher with CURVE."
     )
     examples = "Example:\n  grenache sub app_log --count 10\n"
     arguments = ("NAME",)
@@ -83,7 +93,7 @@ class SubOptions(Verb, ClientTLSOptions):
 
     def postOptions(self) -> None:
         check_transport(self["transport"], pubsub=True)
-        self.read_tls()
+        self.read_security(self["transport"])
 
 
 # --- running ---------------------------------------------------------------------------------

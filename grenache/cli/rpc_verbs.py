@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from grenache.cli.options import (
+    CurveClientOptions,
     GnuOptions,
     GrapePortOption,
     Verb,
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-class _RPCOptions(Verb, GrapePortOption, ClientTLSOptions):
+class _RPCOptions(Verb, GrapePortOption, ClientTLSOptions, CurveClientOptions):
     arguments = ("NAME", "JSON")
     optParameters: list[list[Any]] = [
         ["transport", "t", "http", f"RPC transport: {' or '.join(transport_names())}."],
@@ -52,7 +53,7 @@ class _RPCOptions(Verb, GrapePortOption, ClientTLSOptions):
 
     def postOptions(self) -> None:
         check_transport(self["transport"])
-        self.read_tls()
+        self.read_security(self["transport"])
 
 
 class RequestOptions(_RPCOptions):
@@ -60,7 +61,8 @@ class RequestOptions(_RPCOptions):
     longdesc = (
         "Send the JSON payload (- reads stdin) to one peer announced as NAME (chosen at "
         "random) and print its reply as JSON. --tls-ca, --tls-cert/--tls-key and "
-        "--tls-insecure call a service served over TLS."
+        "--tls-insecure call a service served over TLS; --curve-server-key (and --curve-key) "
+        "one served over ZeroMQ with CURVE."
     )
     examples = (
         "Examples:\n"
@@ -70,6 +72,8 @@ class RequestOptions(_RPCOptions):
         "  jq -c .query job.json | grenache request reports - -g 10.0.0.5 -p 30002\n"
         "  grenache request secure_svc '{}' --tls-ca ca.crt --tls-cert client.crt "
         "--tls-key client.key\n"
+        "  grenache request rpc_zmq '\"hello\"' --transport zmq \\\n"
+        '      --curve-server-key "$(jq -r .public server.curve.json)"\n'
     )
     optParameters: list[list[Any]] = [
         ["retry", "r", 1, "Attempts (each to a peer chosen afresh).", positive_int],
