@@ -17,20 +17,22 @@ options; docs/proxy.rst describes all three modes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from grenache.curve_options import CurveServerOptions, curve_client
 from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE
 from grenache.metrics import listen_spec
 from grenache.proxy import DEFAULT_MAX_KEYS, ProxyConfig, ProxyError, ProxyService
 from grenache.service_tap import check_listen, describe_failure
 from grenache.tls_options import ServerTLSOptions, TLSFlagError, client_tls
-from grenache.transports import UnknownTransport, transport_names
+from grenache.transports import UnknownTransport, get_transport, transport_names
 
-__all__ = ["ForwardTLSOptions", "Options", "makeService"]
+__all__ = ["ForwardSecurityOptions", "Options", "makeService"]
 
 
 def _port(value: str) -> int:
@@ -54,23 +56,52 @@ def _positive_int(value: str) -> int:
     return number
 
 
-class ForwardTLSOptions(usage.Options):
-    """The forwarding side's TLS flags (the proxy as a client of the service):
-    ``--to-tls-ca``, ``--to-tls-cert``, ``--to-tls-key``, ``--to-tls-insecure``, read by
-    :meth:`read_to_tls` into ``self["to-tls"]`` (a :class:`~grenache.tls.ClientTLS` or
-    ``None``)."""
+class ForwardSecurityOptions(usage.Options):
+    """The forwarding side's security flags (the proxy as a client of the services): TLS
+    for http and ws (``--to-tls-ca``, ``--to-tls-cert``, ``--to-tls-key``,
+    ``--to-tls-insecure``) and CURVE for zmq (``--to-curve-server-key``, ``--to-curve-key``).
+    :meth:`read_to_security` reads them into ``self["to-security"]``, what each target
+    transport's client gets as ``tls``."""
 
     optParameters: list[list[Any]] = [
         ["to-tls-ca", None, None, "PEM CA bundle the services' certificates must lead to."],
         ["to-tls-cert", None, None, "PEM client certificate to present to the services."],
         ["to-tls-key", None, None, "PEM private key of --to-tls-cert."],
+        [
+            "to-curve-server-key",
+            None,
+            None,
+            "zmq services: their CURVE public key (Z85): encrypt and check them.",
+        ],
+        [
+            "to-curve-key",
+            None,
+            None,
+            "zmq services: the proxy's CURVE key file (for services with --curve-clients).",
+        ],
     ]
     optFlags: list[list[Any]] = [
         ["to-tls-insecure", None, "Reach the services over TLS without checking them."],
     ]
 
-    def read_to_tls(self) -> None:
-        """Read the flags' files; a usage error naming the flag and file if one is bad."""
+    def read_to_security(self, targets: Sequence[str]) -> None:
+        """Read the flags' files for the ``targets`` transports; a usage error naming the
+        flag when one is wrong or does not apply to any target."""
+        tls_flags = [
+            f"--{flag}"
+            for flag in ("to-tls-ca", "to-tls-cert", "to-tls-key", "to-tls-insecure")
+            if self.get(flag)
+        ]
+        curve_flags = [
+            f"--{flag}" for flag in ("to-curve-server-key", "to-curve-key") if self.get(flag)
+        ]
+        if tls_flags and all(target == "zmq" for target in targets):
+            raise usage.UsageError(
+                f"{', '.join(tls_flags)}: the zmq transport has no TLS; it is secured with "
+                "CURVE (--to-curve-server-key, --to-curve-key)"
+            )
+        if curve_flags and "zmq" not in targets:
+            raise usage.UsageError(f"{', '.join(curve_flags)}: CURVE needs --to zmq")
         try:
             tls = client_tls(
                 self["to-tls-ca"],
@@ -81,10 +112,16 @@ class ForwardTLSOptions(usage.Options):
         except TLSFlagError as error:
             # client_tls names the flags without their "to-" prefix.
             raise usage.UsageError(str(error).replace("--tls-", "--to-tls-")) from None
-        self["to-tls"] = tls
+        security: dict[str, Any] = dict.fromkeys(targets, tls)
+        if "zmq" in targets:
+            try:
+                security["zmq"] = curve_client(self["to-curve-server-key"], self["to-curve-key"])
+            except usage.UsageError as error:
+                raise usage.UsageError(str(error).replace("--curve-", "--to-curve-")) from None
+        self["to-security"] = security
 
 
-class Options(ServerTLSOptions, ForwardTLSOptions):
+class Options(ServerTLSOptions, CurveServerOptions, ForwardSecurityOptions):
     """Options of ``twistd grenache-proxy`` (and of ``grenache proxy``)."""
 
     synopsis = "--from TRANSPORT [--name NAME --to TRANSPORT [--as KEY] [--pubsub]] [options]"
@@ -96,8 +133,8 @@ class Options(ServerTLSOptions, ForwardTLSOptions):
         "rpc_proxy: a request to it with payload 'ws:NAME' starts serving the key ws:NAME, "
         "forwarded to NAME over WebSocket ('http:NAME': over HTTP), and 'stop ws:NAME' stops "
         "it. With --pubsub, subscribe to NAME's publishers over --to and publish every message "
-        "over --from as FROM:NAME. --tls-* flags serve over TLS; --to-tls-* flags reach the "
-        "services over TLS."
+        "over --from as FROM:NAME. --tls-* flags serve over TLS (--curve-* with --from zmq); "
+        "--to-tls-* flags reach the services over TLS (--to-curve-* over zmq with CURVE)."
     )
     examples = (
         "Examples:\n"
@@ -206,8 +243,13 @@ class Options(ServerTLSOptions, ForwardTLSOptions):
                     "--bind applies to --port; put interface=ADDRESS in the --listen description"
                 )
             check_listen(self["listen"])
-        self.read_tls()
-        self.read_to_tls()
+        try:
+            get_transport(self["from"])
+        except UnknownTransport as error:
+            raise usage.UsageError(str(error)) from None
+        self.read_security(self["from"])
+        targets = [self["to"]] if self["to"] else transport_names()
+        self.read_to_security([t for t in targets if t in transport_names()])
         try:
             self.config().check()
         except ProxyError as error:
@@ -227,7 +269,7 @@ class Options(ServerTLSOptions, ForwardTLSOptions):
             grape=self["grape"],
             announce_interval=self["announce-interval"],
             tls=self.get("tls"),
-            to_tls=self.get("to-tls"),
+            to_security=self.get("to-security") or {},
             timeout=self["timeout"],
             retry=self["retry"],
             max_keys=self["max-keys"],

@@ -575,6 +575,16 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual((config.mode, config.max_keys, config.timeout), (CONTROL, 5, 2.0))
         self.assertIsNone(config.to_transport)
 
+    def test_forwarding_security(self) -> None:
+        options = self.parse("--from", "http", "--to-tls-insecure")
+        security = options.config().to_security
+        self.assertEqual(set(security), {"http", "ws", "zmq"})
+        self.assertFalse(security["ws"].verify)
+        self.assertIs(security["http"], security["ws"])
+        self.assertIsNone(security["zmq"])
+        config = self.parse("x", "--from", "ws", "--to", "http").config()
+        self.assertEqual(config.to_security, {"http": None})
+
     def test_twistd_names(self) -> None:
         options = TapOptions()
         options.parseOptions(["--name", "a", "--name", "b", "--from", "ws", "--to", "http"])
@@ -590,6 +600,10 @@ class OptionsTests(SynchronousTestCase):
             (("--from", "ws", "--max-keys", "0"), "0 must be an integer of at least 1"),
             (("--from", "ws", "--to-tls-cert", "c.pem"), "--to-tls-cert needs --to-tls-key"),
             (("--from", "ws", "--to-tls-ca", "/no/such.pem"), "--to-tls-ca: cannot read"),
+            (("x", "--from", "ws", "--to", "zmq", "--to-tls-insecure"), "zmq transport has no TLS"),
+            (("x", "--from", "ws", "--to", "http", "--to-curve-key", "k"), "CURVE needs --to zmq"),
+            (("--from", "ws", "--to-curve-server-key", "abc"), "--to-curve-server-key: server key"),
+            (("x", "--from", "zmq", "--to", "ws", "--tls-key", "k"), "zmq transport has no TLS"),
         ]
         for argv, message in cases:
             with self.assertRaises(usage.UsageError, msg=argv) as caught:

@@ -12,7 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from grenache import errors
 from grenache.link import Link
-from grenache.peer import PeerPub, PeerRPCClient, PeerSub, Reply, Request
+from grenache.peer import PeerPub, PeerRPCClient, PeerRPCServer, PeerSub, Reply, Request
 from grenache.proxy import ProxyConfig, ProxyService
 from grenache.proxy_tap import Options as TapOptions
 from grenache.proxy_tap import makeService
@@ -87,10 +87,31 @@ class _Loopback(TestCase):
         self.flushLoggedErrors(ValueError)
 
 
-class StaticTests(_Loopback):
+async def serve(case: TestCase, url: str, name: str, transport: str, tls: Any = None) -> int:
+    """``origin`` served over ``transport`` on loopback, announced as ``name``; its port."""
+    if transport != "zmq":
+        return await start_server(case, url, name, origin, transport=transport)
+    link = Link(url, reactor=reactor)
+    server = PeerRPCServer(
+        link,
+        get_transport("zmq").server_transport(reactor, tls=tls, interface="127.0.0.1"),
+        origin,
+    )
+
+    async def stop() -> None:
+        await server.stop()
+        await link.stop()
+
+    case.addCleanup(lambda: ensureDeferred(stop()))
+    port = await server.listen(0)
+    await server.announce(name)
+    return port
+
+
+class LoopbackTests(_Loopback):
     async def static(self, source: str, target: str) -> None:
         url = await self.grape_url()
-        await start_server(self, url, "svc", origin, transport=target)
+        await serve(self, url, "svc", target)
         service = await self.proxy(
             ProxyConfig(
                 source, names=("svc",), to_transport=target, grape=url, interface="127.0.0.1"
@@ -104,6 +125,64 @@ class StaticTests(_Loopback):
 
     async def test_http_to_ws(self) -> None:
         await self.static("http", "ws")
+
+    async def test_ws_to_zmq(self) -> None:
+        await self.static("ws", "zmq")
+
+    async def test_zmq_to_http(self) -> None:
+        await self.static("zmq", "http")
+
+    async def test_zmq_with_curve_to_ws(self) -> None:
+        from grenache.transports.zmq import CurveClient, CurveServer, generate_keypair
+
+        url = await self.grape_url()
+        await serve(self, url, "svc", "ws")
+        proxy_keys = generate_keypair()
+        await self.proxy(
+            ProxyConfig(
+                "zmq",
+                names=("svc",),
+                to_transport="ws",
+                grape=url,
+                interface="127.0.0.1",
+                tls=CurveServer(proxy_keys),
+            )
+        )
+        link = Link(url, reactor=reactor, lookup_cache_ttl=0)
+        transport = get_transport("zmq").client_transport(
+            reactor, tls=CurveClient(proxy_keys.public)
+        )
+        client = PeerRPCClient(link, transport, reactor=reactor, timeout=10)
+        self.addCleanup(lambda: ensureDeferred(_stop_client(client)))
+        await self.check_forwarding(client, "zmq:svc", "svc")
+
+    async def test_ws_to_zmq_with_curve(self) -> None:
+        from grenache.transports.zmq import CurveClient, CurveServer, generate_keypair
+
+        url = await self.grape_url()
+        service_keys = generate_keypair()
+        await serve(self, url, "svc", "zmq", tls=CurveServer(service_keys))
+        await self.proxy(
+            ProxyConfig(
+                "ws",
+                names=("svc",),
+                to_transport="zmq",
+                grape=url,
+                interface="127.0.0.1",
+                to_security={"zmq": CurveClient(service_keys.public)},
+            )
+        )
+        await self.check_forwarding(self.client(url, "ws"), "ws:svc", "svc")
+
+    async def test_control_with_a_zmq_target(self) -> None:
+        url = await self.grape_url()
+        await serve(self, url, "beans", "zmq")
+        await self.proxy(ProxyConfig("http", grape=url, interface="127.0.0.1"))
+        client = self.client(url, "http")
+        self.assertEqual(
+            await client.request("rpc_proxy", "zmq:beans"), "Started proxying zmq:beans"
+        )
+        await self.check_forwarding(client, "zmq:beans", "beans")
 
     async def test_control_over_http(self) -> None:
         url = await self.grape_url()
@@ -120,10 +199,15 @@ class StaticTests(_Loopback):
         with self.assertRaises(errors.LookupEmpty):
             await client.request("ws:coffee", "Hello")
 
-    async def test_pubsub_relay(self) -> None:
+    async def relay(self, source: str, target: str) -> None:
+        """A publisher of ``ticker`` on ``target``, a relay to ``source``, a subscriber of
+        ``SOURCE:ticker``: published messages arrive unchanged."""
         url = await self.grape_url()
-        link = Link(url, reactor=reactor)
-        pub = PeerPub(link, get_transport("ws", pubsub=True).pub_transport(reactor))
+        link = Link(url, reactor=reactor, lookup_cache_ttl=0)
+        pub_transport = get_transport(target, pubsub=True).pub_transport(
+            reactor, interface="127.0.0.1"
+        )
+        pub = PeerPub(link, pub_transport)
         await pub.listen(0)
         await pub.announce("ticker")
 
@@ -134,9 +218,9 @@ class StaticTests(_Loopback):
         self.addCleanup(lambda: ensureDeferred(stop()))
         service = await self.proxy(
             ProxyConfig(
-                "ws",
+                source,
                 names=("ticker",),
-                to_transport="ws",
+                to_transport=target,
                 pubsub=True,
                 grape=url,
                 interface="127.0.0.1",
@@ -144,26 +228,33 @@ class StaticTests(_Loopback):
         )
         relay = service.relay
         assert relay is not None
+        self.assertEqual(relay.key, f"{source}:ticker")
         await wait_until(lambda: ensureDeferred(_value(relay.connected)), 10, "relay connected")
         received: list[Any] = []
         sub = PeerSub(
-            link, get_transport("ws", pubsub=True).sub_transport(reactor), reactor=reactor
+            link, get_transport(source, pubsub=True).sub_transport(reactor), reactor=reactor
         )
         sub.add_listener("message", received.append)
         self.addCleanup(sub.stop)
-        await sub.sub("ws:ticker")
-        await wait_until(
-            lambda: ensureDeferred(_value(bool(relay.publisher.transport.subscribers))),  # type: ignore[attr-defined]
-            10,
-            "a subscriber on the relay",
-        )
+        await sub.sub(f"{source}:ticker")
 
         async def published() -> list[Any]:
+            # Published until one arrives: a new subscription takes a moment to reach the
+            # publisher (ZeroMQ's slow joiner).
             pub.pub("tick ☕")
             return received
 
         await wait_until(lambda: ensureDeferred(published()), 10, "a relayed message")
         self.assertEqual(set(received), {"tick ☕"})
+
+    async def test_pubsub_relay_ws_to_ws(self) -> None:
+        await self.relay("ws", "ws")
+
+    async def test_pubsub_relay_from_zmq_publishers_to_ws_subscribers(self) -> None:
+        await self.relay("ws", "zmq")
+
+    async def test_pubsub_relay_from_ws_publishers_to_zmq_subscribers(self) -> None:
+        await self.relay("zmq", "ws")
 
 
 async def _value(value: Any) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import attrs
@@ -52,10 +52,12 @@ class ProxyConfig:
     with ``pubsub``, the one name's messages are relayed instead of its requests.
 
     ``port`` (bound to ``interface``) or ``listen`` (an endpoint description or endpoint) is
-    where it serves; ``tls`` is the serving side's (as a service's), ``to_tls`` the forwarding
-    side's (as a client's). ``timeout`` (seconds per attempt) and ``retry`` (attempts) apply
-    to each forwarded request; ``max_keys`` bounds the keys served; ``metrics`` is where
-    ``/metrics`` and ``/health`` are served (``None``: nowhere).
+    where it serves; ``tls`` is the serving side's security (as a service's: TLS settings, or
+    CURVE for zmq), ``to_security`` the forwarding side's, by target transport (what each
+    client transport gets as ``tls``; a transport not in it gets ``None``). ``timeout``
+    (seconds per attempt) and ``retry`` (attempts) apply to each forwarded request;
+    ``max_keys`` bounds the keys served; ``metrics`` is where ``/metrics`` and ``/health``
+    are served (``None``: nowhere).
     """
 
     from_transport: str
@@ -69,7 +71,7 @@ class ProxyConfig:
     grape: str = DEFAULT_GRAPE
     announce_interval: float = DEFAULT_ANNOUNCE_INTERVAL
     tls: Any = None
-    to_tls: Any = None
+    to_security: Mapping[str, Any] = attrs.field(factory=dict)
     timeout: float = 10.0
     retry: int = 1
     max_keys: int = DEFAULT_MAX_KEYS
@@ -191,7 +193,7 @@ class ProxyService(Service):
                 )
             if sub_transport is None:
                 sub_transport = get_transport(config.to_transport, pubsub=True).sub_transport(
-                    reactor, tls=config.to_tls
+                    reactor, tls=config.to_security.get(config.to_transport)
                 )
             ((key, route),) = config.static_keys().items()
             self.relay = PubSubRelay(
@@ -216,7 +218,7 @@ class ProxyService(Service):
                 reactor,
                 transports=targets,
                 make_transport=make_client_transport,
-                tls=dict.fromkeys(targets, config.to_tls),
+                tls={t: config.to_security.get(t) for t in targets},
                 timeout=config.timeout,
                 metrics=self.metrics,
             )
