@@ -316,6 +316,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "family": "memory",
         "title": "Memory (resident set size)",
         "unit": "MiB",
+        "better": "lower",
         "rows": rows,
         "ratios": ratios,
         "notes": notes,
