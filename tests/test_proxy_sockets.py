@@ -132,6 +132,19 @@ class LoopbackTests(_Loopback):
     async def test_zmq_to_http(self) -> None:
         await self.static("zmq", "http")
 
+    async def test_bytes_from_zmq_have_no_json_form(self) -> None:
+        url = await self.grape_url()
+        await serve(self, url, "svc", "ws")
+        await self.proxy(
+            ProxyConfig("zmq", names=("svc",), to_transport="ws", grape=url, interface="127.0.0.1")
+        )
+        client = self.client(url, "zmq")
+        with self.assertRaises(errors.RemoteError) as caught:
+            await client.request("zmq:svc", b"\x00\x01")
+        self.assertEqual(caught.exception.message, "Object of type bytes is not JSON serializable")
+        self.assertEqual(await client.request("zmq:svc", "ok"), {"key": "svc", "payload": "ok"})
+        self.flushLoggedErrors(TypeError)
+
     async def test_zmq_with_curve_to_ws(self) -> None:
         from grenache.transports.zmq import CurveClient, CurveServer, generate_keypair
 

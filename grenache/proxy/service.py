@@ -138,7 +138,7 @@ class ProxyConfig:
 
 
 class ProxyService(Service):
-    """A proxy (:class:`~grenache.proxy.RPCProxy` or :class:`~grenache.proxy.PubSubRelay`)
+    """A proxy (:class:`~grenache.proxy.rpc.RPCProxy` or :class:`~grenache.proxy.relay.PubSubRelay`)
     with its link, as a Twisted Service.
 
     :meth:`listen` binds the port (fires with it, or fails with
