@@ -11,8 +11,8 @@ grenache-nodejs-proxy's control protocol under ``rpc_proxy``::
     twistd -n grenache-proxy --from http --port 1340
 
 and with ``--pubsub`` it relays one name's messages from one pub/sub transport to another.
-``grenache proxy NAME ...`` runs the same :class:`~grenache.proxy.service.ProxyService` with the same
-options; docs/proxy.rst describes all three modes.
+``grenache proxy NAME ...`` runs the same :class:`~grenache.proxy.service.ProxyService` with
+the same options; docs/proxy.rst describes all three modes.
 """
 
 from __future__ import annotations
