@@ -477,6 +477,21 @@ class ServiceTests(_Network):
         self.successResultOf(service.stopService())
         self.assertEqual(self.proxy_link.announcing(), [])
 
+    def test_the_handler_deadline_outlasts_the_forwarding(self) -> None:
+        for timeout, retry, deadline in ((10.0, 1, 60.0), (30.0, 3, 91.0)):
+            config = ProxyConfig(
+                "ws", names=("coffee",), to_transport="http", timeout=timeout, retry=retry
+            )
+            service = ProxyService(
+                config,
+                self.clock,
+                link=self.proxy_link,
+                server_transport=self.network.server_transport(),
+                make_client_transport=lambda name: self.network.client_transport(),
+            )
+            assert service.rpc is not None
+            self.assertEqual(service.rpc.server.handler_timeout, deadline)
+
     def test_static_as(self) -> None:
         self.service(ProxyConfig("ws", names=("coffee",), to_transport="http", key="java"))
         self.assertEqual(self.successResultOf(self.call("java", "Hello")), "coffee world")

@@ -17,6 +17,7 @@ from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE, Link
 from grenache.metrics import ALONE, HEALTHY, STOPPING, Metrics, MetricsService
 from grenache.peer import ClientTransport, LinkProtocol, PubTransport, ServerTransport, SubTransport
 from grenache.peer.request import error_message
+from grenache.peer.server import DEFAULT_HANDLER_TIMEOUT
 from grenache.proxy.keys import CONTROL_KEY, Route, proxied_key
 from grenache.proxy.relay import PubSubRelay
 from grenache.proxy.rpc import DEFAULT_MAX_KEYS, ForwardingClients, RPCProxy
@@ -55,7 +56,8 @@ class ProxyConfig:
     where it serves; ``tls`` is the serving side's security (as a service's: TLS settings, or
     CURVE for zmq), ``to_security`` the forwarding side's, by target transport (what each
     client transport gets as ``tls``; a transport not in it gets ``None``). ``timeout``
-    (seconds per attempt) and ``retry`` (attempts) apply to each forwarded request;
+    (seconds per attempt) and ``retry`` (attempts) apply to each forwarded request (the
+    server's handler deadline is 60 s, or ``timeout * retry + 1`` when that is longer);
     ``max_keys`` bounds the keys served; ``metrics`` is where ``/metrics`` and ``/health``
     are served (``None``: nowhere).
     """
@@ -230,6 +232,8 @@ class ProxyService(Service):
                 control_key=(config.key or CONTROL_KEY) if config.mode == CONTROL else None,
                 max_keys=config.max_keys,
                 retry=config.retry,
+                # Never cut short a forward still within its own timeouts.
+                handler_timeout=max(DEFAULT_HANDLER_TIMEOUT, config.timeout * config.retry + 1),
                 metrics=self.metrics,
             )
         self.port: int | None = None
