@@ -123,6 +123,16 @@ class ScaleTests(SynchronousTestCase):
         for index in (2, 3, *range(4, 40)):
             self.assertTrue(net.lookup(index, "B").found, f"grape {index}")
 
+    def test_names_are_reannounced_past_their_lifetime(self) -> None:
+        """An announce lives 120 s; lookups spread over longer simulated time still find the
+        name because the network re-announces it between lookups, as a service's link does."""
+        net = self.network(20, batch=20)
+        net.announce(3, "rest:long", 4100)
+        net.clock.advance(200)
+        trace = net.lookup(7, "rest:long")
+        self.assertTrue(trace.found)
+        self.assertGreaterEqual(trace.started, 200)
+
     def test_unknown_topology(self) -> None:
         self.assertRaises(ValueError, ScaleNetwork, 10, topology="ring")
         self.assertRaises(ValueError, ScaleNetwork, 1)
