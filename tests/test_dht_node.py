@@ -493,6 +493,20 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(len(queries), 1)
 
 
+    def test_a_cancelled_lookup_leaves_the_shared_walk_to_the_others(self) -> None:
+        # The first caller's Deferred is cancelled (its HTTP client went away) while the walk
+        # is out: the others still get the answer, and later lookups of the key are answered
+        # (they used to join the abandoned walk forever).
+        network = Network(self)
+        first, _second = network.chain(2)
+        result_of(network.net, first.announce(b"svc", 1337))
+        d1, d2 = first.lookup(b"svc"), first.lookup(b"svc")
+        d1.cancel()
+        self.failureResultOf(d1)
+        network.net.settle()
+        self.assertEqual(self.successResultOf(d2), ["127.0.0.1:1337"])
+        self.assertEqual(result_of(network.net, first.lookup(b"svc")), ["127.0.0.1:1337"])
+
 class RoutingUpkeepTests(SynchronousTestCase):
     """Liveness sweep and ping-before-evict."""
 

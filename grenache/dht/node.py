@@ -429,28 +429,37 @@ class DHTNode(Bootstrap, QueryHandlers, Bep44Client, FanOut, DownNeighbours):
     def lookup(self, key: bytes) -> Deferred[list[str]]:
         """Find the peers announced under ``key``: up to 100 ``"ip:port"`` in random order.
 
-        Concurrent lookups of one key share a single walk. Never fails.
+        Concurrent lookups of one key share a single walk; each caller gets a Deferred of its
+        own, so cancelling one (its client went away) leaves the walk to the others. Never
+        fails.
         """
         peers = self.lookup_now(key)
         if peers is not None:
             return succeed(peers)
         waiters = self._lookups.get(key)
-        if waiters is not None:
-            waiter: Deferred[list[str]] = Deferred()
-            waiters.append(waiter)
-            return waiter
-        walk = self._run_lookup(key)
-        if walk.called:
-            return walk
-        waiters = self._lookups[key] = []
+        if waiters is None:
+            walk = self._run_lookup(key)
+            if walk.called:
+                return walk
+            waiters = self._lookups[key] = []
+            walk.addBoth(self._lookup_done, key, waiters)
+        waiter: Deferred[list[str]] = Deferred()
+        waiters.append(waiter)
+        return waiter
 
-        def share(peers: list[str]) -> list[str]:
+    def _lookup_done(
+        self, result: list[str] | Failure, key: bytes, waiters: list[Deferred[list[str]]]
+    ) -> None:
+        """Hand a shared walk's answer to every caller still waiting (a copy each)."""
+        if self._lookups.get(key) is waiters:
             del self._lookups[key]
-            for waiter in waiters:
-                waiter.callback(list(peers))
-            return peers
-
-        return walk.addCallback(share)
+        for waiter in waiters:
+            if waiter.called:
+                continue  # cancelled
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(list(result))
 
     def lookup_now(self, key: bytes) -> list[str] | None:
         """The answer of :meth:`lookup` when it needs no walk (a lone node: nobody to ask).
