@@ -93,16 +93,16 @@ class OptionsTests(TestCase):
 
     def test_shell_completion(self) -> None:
         actions = Options.compData.optActions
-        self.assertEqual(actions["transport"]._items, ["http", "ws"])  # type: ignore[attr-defined]
+        self.assertEqual(actions["transport"]._items, ["http", "ws", "zmq"])  # type: ignore[attr-defined]
         self.assertIn("grape", actions)
         self.assertIn("bind", actions)
 
     def test_transports_come_from_the_registry(self) -> None:
-        self.assertEqual(transport_names(), ["http", "ws"])
+        self.assertEqual(transport_names(), ["http", "ws", "zmq"])
         error = self.assertRaises(
-            usage.UsageError, parse, "--name", "x", "--handler", "m:f", "--transport", "zmq"
+            usage.UsageError, parse, "--name", "x", "--handler", "m:f", "--transport", "nope"
         )
-        self.assertEqual(str(error), "unknown transport 'zmq' (available: http, ws)")
+        self.assertEqual(str(error), "unknown transport 'nope' (available: http, ws, zmq)")
 
     def test_tls_flags(self) -> None:
         files = pki_files(self)
@@ -355,7 +355,9 @@ class TwistdTests(TestCase):
     async def test_twistd_completes_the_options(self) -> None:
         argv = (*TWISTD, "grenache-service", "--tr", "--_shell-completion", "zsh:3")
         result = await spawn(self, argv).finish()
-        self.assertIn(b"--transport=[RPC transport: http or ws.]:transport:(http ws)", result.out)
+        self.assertIn(
+            b"--transport=[RPC transport: http or ws or zmq.]:transport:(http ws zmq)", result.out
+        )
         self.assertIn(b"--bind=[", result.out)
 
     async def test_twistd_lists_the_plugin(self) -> None:
