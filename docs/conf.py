@@ -19,7 +19,7 @@ import grenache  # noqa: E402 (needs the path above when the package is not inst
 
 project = "grenache"
 author = "grenache contributors"
-copyright = "grenache contributors"  # noqa: A001 (Sphinx's setting name)
+copyright = "grenache contributors"
 release = grenache.__version__
 version = ".".join(release.split(".")[:2])
 
@@ -62,7 +62,9 @@ intersphinx_mapping = {
 }
 
 
-def skip_loggers(app: object, what: str, name: str, obj: object, skip: bool, options: object) -> bool | None:
+def skip_loggers(
+    app: object, what: str, name: str, obj: object, skip: bool, options: object
+) -> bool | None:
     """Module-level ``log = Logger()`` objects are no API: never in the reference."""
     from twisted.logger import Logger
 

@@ -153,6 +153,7 @@ class CallStats:
 
     @property
     def finished(self) -> int:
+        """How many calls ended, whatever their outcome."""
         return sum(self.counts)
 
     def cumulative(self) -> list[tuple[str, float]]:
@@ -196,6 +197,7 @@ class CallRecorder:
 
     @property
     def in_flight(self) -> int:
+        """How many calls started and have not ended yet, under every label value."""
         return sum(cell.started - cell.finished for cell in self.by_label.values())
 
     def families(
@@ -701,6 +703,7 @@ class MetricsService(Service):
         return d
 
     def startService(self) -> None:
+        """Start listening on ``where``; :meth:`when_listening` tells how it went."""
         super().startService()
         self.metrics.stopping = False
         self._outcome = None
@@ -731,6 +734,9 @@ class MetricsService(Service):
                 waiter.callback(outcome)
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """Mark the registry stopping, close open connections and stop listening; fires once the
+        port is closed.
+        """
         super().stopService()
         self.metrics.stopping = True
         port, self._listening_port = self._listening_port, None

@@ -330,6 +330,10 @@ class KeygenOptions(Verb):
 
 
 async def lookup(session: Session) -> None:
+    """``grenache lookup NAME...``: print the peers announced under each name (all of them as JSON,
+    or the first, the last or a random one). A name nobody announced is an error; with several
+    names, a warning and exit status 1 once the others are printed.
+    """
     options = session.options
     link = session.link().link
     pick = options["pick"]
@@ -356,6 +360,10 @@ async def lookup(session: Session) -> None:
 
 
 async def announce(session: Session) -> None:
+    """``grenache announce NAME PORT`` (print how many DHT nodes stored it), or one announce per
+    ``NAME,PORT`` argument or stdin line, one at a time, each printed as JSON; a line that
+    cannot be parsed or announced is a warning and exit status 1, after the rest.
+    """
     options = session.options
     link = session.link().link
     if options["name"] is not None:
@@ -416,6 +424,10 @@ async def announce(session: Session) -> None:
 
 
 async def put(session: Session) -> None:
+    """``grenache put VALUE``: store a BEP 44 item through the grape and print its key, immutable
+    or (``--mutable``) signed with the key file, checking that the grape answered the key the
+    item must have.
+    """
     options = session.options
     link = session.link().link
     value = options["value"]
@@ -469,6 +481,9 @@ def _check_item(item: Any, key: str, salt: str | None) -> None:
 
 
 async def get(session: Session) -> None:
+    """``grenache get HASH``: print the BEP 44 item stored under a key (or its value, id or write
+    token), after checking that it hashes or is signed to that key.
+    """
     options = session.options
     key = options["hash"]
     item = await session.link().link.get(key, salt=options["salt"])
@@ -492,6 +507,9 @@ async def get(session: Session) -> None:
 
 
 async def keygen(session: Session) -> None:
+    """``grenache keygen [FILE]``: write a new ed25519 key file for mutable puts (or, with
+    ``--curve``, a CURVE key pair for ZeroMQ) and print where, with its public key.
+    """
     given = session.options["file"]
     if session.options["curve"]:
         path_or_default = None if given == DEFAULT_KEY_FILE else given

@@ -31,6 +31,7 @@ class MonotonicClock:
     """``seconds()`` from :func:`time.monotonic`: a clock for a server given no reactor."""
 
     def seconds(self) -> float:
+        """Seconds from an arbitrary start, never going back."""
         return time.monotonic()
 
 

@@ -142,14 +142,17 @@ class MemoryResponse:
 
     @property
     def length(self) -> int:
+        """The body's length in bytes, as ``IResponse.length``."""
         return len(self.body)
 
     def deliverBody(self, protocol: Any) -> None:
+        """Write the whole body to ``protocol``, then end it with ``ResponseDone``."""
         if self.body:
             protocol.dataReceived(self.body)
         protocol.connectionLost(Failure(ResponseDone()))
 
     def setPreviousResponse(self, response: Any) -> None:
+        """Remember the response this one follows (a redirect's), as ``IResponse`` asks."""
         self.previousResponse = response
 
 
@@ -184,6 +187,9 @@ class MemoryGrapeAgent:
         headers: Headers | None = None,
         bodyProducer: IBodyProducer | None = None,
     ) -> Deferred[MemoryResponse]:
+        """Send one HTTP request to the grape the URL names, through the network; fires with its
+        response (or fails as a real connection would, see the class).
+        """
         parts = urlsplit(uri.decode("ascii"))
         dest = parts.netloc
         target = parts.path or "/"

@@ -41,6 +41,7 @@ class MemoryUDPPort:
             self.network.send((self.host, self.port), addr, data)
 
     def getHost(self) -> IPv4Address:
+        """The address this port is bound to on the in-memory network."""
         return IPv4Address("UDP", self.host, self.port)
 
     def stopListening(self) -> None:
@@ -51,6 +52,7 @@ class MemoryUDPPort:
         self.protocol.doStop()
 
     def loseConnection(self) -> None:
+        """The same as :meth:`stopListening` (UDP ports offer both)."""
         self.stopListening()
 
 

@@ -333,6 +333,10 @@ def reply_result(result: Any, rid: Any, compress: bool) -> HTTPResponse:
 
 
 def reply_failure(failure: Failure, rid: Any, compress: bool) -> HTTPResponse:
+    """The HTTP response for a handler that failed: its error message as the reply's error
+    (docs/protocol.rst, *RPC over HTTP*); a failure that is not a
+    :class:`~grenache.errors.GrenacheError` is logged at debug level.
+    """
     if not failure.check(errors.GrenacheError):
         log.debug("RPC handler failed: {error}", error=error_message(failure))
     return rpc_reply(rid, error_message(failure), None, compress)
