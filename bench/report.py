@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 IMPLS = ("python", "node")
+#: What an empty table cell shows (a cell is never left blank).
+EMPTY = "n/a"
 #: A row whose coefficient of variation is above this is flagged as noisy in the tables.
 NOISY_CV = 0.10
 
@@ -274,7 +276,7 @@ def list_table(
     lines.append("")
     for row in [header, *rows]:
         for i, cell in enumerate(row):
-            lines.append(f"   {'* -' if i == 0 else '  -'} {cell if cell != '' else '..'}")
+            lines.append(f"   {'* -' if i == 0 else '  -'} {cell if cell != '' else EMPTY}")
     lines.append("")
     return lines
 
@@ -398,9 +400,7 @@ def render(
             ["Family", "Comparison", "Python/Node", "Target", "Verdict"], table, "25 40 12 10 13"
         )
     lines += _heading("The machine", "-")
-    lines += list_table(
-        ["", "Measured on"], [[esc(k), esc(v)] for k, v in machine.items()], "20 80"
-    )
+    lines += list_table(["Item", "Value"], [[esc(k), esc(v)] for k, v in machine.items()], "20 80")
     lines += _heading("How noisy the machine was", "-")
     lines += noise_paragraph(results, load)
     for result in results:
@@ -554,7 +554,7 @@ def _plot_ratios(ax: Any, result: dict[str, Any]) -> None:
     ax.set_yticks(list(ys))
     ax.set_yticklabels([_wrap(r["label"]) for r in ratios], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("Python/Node (black tick: target; green met, red missed)")
+    ax.set_xlabel("ratio, Python/Node unless labelled (black tick: target; green met, red missed)")
     ax.grid(axis="x", alpha=0.3)
 
 
