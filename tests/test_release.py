@@ -421,8 +421,12 @@ class InstalledWheelTests(TestCase):
         cache = self.venv.site_packages() / "twisted" / "plugins" / "dropin.cache"
         for run in ("first", "cached"):
             listing = _checked(self.venv.run("twistd", "--help"))
-            self.assertRegex(listing.stdout, r"\n\s+grape\s+A Grenache grape", run)
-            self.assertRegex(listing.stdout, r"\n\s+grenache-service\s+A Grenache RPC service", run)
+            for plugin, summary in (
+                ("grape", "A Grenache grape"),
+                ("grenache-service", "A Grenache RPC service"),
+                ("grenache-proxy", "A Grenache transport proxy"),
+            ):
+                self.assertRegex(listing.stdout, rf"\n\s+{plugin}\s+{summary}", run)
             self.assertNotIn("Traceback", listing.stdout + listing.stderr)
             # twistd wrote the plugin cache on the first run (the venv is writable) and the
             # second run read the plugin from it.
@@ -474,7 +478,7 @@ class InstalledWheelTests(TestCase):
             ],
             self.venv.work,
         )
-        ready = json.loads(serve.wait_for(rb"^\{.*\}\n").group(0))
+        ready = json.loads(serve.wait_for(rb"(?m)^\{.*\}$").group(0))
         self.assertEqual(ready["announced"], {"release_echo": 1})
         answer = self.venv.run(
             "grenache",
