@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -80,63 +81,92 @@ def _import(dotted: str) -> Any:
     raise LookupError(dotted)
 
 
-def _defined_name(obj: Any, fallback: str) -> str:
-    """Where ``obj`` is defined, as a dotted name (``fallback`` when it does not say)."""
+def _spellings(module: str, qualname: str) -> list[str]:
+    """Where ``module.qualname`` may be documented: there, then under each shorter public
+    module path (``asyncio.events.AbstractEventLoop`` is documented as
+    ``asyncio.AbstractEventLoop``, ``twisted.logger._logger.Logger`` as
+    ``twisted.logger.Logger``)."""
+    parts = module.split(".")
+    names = [f"{module}.{qualname}"]
+    public = [p for p in parts if not p.startswith("_")]
+    for cut in range(len(public), 0, -1):
+        names.append(".".join([*public[:cut], qualname]))
+    return list(dict.fromkeys(names))
+
+
+def _where_defined(obj: Any) -> tuple[str, str] | None:
+    """``(module, qualname)`` of a class, function or module, if it says."""
     if isinstance(obj, ModuleType):
-        return obj.__name__
+        module, _, name = obj.__name__.rpartition(".")
+        return module, name
     module = getattr(obj, "__module__", None)
     qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
     if isinstance(module, str) and isinstance(qualname, str) and "<locals>" not in qualname:
-        return f"{module}.{qualname}"
-    return fallback
+        return module, qualname
+    return None
 
 
-def _candidates(target: str, module: str | None, klass: str | None) -> list[tuple[str, Any]]:
-    """Dotted names ``target`` may stand for, each with the object (``None`` if unknown)."""
-    found: list[tuple[str, Any]] = []
+def _names_for(dotted: str) -> Iterator[tuple[str, Any]]:
+    """The dotted names the object ``dotted`` names may be documented under, with the object
+    (``None`` for an attribute that exists only on instances); the class of an attribute
+    comes last, for attributes that are not documented one by one (attrs fields)."""
+    head, _, rest = dotted.rpartition(".")
+    try:
+        obj = _import(dotted)
+        found = True
+    except (LookupError, AttributeError, ImportError):
+        obj, found = None, False
+    where = _where_defined(obj) if callable(obj) or isinstance(obj, ModuleType) else None
+    if where is not None:
+        for name in _spellings(*where):
+            yield name, obj
+        yield dotted, obj
+        return
+    if found:
+        yield dotted, obj
+    if not head:
+        return
+    try:
+        owner = _import(head)
+    except (LookupError, AttributeError, ImportError):
+        return
+    owner_at = _where_defined(owner) if isinstance(owner, type) else None
+    if owner_at is not None:
+        for name in _spellings(*owner_at):
+            yield f"{name}.{rest}", obj
+        for name in _spellings(*owner_at):
+            yield name, owner
+
+
+def _suffix_index(env: Any) -> dict[str, list[str]]:
+    """Every documented Python object and every inventory entry, by its last name."""
+    index = getattr(env, "_grenache_suffix_index", None)
+    if index is None:
+        index = {}
+        names = set(env.get_domain("py").objects)
+        for objtype, entries in getattr(env, "intersphinx_inventory", {}).items():
+            if objtype.startswith("py:"):
+                names.update(entries)
+        for name in names:
+            index.setdefault(name.rpartition(".")[2], []).append(name)
+        env._grenache_suffix_index = index
+    return index
+
+
+def _scopes(env: Any, target: str, module: str | None, klass: str | None) -> list[str]:
+    """What ``target``, written in ``module`` (and ``klass``), may stand for: itself, a name
+    of that class or module, or (its first part being unique among documented objects and
+    inventories) that object's name followed by the rest."""
     scopes = [target]
     if module:
         if klass:
             scopes.append(f"{module}.{klass}.{target}")
         scopes.append(f"{module}.{target}")
-    for dotted in scopes:
-        head, _, rest = dotted.rpartition(".")
-        try:
-            obj = _import(dotted)
-        except (LookupError, AttributeError, ImportError):
-            # An attribute that exists only on instances: try its class.
-            if head:
-                try:
-                    owner = _import(head)
-                except (LookupError, AttributeError, ImportError):
-                    continue
-                if isinstance(owner, type):
-                    found.append((f"{_defined_name(owner, head)}.{rest}", None))
-                    found.append((_defined_name(owner, head), owner))
-            continue
-        name = _defined_name(obj, dotted)
-        owner = None
-        if not (callable(obj) or isinstance(obj, ModuleType)) and head:
-            # Data: its name is where it was found, in the module that defines its owner.
-            try:
-                owner = _import(head)
-                name = f"{_defined_name(owner, head)}.{rest}"
-            except (LookupError, AttributeError, ImportError):
-                name = dotted
-        found.append((name, obj))
-        if name != dotted:
-            found.append((dotted, obj))
-        if isinstance(owner, type):
-            # An attribute not documented on its own (an attrs field): its class.
-            found.append((_defined_name(owner, head), owner))
-    return found
-
-
-def _public_spelling(dotted: str) -> str:
-    """``a._b.C`` -> ``a.C``: where a package that re-exports a private module documents it."""
-    parts = dotted.split(".")
-    public = [p for p in parts[:-1] if not p.startswith("_")] + parts[-1:]
-    return ".".join(public)
+    first, _, rest = target.partition(".")
+    matches = _suffix_index(env).get(first, [])
+    if len(matches) == 1:
+        scopes.append(f"{matches[0]}.{rest}" if rest else matches[0])
+    return scopes
 
 
 def _text(node: nodes.Element, text: str | None = None) -> nodes.Element:
@@ -153,23 +183,21 @@ def resolve(app: Sphinx, env: Any, node: Any, contnode: nodes.Element) -> nodes.
         return None
     target: str = node["reftarget"]
     display = None
-    match = _INTERFACE.search(target)
-    if match:
+    if _INTERFACE.search(target):
         target = _INTERFACE.sub(r"\1", target)
         display = _INTERFACE.sub(lambda m: m.group(1).rpartition(".")[2], contnode.astext())
     if " | " in target or "[" in target:
         # A whole annotation as one target (a type alias' value): no single page for it.
         return _text(contnode, display)
     domain = env.get_domain("py")
-    typ = node["reftype"]
-    tried: list[str] = []
-    plain = False
-    for name, obj in _candidates(target, node.get("py:module"), node.get("py:class")):
-        for dotted in dict.fromkeys((name, _public_spelling(name))):
+    tried: set[str] = set()
+    plain = target.rpartition(".")[2].startswith("_")
+    for scope in _scopes(env, target, node.get("py:module"), node.get("py:class")):
+        for dotted, obj in _names_for(scope):
             if dotted in tried:
                 continue
-            tried.append(dotted)
-            for kind in (typ, "obj"):
+            tried.add(dotted)
+            for kind in (node["reftype"], "obj"):
                 found = domain.resolve_xref(
                     env, node["refdoc"], app.builder, kind, dotted, node, _text(contnode, display)
                 )
@@ -180,15 +208,12 @@ def resolve(app: Sphinx, env: Any, node: Any, contnode: nodes.Element) -> nodes.
             found = intersphinx.missing_reference(app, env, external, _text(contnode, display))
             if found is not None:
                 return found
-        if (
-            isinstance(obj, TypeVar)
-            or any(part.startswith("_") for part in name.split("."))
-            or name.split(".")[0] in NO_INVENTORY
-        ):
-            plain = True
-    if plain or target.split(".")[-1].startswith("_"):
-        return _text(contnode, display)
-    return None
+            plain = plain or (
+                isinstance(obj, TypeVar)
+                or any(part.startswith("_") for part in dotted.split("."))
+                or dotted.split(".")[0] in NO_INVENTORY
+            )
+    return _text(contnode, display) if plain else None
 
 
 def setup(app: Sphinx) -> dict[str, Any]:

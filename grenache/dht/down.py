@@ -19,6 +19,7 @@ from grenache.dht.routing import RoutingTable
 #: Seconds a node that timed out is left out of walks and fan-outs before it is pinged again
 #: (in the background); doubled at each further timeout, up to :data:`DOWN_RETRY_MAX`.
 DOWN_RETRY = 15.0
+#: The longest wait, in seconds, before a down neighbour is tried again.
 DOWN_RETRY_MAX = 600.0
 #: Consecutive timeouts after which a node leaves the routing table (a timeout in a walk
 #: removes it at once, as Node does).

@@ -199,10 +199,11 @@ def stream_meta_checked(
 
 
 _NO_ARGS: Mapping[str, Any] = MappingProxyType({})
-# Node's meta of the common request (no _gr, _a or _ar header, not chunked), shared read-only.
+#: Node's meta of the common request (no _gr, _a or _ar header, not chunked), shared read-only.
 PLAIN_META: Mapping[str, Any] = MappingProxyType(
     {"isStream": False, "compress": False, "action": None, "args": _NO_ARGS}
 )
+#: The same for a request whose body is gzipped (``grc-compress: gzip``).
 GZIP_META: Mapping[str, Any] = MappingProxyType(
     {"isStream": False, "compress": True, "action": None, "args": _NO_ARGS}
 )
