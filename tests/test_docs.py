@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,6 +17,7 @@ from docutils.parsers.rst import Directive, directives, roles
 from docutils.parsers.rst.directives.body import CodeBlock
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 from grenache.grape.service import Grape, GrapeConfig
@@ -108,6 +111,15 @@ for _name in (
     "index",
     "only",
     "tabularcolumns",
+    "automodule",
+    "autoclass",
+    "autofunction",
+    "autoexception",
+    "autodata",
+    "automethod",
+    "autoattribute",
+    "currentmodule",
+    "module",
 ):
     directives.register_directive(_name, _Content)
 directives.register_directive("code-block", CodeBlock)
@@ -166,6 +178,40 @@ class RenderingTests(TestCase):
                 cells = [entry.astext().strip() for entry in row.findall(nodes.entry)]
                 self.assertTrue(all(cells), (page.name, cells))
                 self.assertFalse(cells[0].startswith(("(", "[")), (page.name, cells))
+
+    def test_doc_references_name_pages(self) -> None:
+        """Plain docutils renders ``:doc:`` and ``toctree`` as text: each target is checked
+        here to be a page of the site (Sphinx checks them too, in ``tox -e docs``)."""
+        site = {path.relative_to(DOCS).with_suffix("").as_posix() for path in DOCS.rglob("*.rst")}
+        self.assertIn("api/index", site)
+        for page in sorted(DOCS.rglob("*.rst")):
+            for target in doc_references(page):
+                with self.subTest(page=page.name, target=target):
+                    self.assertIn(target, site)
+        broken = Path(self.mktemp() + ".rst")
+        broken.write_text("T\n=\n\n:doc:`nosuch`\n\n.. toctree::\n   :maxdepth: 1\n\n   other\n")
+        self.assertEqual(doc_references(broken), ["nosuch", "other"])
+
+
+def doc_references(page: Path) -> list[str]:
+    """The pages a page names with ``:doc:`` and in its toctrees, relative to docs/."""
+    text = page.read_text()
+    names = [
+        match.group(2) or match.group(1)
+        for match in re.finditer(r":doc:`([^`<]+?)(?:\s*<([^>]+)>)?`", text)
+    ]
+    for block in re.finditer(r"^\.\. toctree::\n((?:(?:   .*)?\n)+)", text, re.MULTILINE):
+        names.extend(
+            line.strip()
+            for line in block.group(1).splitlines()
+            if line.strip() and not line.strip().startswith(":")
+        )
+    folder = page.resolve().parent
+    here = folder.relative_to(DOCS).as_posix() if folder.is_relative_to(DOCS) else "."
+    return [
+        name.lstrip("/") if name.startswith("/") or here == "." else f"{here}/{name}"
+        for name in (n.strip() for n in names)
+    ]
 
 
 # --- the code in the pages ---------------------------------------------------------------
@@ -265,6 +311,8 @@ class ProtocolPageTests(TestCase):
         "HTTP streaming",
         "RPC over WebSocket",
         "Pub/sub over WebSocket",
+        "RPC over ZeroMQ",
+        "Pub/sub over ZeroMQ",
         "TLS and fingerprints",
         "Deliberate differences from Node.js",
     ]
@@ -309,3 +357,105 @@ class PeersGuideTests(TestCase):
         source = example.replace('"http://127.0.0.1:30001"', repr(grape.api_url))
         code, out, err = await run_python(self, source)
         self.assertEqual((code, out), (0, ["hello world", "['hello all']"]), err)
+
+
+def shell_commands(text: str) -> list[list[str]]:
+    """The ``grenache`` and ``twistd`` commands of a page's literal blocks, continuation lines
+    joined; in a block with ``$ `` prompts, only the lines after a prompt (the others are
+    output)."""
+    found = []
+    for block in code_blocks(text):
+        prompted = any(line.startswith("$ ") for line in block.splitlines())
+        lines = iter(block.splitlines())
+        for line in lines:
+            if prompted and not line.startswith("$ "):
+                continue
+            command = line.strip().removeprefix("$ ")
+            while command.endswith("\\"):
+                command = command[:-1] + " " + next(lines).strip()
+            if command.startswith(("grenache ", "twistd ")):
+                found.append(shlex.split(command))
+    return found
+
+
+def parse_command(argv: list[str]) -> str:
+    """Parse a command line as ``grenache`` or ``twistd`` would (a usage error raises) and
+    say which verb or plugin it runs."""
+    from twisted.scripts.twistd import ServerOptions
+
+    from grenache import cli
+
+    options: Any = cli.Options() if argv[0] == "grenache" else ServerOptions()
+    if argv[0] not in ("grenache", "twistd"):
+        raise ValueError(f"not a grenache or twistd command: {argv}")
+    options.parseOptions(argv[1:])
+    return f"{argv[0]} {options.subCommand}"
+
+
+class TutorialTests(TestCase):
+    def setUp(self) -> None:
+        from tests.support import make_pki, write_identity
+
+        directory = Path(self.mktemp()).resolve()
+        directory.mkdir()
+        pki = make_pki()
+        (directory / "ca.crt").write_bytes(pki.ca.cert)
+        write_identity(pki.server, directory, "server")
+        write_identity(pki.client, directory, "client")
+        self.files = {path.name: str(path) for path in directory.iterdir()}
+
+    def test_every_command_parses(self) -> None:
+        """Every ``grenache`` and ``twistd`` command of the tutorial is accepted as written
+        (the programs it runs are examples/, run by tests/test_examples.py)."""
+        found = shell_commands((DOCS / "tutorial.rst").read_text())
+        kinds = set()
+        for argv in found:
+            argv = [self.files.get(arg, arg) for arg in argv]
+            if argv[-1] == "--help":
+                continue
+            with self.subTest(argv=argv):
+                kinds.add(parse_command(argv))
+        self.assertEqual(
+            kinds,
+            {"twistd grape", "grenache lookup", "grenache serve", "grenache request"},
+        )
+
+    def test_a_bad_command_is_refused(self) -> None:
+        (argv,) = shell_commands("x::\n\n    $ grenache request a b \\\n        --no-such-flag\n")
+        self.assertEqual(argv, ["grenache", "request", "a", "b", "--no-such-flag"])
+        self.assertRaises(usage.UsageError, parse_command, argv)
+
+
+class DeployFilesTests(TestCase):
+    """examples/deploy/, shown by docs/deploying.rst: the systemd unit and the Dockerfile run
+    ``twistd grape`` with a command line it accepts."""
+
+    DEPLOY = REPO / "examples" / "deploy"
+
+    def test_systemd_unit(self) -> None:
+        unit = (self.DEPLOY / "grape.service").read_text()
+        (exec_start,) = re.findall(r"^ExecStart=(.+)$", unit, re.MULTILINE)
+        argv = shlex.split(exec_start)
+        self.assertTrue(argv[0].endswith("/bin/twistd"), argv)
+        self.assertEqual(parse_command(["twistd", *argv[1:]]), "twistd grape")
+        self.assertIn("--nodaemon", argv)
+        for section in ("[Unit]", "[Service]", "[Install]"):
+            self.assertIn(section, unit)
+
+    def test_dockerfile(self) -> None:
+        text = (self.DEPLOY / "Dockerfile").read_text()
+        (entrypoint,) = re.findall(r"^ENTRYPOINT (\[.*\])$", text, re.MULTILINE)
+        (command,) = re.findall(r"^CMD (\[.*\])$", text, re.MULTILINE)
+        argv = json.loads(entrypoint) + json.loads(command)
+        self.assertEqual(parse_command(argv), "twistd grape")
+        # The flags docker run gives after the image name replace CMD.
+        self.assertEqual(
+            parse_command([*json.loads(entrypoint), "--bn", "grape-b.internal:20001"]),
+            "twistd grape",
+        )
+        self.assertRegex(text, r"(?m)^USER (?!root)")
+
+    def test_deploying_page_includes_them(self) -> None:
+        page = (DOCS / "deploying.rst").read_text()
+        self.assertIn(".. literalinclude:: ../examples/deploy/grape.service", page)
+        self.assertIn(".. literalinclude:: ../examples/deploy/Dockerfile", page)
