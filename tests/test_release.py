@@ -120,7 +120,17 @@ class Installation:
         tools = self.root / "tools"
         _checked(_run([sys.executable, "-I", "-m", "venv", tools], self.root))
         fetched = _run(
-            [tools / "bin" / "python", "-I", "-m", "pip", "install", "--quiet", "build"], self.root
+            [
+                tools / "bin" / "python",
+                "-I",
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-compile",
+                "build",
+            ],
+            self.root,
         )
         if fetched.returncode != 0:
             reason = (
@@ -150,6 +160,7 @@ class Installation:
                     "pip",
                     "install",
                     "--quiet",
+                    "--no-compile",
                     "--disable-pip-version-check",
                     self.wheel,
                 ],
