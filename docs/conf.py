@@ -38,6 +38,8 @@ html_static_path: list[str] = []
 html_title = f"grenache {release}"
 # Code blocks introduced with ``::`` are shell commands as often as Python: no guessing.
 highlight_language = "none"
+# Every cross-reference must resolve, also where the build runs without -n (Read the Docs).
+nitpicky = True
 
 # --- the API reference ------------------------------------------------------------------
 

@@ -182,15 +182,24 @@ class RenderingTests(TestCase):
     def test_doc_references_name_pages(self) -> None:
         """Plain docutils renders ``:doc:`` and ``toctree`` as text: each target is checked
         here to be a page of the site (Sphinx checks them too, in ``tox -e docs``)."""
-        site = {path.relative_to(DOCS).with_suffix("").as_posix() for path in DOCS.rglob("*.rst")}
+        site = {path.relative_to(DOCS).with_suffix("").as_posix() for path in site_pages()}
         self.assertIn("api/index", site)
-        for page in sorted(DOCS.rglob("*.rst")):
+        for page in site_pages():
             for target in doc_references(page):
                 with self.subTest(page=page.name, target=target):
                     self.assertIn(target, site)
         broken = Path(self.mktemp() + ".rst")
         broken.write_text("T\n=\n\n:doc:`nosuch`\n\n.. toctree::\n   :maxdepth: 1\n\n   other\n")
         self.assertEqual(doc_references(broken), ["nosuch", "other"])
+
+
+def site_pages() -> list[Path]:
+    """The pages of the Sphinx site: docs/ and its folders, but not ``_build``, ``_ext``..."""
+    return sorted(
+        path
+        for path in DOCS.rglob("*.rst")
+        if not any(part.startswith("_") for part in path.relative_to(DOCS).parts)
+    )
 
 
 def doc_references(page: Path) -> list[str]:
