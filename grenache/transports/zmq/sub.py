@@ -49,7 +49,7 @@ from grenache.transports.zmq.frames import (
     new_factory,
 )
 
-__all__ = ["ZmqSubTransport", "ZmqSubscription", "decode_message"]
+__all__ = ["ZmqSubTransport", "ZmqSubscription", "decode_body", "decode_message"]
 
 log = Logger()
 
@@ -63,7 +63,12 @@ def decode_message(frames: list[bytes], accept: Codec | None = None) -> tuple[by
     given) and a body that decodes to a string or bytes."""
     if len(frames) != 3:
         raise ValueError(f"a published message has 3 frames, not {len(frames)}")
-    topic, codec_frame, body = frames
+    return frames[0], decode_body(frames[1], frames[2], accept)
+
+
+def decode_body(codec_frame: bytes, body: bytes, accept: Codec | None = None) -> str | bytes:
+    """The message in ``body``, encoded with the codec ``codec_frame`` names (see
+    :func:`decode_message`)."""
     codec = codec_of_frame(codec_frame)
     if codec is None or (accept is not None and codec is not accept):
         raise ValueError(f"unknown codec frame {codec_frame[:16]!r}")
@@ -73,7 +78,7 @@ def decode_message(frames: list[bytes], accept: Codec | None = None) -> tuple[by
         raise ValueError(f"undecodable {codec.name} body: {e}") from None
     if not isinstance(message, (str, bytes)):
         raise ValueError(f"a message is a string or bytes, not {type(message).__name__}")
-    return topic, message
+    return message
 
 
 class ZmqSubscription:
@@ -142,6 +147,7 @@ class _Publisher:
             owner.options,
             self._received,
             configure=None if tls is None else tls.configure,
+            copy_frames=False,  # zmq.Frame.more: cheaper than asking the socket for RCVMORE
         )
         self.monitor = Monitor(owner._factory, self.socket, self._event)
         self.timer: Any = owner._reactor.callLater(owner.connect_timeout, self._timed_out)
@@ -179,15 +185,23 @@ class _Publisher:
 
     # --- socket -----------------------------------------------------------------------------
 
-    def _received(self, frames: list[bytes]) -> None:
+    def _received(self, frames: list[zmq.Frame]) -> None:
         owner = self.owner
+        if len(frames) != 3:
+            owner.malformed(f"a published message has 3 frames, not {len(frames)} ({self.dest})")
+            return
+        by_topic = self.by_topic
+        exact = by_topic.get(frames[0].bytes)
+        every = by_topic.get(None)
+        if exact is None and every is None:
+            return  # another name that starts with a followed one (ZeroMQ matches prefixes)
         try:
-            topic, message = decode_message(frames, owner.accept)
+            message = decode_body(frames[1].bytes, frames[2].bytes, owner.accept)
         except ValueError as e:
             owner.malformed(f"{e} (from {self.dest})")
             return
-        for key in (topic, None):
-            for subscription in self.by_topic.get(key, ()):
+        for subscriptions in (exact, every):
+            for subscription in subscriptions or ():
                 try:
                     subscription.on_message(message)
                 except Exception:
