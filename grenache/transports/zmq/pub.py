@@ -23,7 +23,6 @@ from typing import Any
 
 import zmq
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import Logger
 
 from grenache.endpoints import ListenSpec
 from grenache.errors import TransportClosed
@@ -39,8 +38,6 @@ from grenache.transports.zmq.frames import (
 )
 
 __all__ = ["ZmqPubTransport", "encode_message"]
-
-log = Logger()
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
