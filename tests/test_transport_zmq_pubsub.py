@@ -15,6 +15,7 @@ import zmq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from twisted.trial.unittest import TestCase
 
 from grenache import errors
@@ -284,6 +285,41 @@ class ConnectionTests(Kit):
         await pub.stop()
         await inbox.wait_closed()
         self.assertEqual((inbox.closed, sub.connections), (1, 0))
+
+    async def test_silent_publisher_noticed_by_heartbeats(self) -> None:
+        # The publisher's TCP connection stays open but nothing flows any more (its machine
+        # vanished): only ZMTP heartbeats can tell, and the subscription is closed.
+        pub = self.publisher("t")
+        port = await pub.listen(0)
+        relays: list[ProxyServer] = []
+
+        class Relay(ProxyServer):
+            def connectionMade(self) -> None:
+                relays.append(self)
+                super().connectionMade()
+
+        factory = ProxyFactory("127.0.0.1", port)
+        factory.protocol = Relay
+        tcp: Any = reactor
+        listening = tcp.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        options = SocketOptions(heartbeat_ivl=0.1, heartbeat_timeout=0.3)
+        sub = self.subscriber(options=options)
+        dest = f"127.0.0.1:{listening.getHost().port}"
+        inbox = await self.follow(sub, dest, "t")
+        await pub.when_subscribed("t")
+        pub.publish("before")
+        self.assertEqual(await inbox.wait(1), ["before"])
+        for relay in relays:
+            for end in (relay, relay.peer):
+                transport: Any = end.transport if end is not None else None
+                if transport is not None:
+                    transport.pauseProducing()
+        await inbox.wait_closed()
+        self.assertEqual((inbox.closed, sub.connections), (1, 0))
+        for relay in relays:
+            closing: Any = relay.transport
+            closing.abortConnection()
 
     async def test_cancel_pending_connect(self) -> None:
         dest = self.silent_listener()
