@@ -51,6 +51,8 @@ autodoc_default_options = {
 }
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
+# Shown by name (and linked), not expanded into a union naming a zope interface.
+autodoc_type_aliases = {"ListenSpec": "grenache.endpoints.ListenSpec"}
 autoclass_content = "both"
 
 # --- links to Python's and Twisted's documentation, from local inventories --------------

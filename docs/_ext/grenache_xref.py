@@ -9,8 +9,9 @@
   ``__module__`` and ``__qualname__``), then through the Python domain or intersphinx, trying
   the public spelling of a private path too (``twisted.logger._logger.Logger`` is documented as
   ``twisted.logger.Logger``).
-- Annotations naming zope interfaces, which autodoc writes as ``<InterfaceClass ...>``: the
-  signature is rewritten to the interface's dotted name first.
+- Annotations naming zope interfaces, which autodoc writes as ``<InterfaceClass ...>``, and
+  type aliases in a union, which Sphinx 9 writes as ``TypeAliasForwardRef('...')``: the
+  signature is rewritten to the dotted name first.
 - What has no page anywhere: private names (``_Down``), type variables, attributes of a class
   that are not documented one by one (linked to their class), and the libraries without an
   inventory in ``_inventories/`` (:data:`NO_INVENTORY`). These become plain text.
@@ -48,6 +49,8 @@ NO_INVENTORY = (
 )
 
 _INTERFACE = re.compile(r"<InterfaceClass ([\w.]+)>")
+# Sphinx 9 writes an ``autodoc_type_aliases`` alias inside a union as its repr.
+_ALIAS = re.compile(r"TypeAliasForwardRef\('([\w.]+)'\)")
 
 
 def clean_signature(
@@ -59,10 +62,11 @@ def clean_signature(
     signature: str | None,
     return_annotation: str | None,
 ) -> tuple[str | None, str | None]:
-    """``<InterfaceClass twisted.x.IFoo>`` in a signature becomes ``~twisted.x.IFoo``."""
+    """``<InterfaceClass twisted.x.IFoo>`` in a signature becomes ``~twisted.x.IFoo``, and
+    ``TypeAliasForwardRef('x.Alias')`` becomes ``~x.Alias``."""
 
     def clean(text: str | None) -> str | None:
-        return None if text is None else _INTERFACE.sub(r"~\1", text)
+        return None if text is None else _ALIAS.sub(r"~\1", _INTERFACE.sub(r"~\1", text))
 
     return clean(signature), clean(return_annotation)
 
