@@ -338,6 +338,27 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(result_of(network.net, node.announce(b"rpc_test", 1337)), 1)
         self.assertEqual(result_of(network.net, node.lookup(b"rpc_test")), ["127.0.0.1:1337"])
 
+    def test_lone_node_lookup_follows_its_stores(self) -> None:
+        # A lone node keeps its lookup answer between lookups; every change to what it holds
+        # (announce, unannounce, expiry) shows in the next lookup.
+        network = Network(self)
+        node = network.node()
+        result_of(network.net, node.announce(b"rpc_test", 1337))
+        self.assertEqual(node.lookup_now(b"rpc_test"), ["127.0.0.1:1337"])
+        self.assertEqual(node.lookup_now(b"rpc_test"), ["127.0.0.1:1337"])
+        result_of(network.net, node.announce(b"rpc_test", 1338))
+        self.assertEqual(
+            sorted(node.lookup_now(b"rpc_test") or []), ["127.0.0.1:1337", "127.0.0.1:1338"]
+        )
+        result_of(network.net, node.unannounce(b"rpc_test", 1337))
+        self.assertEqual(node.lookup_now(b"rpc_test"), ["127.0.0.1:1338"])
+        answer = node.lookup_now(b"rpc_test")
+        assert answer is not None
+        answer.append("mutated by the caller")
+        self.assertEqual(node.lookup_now(b"rpc_test"), ["127.0.0.1:1338"])
+        network.net.run(2 * node.config.peer_max_age, step=10)
+        self.assertEqual(node.lookup_now(b"rpc_test"), [])
+
     def test_lone_node_put_and_get(self) -> None:
         network = Network(self)
         node = network.node()
@@ -492,7 +513,6 @@ class FlowTests(SynchronousTestCase):
         queries = [d for s, _, d in network.net.sent[before:] if s == ("127.0.0.1", first.port)]
         self.assertEqual(len(queries), 1)
 
-
     def test_a_cancelled_lookup_leaves_the_shared_walk_to_the_others(self) -> None:
         # The first caller's Deferred is cancelled (its HTTP client went away) while the walk
         # is out: the others still get the answer, and later lookups of the key are answered
@@ -506,6 +526,7 @@ class FlowTests(SynchronousTestCase):
         network.net.settle()
         self.assertEqual(self.successResultOf(d2), ["127.0.0.1:1337"])
         self.assertEqual(result_of(network.net, first.lookup(b"svc")), ["127.0.0.1:1337"])
+
 
 class RoutingUpkeepTests(SynchronousTestCase):
     """Liveness sweep and ping-before-evict."""

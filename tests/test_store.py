@@ -33,6 +33,40 @@ class RecordCacheTests(SynchronousTestCase):
         self.assertIsNone(RecordCache(self.clock, 0).tick)
         self.assertIsNone(RecordCache(self.clock, float("inf")).tick)
 
+    def test_version_moves_with_every_change_get_can_see(self) -> None:
+        cache = self.cache()
+        seen = [cache.version]
+
+        def moved() -> bool:
+            changed = cache.version != seen[-1]
+            seen.append(cache.version)
+            return changed
+
+        cache.add(KEY, PEER_A)
+        self.assertTrue(moved())
+        cache.add(KEY, PEER_A)  # already there: the answer is the same
+        self.assertFalse(moved())
+        cache.gc()  # nothing expired: PEER_A is stale now, still answered
+        self.assertFalse(moved())
+        self.assertEqual(cache.get(KEY), [PEER_A])
+        cache.add(KEY, PEER_A)  # refreshed from stale
+        cache.add(KEY, PEER_B)
+        self.assertTrue(moved())
+        self.assertTrue(cache.remove(KEY, PEER_B))
+        self.assertTrue(moved())
+        self.assertFalse(cache.remove(KEY, PEER_B))
+        self.assertFalse(moved())
+        cache.gc()
+        cache.gc()  # PEER_A expired
+        self.assertTrue(moved())
+        self.assertEqual(cache.get(KEY), [])
+        cache.add(KEY, PEER_A)
+        moved()
+        cache.remove_key(KEY)
+        self.assertTrue(moved())
+        cache.remove_key(KEY)
+        self.assertFalse(moved())
+
     def test_expiry_is_one_structured_event_per_gc(self) -> None:
         events: list[dict[str, object]] = []
         self.patch(store, "log", Logger(observer=events.append))

@@ -104,6 +104,8 @@ signature of ``message`` (the BEP 44 signature buffer), in the argument order of
 
 TOKEN_TABLE_MAX_AGE = 300.0
 LOOKUP_RESULT_LIMIT = 100
+# Keys whose lone-node lookup answer is kept (each at most LOOKUP_RESULT_LIMIT texts).
+_LONE_ANSWERS_MAX = 256
 STALE_CONTACT_AGE = 10.0
 PINGS_BEFORE_EVICT = 16
 
@@ -227,6 +229,8 @@ class DHTNode(Bootstrap, QueryHandlers, Bep44Client, FanOut, DownNeighbours):
         )
         self.tokens = TokenSecrets(clock)
         self._lookups: dict[bytes, list[Deferred[list[str]]]] = {}
+        # A lone node's lookup answers per key, with the store versions they were read at.
+        self._lone_answers: dict[bytes, tuple[tuple[int, int, int], list[str]]] = {}
         self._last_change = self.clock.seconds()  # type: ignore[misc]
         self._liveness_call: Any = None
         self._evicting = False
@@ -469,23 +473,38 @@ class DHTNode(Bootstrap, QueryHandlers, Bep44Client, FanOut, DownNeighbours):
         if self.config.bootstrap or len(self.routing) != 0:
             return None
         # What _gather + _peer_texts answer, without the lookup cache: nothing was walked, so
-        # there is nothing to keep for the next lookup (which starts afresh anyway).
+        # there is nothing to keep for the next lookup (which starts afresh anyway). The
+        # distinct peer texts are kept per key until one of the three stores changes.
+        versions = (self.peers.version, self.own_peers.version, self.own_texts.version)
+        known = self._lone_answers.get(key)
+        if known is not None and known[0] == versions:
+            texts = known[1]
+        else:
+            texts = self._lone_texts(key)
+            if len(texts) <= LOOKUP_RESULT_LIMIT:
+                if len(self._lone_answers) >= _LONE_ANSWERS_MAX:
+                    self._lone_answers.clear()
+                self._lone_answers[key] = (versions, texts)
+        if "peer" in self.events.active:
+            for peer in texts:
+                self.events.emit("peer", peer)
+        if len(texts) > LOOKUP_RESULT_LIMIT:
+            return self._rng.sample(texts, LOOKUP_RESULT_LIMIT)
+        answer = list(texts)
+        if len(answer) > 1:
+            self._rng.shuffle(answer)
+        return answer
+
+    def _lone_texts(self, key: bytes) -> list[str]:
+        """The distinct ``"ip:port"`` a lone node holds under ``key`` (all three stores)."""
         texts: dict[bytes, None] = {}
-        for record in self.peers.get(key, LOOKUP_RESULT_LIMIT) + self.own_peers.get(key):
+        for record in self.peers.get(key) + self.own_peers.get(key):
             text = _peer_text(record)
             if text is not None:
                 texts[text] = None
         for text in self.own_texts.get(key):
             texts[text] = None
-        answer = [text.decode("ascii") for text in texts]
-        if "peer" in self.events.active:
-            for peer in answer:
-                self.events.emit("peer", peer)
-        if len(answer) > LOOKUP_RESULT_LIMIT:
-            return self._rng.sample(answer, LOOKUP_RESULT_LIMIT)
-        if len(answer) > 1:
-            self._rng.shuffle(answer)
-        return answer
+        return [text.decode("ascii") for text in texts]
 
     def _gather(self, key: bytes) -> None:
         """Start a lookup's results with the peers stored here under ``key``.

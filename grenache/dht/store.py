@@ -33,8 +33,8 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-
 log = Logger()
+
 
 class _Generation:
     """One record-cache generation: key -> insertion-ordered set of records, plus a count."""
@@ -132,6 +132,9 @@ class RecordCache:
         self._fresh = _Generation()
         self._stale = _Generation()
         self._gced = False
+        #: Bumped by every change to what :meth:`get` can answer (a record added, removed or
+        #: expired), so a caller may keep something derived from the records until it moves.
+        self.version = 0
         #: Seconds between automatic gc runs, or ``None`` when records never expire.
         self.tick: float | None = None
         self._timer: _Interval | None = None
@@ -157,13 +160,18 @@ class RecordCache:
     def add(self, key: bytes, record: bytes) -> None:
         """Store (or refresh) ``record`` under ``key``; may trigger a size gc."""
         self._stale.remove(key, record)
-        if self._fresh.add(key, record) and self._fresh.size > self.max_size:
-            self.gc()
+        if self._fresh.add(key, record):
+            self.version += 1
+            if self._fresh.size > self.max_size:
+                self.gc()
 
     def remove(self, key: bytes, record: bytes) -> bool:
         """Forget ``record`` under ``key`` in both generations; whether it was there."""
         fresh = self._fresh.remove(key, record)
-        return self._stale.remove(key, record) or fresh
+        removed = self._stale.remove(key, record) or fresh
+        if removed:
+            self.version += 1
+        return removed
 
     def remove_key(self, key: bytes) -> None:
         """Forget every record under ``key``."""
@@ -171,6 +179,7 @@ class RecordCache:
             bucket = generation.records.pop(key, None)
             if bucket:
                 generation.size -= len(bucket)
+                self.version += 1
 
     def get(self, key: bytes, n: int = 0) -> list[bytes]:
         """Up to ``n`` distinct records of ``key`` in random order (all of them when ``n`` is 0)."""
@@ -191,6 +200,8 @@ class RecordCache:
         self._stale = self._fresh
         self._fresh = _Generation()
         self._gced = True
+        if expired:
+            self.version += 1
         if expired:
             log.debug(
                 "{expired} records expired, {kept} kept",
