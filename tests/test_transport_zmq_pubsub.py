@@ -234,6 +234,35 @@ class PubSubTests(Kit):
         self.assertEqual((in_q.closed, sub.connections), (1, 0))
         await self.assertFailure(sub.connect(dest, in_q, in_q.on_close), errors.TransportClosed)
 
+    async def test_callback_closing_subscriptions(self) -> None:
+        pub = self.publisher("k")
+        dest = f"127.0.0.1:{await pub.listen(0)}"
+        sub = self.subscriber()
+        first, second, third = Inbox(), Inbox(), Inbox()
+        connections: list[Any] = []
+
+        def close_own(message: str | bytes) -> None:
+            connections[0].close()
+            first(message)
+
+        def close_third(message: str | bytes) -> None:
+            connections[2].close()
+            second(message)
+
+        connections.append(await sub.connect(dest, close_own, first.on_close, topic="k"))
+        connections.append(await sub.connect(dest, close_third, second.on_close, topic="k"))
+        connections.append(await sub.connect(dest, third, third.on_close, topic="k"))
+        await pub.when_subscribed("k")
+        pub.publish("one")
+        # The first closes itself and the second still gets the message; the second closes
+        # the third before its turn, so the third does not.
+        self.assertEqual(await second.wait(1), ["one"])
+        self.assertEqual((first.messages, third.messages), (["one"], []))
+        self.assertEqual((first.closed, second.closed, third.closed), (1, 0, 1))
+        pub.publish("two")
+        self.assertEqual(await second.wait(2), ["one", "two"])
+        self.assertEqual(sub.connections, 1)
+
 
 class ConnectionTests(Kit):
     def silent_listener(self) -> str:

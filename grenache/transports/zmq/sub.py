@@ -200,8 +200,11 @@ class _Publisher:
         except ValueError as e:
             owner.malformed(f"{e} (from {self.dest})")
             return
+        # A copy: a callback may close subscriptions (this one, or all of this socket's).
         for subscriptions in (exact, every):
-            for subscription in subscriptions or ():
+            for subscription in tuple(subscriptions or ()):
+                if subscription.is_closed:
+                    continue
                 try:
                     subscription.on_message(message)
                 except Exception:
