@@ -316,7 +316,10 @@ class ZmqSubTransport:
             self._factory = new_factory(self._reactor)
         publisher = self._publishers.get(dest)
         if publisher is None:
-            publisher = _Publisher(self, dest)
+            try:
+                publisher = _Publisher(self, dest)
+            except zmq.ZMQError as e:  # no socket to be had (too many open files...)
+                return fail(DestinationUnreachable(f"{DestinationUnreachable.wire}: {dest}: {e}"))
             if publisher.error is not None:
                 return fail(publisher.error)
             self._publishers[dest] = publisher
