@@ -119,6 +119,34 @@ class SuccessTests(TestCase):
         self.assertEqual(out, response(b"200 OK", b'["127.0.0.1:11337"]'))
         self.assertEqual(dispatch.calls, [("lookup", "rpc_test")])
 
+    def test_repeated_lookups_answer_each_result(self) -> None:
+        """Each lookup answers its own result, whatever the previous ones answered (the last
+        answer's response is reused only for an equal list of strings)."""
+        answers = iter(
+            [
+                ["127.0.0.1:1"],
+                ["127.0.0.1:1"],
+                ["127.0.0.1:2", "127.0.0.1:1"],
+                [],
+                [1],
+                [True],
+                ["127.0.0.1:1"],
+            ]
+        )
+        grape = Grape(FakeDispatch(lookup=lambda data: next(answers)))
+        bodies = [
+            b'["127.0.0.1:1"]',
+            b'["127.0.0.1:1"]',
+            b'["127.0.0.1:2","127.0.0.1:1"]',
+            b"[]",
+            b"[1]",
+            b"[true]",
+            b'["127.0.0.1:1"]',
+        ]
+        for body in bodies:
+            out = grape.exchange(request(b"/lookup", envelope("rpc_test")))
+            self.assertEqual(out, response(b"200 OK", body))
+
     def test_put_and_get(self) -> None:
         """A JSON string key, then a compact object with raw UTF-8 (*Grape HTTP API*)."""
         key = "6d33adc2b6b2c14c3036feefb7fedbca1a880527"

@@ -85,6 +85,10 @@ class GrapeHTTPAPI:
 
     def __init__(self, dispatch: Dispatch) -> None:
         self._dispatch = dispatch
+        # The last lookup answer and its response: most lookups repeat the previous answer
+        # (one service, many callers; every caller of a shared DHT walk), and a list of
+        # strings equal to it has the same JSON, so the response is reused.
+        self._last_lookup: tuple[list[str], HTTPResponse] | None = None
 
     def __call__(self, request: HTTPRequest) -> HTTPResponse | Deferred[HTTPResponse]:
         """Answer one API request (see the module docstring for the mapping)."""
@@ -102,12 +106,24 @@ class GrapeHTTPAPI:
             return _failure(Failure(), operation)
         if not isinstance(d, Deferred):
             if not isinstance(d, Coroutine):
-                return _result(d, operation)
+                return self._result(d, operation)
             d = Deferred.fromCoroutine(d)
         # One callback pair: this is the hot path of every API request that waits.
         return d.addCallbacks(
-            _result, _failure, callbackArgs=(operation,), errbackArgs=(operation,)
+            self._result, _failure, callbackArgs=(operation,), errbackArgs=(operation,)
         )
+
+    def _result(self, result: Any, operation: str) -> HTTPResponse:
+        if operation == "lookup":
+            last = self._last_lookup
+            # Only a list of strings is kept, and only a list of strings equals one.
+            if last is not None and last[0] == result:
+                return last[1]
+            response = _result(result, operation)
+            if type(result) is list and all(type(peer) is str for peer in result):
+                self._last_lookup = (list(result), response)
+            return response
+        return _result(result, operation)
 
 
 def _result(result: Any, operation: str) -> HTTPResponse:
