@@ -227,9 +227,13 @@ class Options(ServerTLSOptions, CurveServerOptions, ForwardSecurityOptions):
         self["names"].append(name)
 
     def getUsage(self, width: int | None = None) -> str:
+        """The usage text followed by the examples."""
         return super().getUsage(width) + "\n" + self.examples
 
     def postOptions(self) -> None:
+        """Check the whole command line now (transports, where to listen, both sides'
+        security, the mode :class:`~grenache.proxy.ProxyConfig` makes of it), so that a
+        mistake is a usage error before anything listens."""
         if not self["from"]:
             raise usage.UsageError(
                 f"give --from TRANSPORT, the transport the proxy serves on "

@@ -192,9 +192,12 @@ class Options(ServerTLSOptions, CurveServerOptions):
         self["names"].append(name)
 
     def getUsage(self, width: int | None = None) -> str:
+        """The usage text followed by the examples."""
         return super().getUsage(width) + "\n" + self.examples
 
     def postOptions(self) -> None:
+        """Check the whole command line now (names, handler, transport, where to listen, the
+        security flags), so that a mistake is a usage error before anything listens."""
         if not self["names"]:
             raise usage.UsageError("give the service a name with --name NAME")
         if any(not name for name in self["names"]):

@@ -81,6 +81,8 @@ class Options(usage.Options):
     opt_version = GnuOptions.opt_version
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Parse the command line; an unknown option before the verb is a usage error naming
+        it, as the verbs report theirs."""
         argv = list(sys.argv[1:] if options is None else options)
         # Options before the verb: name an unknown one as the verbs do.
         try:
@@ -90,17 +92,20 @@ class Options(usage.Options):
         super().parseOptions(argv)
 
     def getSynopsis(self) -> str:
+        """``Usage: grenache VERB ...``, or only ``Usage: grenache`` before a verb's synopsis."""
         if getattr(self, "subCommand", None):
             return f"Usage: {PROG}"
         return f"Usage: {PROG} VERB [options] [arguments]"
 
     def getUsage(self, width: int | None = None) -> str:
+        """The usage text followed by the examples, unless it is a verb's (which has its own)."""
         text = super().getUsage(width)
         if hasattr(self, "subOptions"):
             return text
         return text + "\n" + self.examples
 
     def postOptions(self) -> None:
+        """A usage error listing the verbs when none was given."""
         if getattr(self, "subCommand", None) is None:
             raise usage.UsageError(f"no verb given (one of {', '.join(n for n, _, _ in VERBS)})")
 

@@ -53,6 +53,8 @@ DEFAULT_TIMEOUT = 10.0
 
 
 def positive(value: str) -> float:
+    """Parse an option value that must be a number above 0 (``--timeout``); ValueError
+    otherwise, which ``usage.Options`` reports as a usage error naming the option."""
     number = float(value)
     if not number > 0:
         raise ValueError(f"{value} is not a positive number")
@@ -60,6 +62,8 @@ def positive(value: str) -> float:
 
 
 def positive_int(value: str) -> int:
+    """Parse an option value that must be an integer of at least 1 (a count, a limit, a
+    number of attempts); ValueError otherwise."""
     number = int(value)
     if number <= 0:
         raise ValueError(f"{value} is not a positive integer")
@@ -67,6 +71,7 @@ def positive_int(value: str) -> int:
 
 
 def non_negative_int(value: str) -> int:
+    """Parse an option value that must be an integer of at least 0; ValueError otherwise."""
     number = int(value)
     if number < 0:
         raise ValueError(f"{value} must not be negative")
@@ -74,6 +79,8 @@ def non_negative_int(value: str) -> int:
 
 
 def port_number(value: str) -> int:
+    """Parse a TCP port option: an integer from 0 (any free port, where a verb listens) to
+    65535; ValueError otherwise."""
     port = int(value)
     if not 0 <= port <= 65535:
         raise ValueError(f"{value} is not a port number (0-65535)")
@@ -81,6 +88,8 @@ def port_number(value: str) -> int:
 
 
 def version() -> str:
+    """The installed ``grenache-twisted`` distribution's version, as ``--version`` prints it;
+    ``"unknown"`` when the package runs without installed metadata (e.g. from a source tree)."""
     try:
         from importlib.metadata import version as distribution_version
 
@@ -137,12 +146,15 @@ class GnuOptions(usage.Options):
         sys.exit(0)
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Parse ``options`` (default ``sys.argv[1:]``) with the options moved before the
+        arguments, so that they may follow them; an unknown option is a usage error naming it."""
         argv = list(sys.argv[1:] if options is None else options)
         if "--_shell-completion" not in argv:
             argv = _permute(argv, self.shortOpt, self.longOpt)
         super().parseOptions(argv)
 
     def getUsage(self, width: int | None = None) -> str:
+        """The usage text followed by the verb's :attr:`examples`, when it has any."""
         text = super().getUsage(width)
         return text + ("\n" + self.examples if self.examples else "")
 
@@ -256,6 +268,8 @@ class Verb(GnuOptions):
     )
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Parse, then make ``--grape`` the URL it names with ``-p`` and ``-t`` applied
+        (:func:`grape_url`)."""
         super().parseOptions(options)
         if "--_shell-completion" not in (options or ()):
             self["grape"] = grape_url(

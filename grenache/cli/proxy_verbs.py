@@ -58,9 +58,11 @@ class ProxyOptions(GnuOptions, ProxyTapOptions):
     ]
 
     def getUsage(self, width: int | None = None) -> str:
+        """The usage text followed by this verb's examples (not ``twistd grenache-proxy``'s)."""
         return usage.Options.getUsage(self, width) + "\n" + self.examples
 
     def parseArgs(self, *names: str) -> None:
+        """Each argument is a name to proxy, as ``--name`` gives one."""
         self["names"].extend(names)
 
 

@@ -30,6 +30,9 @@ _PUBSUB = transport_names(pubsub=True)
 
 
 class PubOptions(Verb, ServerTLSOptions, CurveServerOptions):
+    """``grenache pub NAME``: the name to announce, where to listen (``--port`` or
+    ``--listen``), the pub/sub transport and the publisher's TLS or CURVE flags."""
+
     synopsis = "NAME [--port P | --listen ENDPOINT] [options]"
     longdesc = (
         "Publish each line read from stdin to every subscriber of NAME (announced through the "
@@ -58,9 +61,12 @@ class PubOptions(Verb, ServerTLSOptions, CurveServerOptions):
     compData = usage.Completions(optActions={"transport": usage.CompleteList(_PUBSUB)})
 
     def parseArgs(self, *args: str) -> None:
+        """The one argument is the name (a usage error for none or more)."""
         (self["name"],) = self._arguments(args)
 
     def postOptions(self) -> None:
+        """Check the transport and the security flags, and settle where to listen
+        (``--port`` or ``--listen``, not both)."""
         check_transport(self["transport"], pubsub=True)
         if self["listen"] is not None:
             if self["port"] is not None:
@@ -73,6 +79,9 @@ class PubOptions(Verb, ServerTLSOptions, CurveServerOptions):
 
 
 class SubOptions(Verb, ClientTLSOptions, CurveClientOptions):
+    """``grenache sub NAME``: the name to follow, ``--count``, the pub/sub transport and the
+    subscriber's TLS or CURVE flags."""
+
     synopsis = "NAME [--count N] [options]"
     longdesc = (
         "Subscribe to a publisher of NAME and print each message as one line; with --count, "
@@ -89,9 +98,11 @@ class SubOptions(Verb, ClientTLSOptions, CurveClientOptions):
     compData = usage.Completions(optActions={"transport": usage.CompleteList(_PUBSUB)})
 
     def parseArgs(self, *args: str) -> None:
+        """The one argument is the name (a usage error for none or more)."""
         (self["name"],) = self._arguments(args)
 
     def postOptions(self) -> None:
+        """Check the transport and read the security flags it takes."""
         check_transport(self["transport"], pubsub=True)
         self.read_security(self["transport"])
 
@@ -100,6 +111,10 @@ class SubOptions(Verb, ClientTLSOptions, CurveClientOptions):
 
 
 async def pub(session: Session) -> None:
+    """``grenache pub NAME``: listen, announce NAME and print one JSON line (name, port,
+    transport, announce outcome), then publish each line of stdin (decoded as UTF-8) to the
+    subscribers connected at that moment, until the end of stdin. A failed first announce is a
+    warning, not an error: the publisher keeps announcing."""
     options = session.options
     begin_logging("warn")
     entry = get_transport(options["transport"], pubsub=True)
@@ -128,6 +143,10 @@ async def pub(session: Session) -> None:
 
 
 async def sub(session: Session) -> None:
+    """``grenache sub NAME``: subscribe to a publisher announced as NAME and write each message
+    as one line on stdout (until ``--count`` messages, or until interrupted); a lost
+    publisher is a line on stderr while :class:`~grenache.peer.PeerSub` follows the name to
+    another."""
     options = session.options
     begin_logging("warn")
     entry = get_transport(options["transport"], pubsub=True)

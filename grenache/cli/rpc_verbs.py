@@ -57,6 +57,9 @@ class _RPCOptions(Verb, GrapePortOption, ClientTLSOptions, CurveClientOptions):
 
 
 class RequestOptions(_RPCOptions):
+    """``grenache request NAME JSON``: the service name, the JSON payload, ``--retry`` and the
+    transport, compression and security flags every RPC verb has."""
+
     synopsis = "NAME JSON [options]"
     longdesc = (
         "Send the JSON payload (- reads stdin) to one peer announced as NAME (chosen at "
@@ -81,6 +84,9 @@ class RequestOptions(_RPCOptions):
 
 
 class MapOptions(_RPCOptions):
+    """``grenache map NAME JSON``: as :class:`RequestOptions`, with ``--limit`` (the most peers
+    asked) instead of ``--retry``."""
+
     synopsis = "NAME JSON [--limit N] [options]"
     longdesc = (
         "Send the JSON payload (- reads stdin) to every peer announced as NAME (or --limit of "
@@ -156,9 +162,11 @@ class ServeOptions(GnuOptions, ServiceOptions):
     ]
 
     def getUsage(self, width: int | None = None) -> str:
+        """The usage text followed by this verb's examples (not ``twistd grenache-service``'s)."""
         return usage.Options.getUsage(self, width) + "\n" + self.examples
 
     def parseArgs(self, *names: str) -> None:
+        """Each argument is a service name to announce, as ``--name`` gives one."""
         self["names"].extend(names)
 
 
@@ -177,6 +185,10 @@ def _rpc_client(session: Session) -> Any:
 
 
 async def request(session: Session) -> None:
+    """``grenache request NAME JSON``: send the payload to one peer announced as NAME (up to
+    ``--retry`` attempts, each to a peer chosen afresh) and print its reply as JSON. A
+    failure (nobody announced, no answer in time, the service's error) is raised for
+    :func:`~grenache.cli.main.run` to print as one line."""
     options = session.options
     client = _rpc_client(session)
     result = await client.request(
@@ -190,6 +202,9 @@ async def request(session: Session) -> None:
 
 
 async def map_(session: Session) -> None:
+    """``grenache map NAME JSON``: send the payload to every peer announced as NAME (at most
+    ``--limit`` of them) and print their replies as one JSON list; one failure fails the map.
+    (``map_``: ``map`` is a builtin.)"""
     options = session.options
     client = _rpc_client(session)
     results = await client.map(
@@ -203,6 +218,10 @@ async def map_(session: Session) -> None:
 
 
 async def serve(session: Session) -> None:
+    """``grenache serve NAME... --handler MODULE:FUNCTION``: run a
+    :class:`~grenache.service_tap.GrenacheService`, as ``twistd grenache-service`` does; print
+    one JSON line (names, port, transport, grape, announce outcome) once it listens and has
+    announced, then serve until SIGINT or SIGTERM stops the reactor."""
     options = session.options
     service = GrenacheService(options.config(), session.reactor)
     port = await service.listen()

@@ -72,9 +72,11 @@ class StdinLines(LineReceiver):
         self.ended: Deferred[None] = Deferred()
 
     def lineReceived(self, line: bytes) -> None:
+        """Hand ``line`` to ``receive`` without a trailing ``\\r``."""
         self.receive(line.removesuffix(b"\r"))
 
     def lineLengthExceeded(self, line: bytes) -> None:
+        """Fail :attr:`ended` with a :class:`CommandError` and stop reading."""
         self._buffer = b""
         if not self.ended.called:
             limit = f"{self.MAX_LENGTH} bytes"
@@ -83,6 +85,7 @@ class StdinLines(LineReceiver):
         transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
+        """End of input: hand over a last line without a newline, then fire :attr:`ended`."""
         if self._buffer:
             self.lineReceived(self._buffer)
             self._buffer = b""
@@ -143,6 +146,8 @@ class WatchedLink:
         self.lookup_failed = False
 
     def lookup(self, name: str) -> Deferred[list[str]]:
+        """The link's lookup of ``name``, noting in :attr:`lookup_failed` if it fails."""
+
         def failed(failure: Failure) -> Failure:
             self.lookup_failed = True
             return failure
@@ -151,9 +156,11 @@ class WatchedLink:
         return d.addErrback(failed)
 
     def start_announcing(self, name: str, port: int) -> Deferred[int]:
+        """The link's :meth:`~grenache.link.Link.start_announcing`, unchanged."""
         return self.link.start_announcing(name, port)  # type: ignore[no-any-return]
 
     def stop_announcing(self, name: str, port: int) -> Deferred[None]:
+        """The link's :meth:`~grenache.link.Link.stop_announcing`, unchanged."""
         return self.link.stop_announcing(name, port)  # type: ignore[no-any-return]
 
 
@@ -169,10 +176,13 @@ class Session:
 
     @property
     def grape(self) -> str:
+        """The grape API URL the verb talks to (``--grape``, with ``-p`` and ``-t`` applied)."""
         return str(self.options["grape"])
 
     @property
     def timeout(self) -> float:
+        """Seconds to wait for each reply: ``--timeout``, or :data:`DEFAULT_TIMEOUT` for a verb
+        without one."""
         return float(self.options.get("timeout") or DEFAULT_TIMEOUT)
 
     def link(self) -> WatchedLink:
@@ -187,6 +197,8 @@ class Session:
         return self.watched
 
     async def close(self) -> None:
+        """Run the cleanups, last added first (a client is stopped before its link); one that
+        fails does not keep the others from running, since the verb's outcome is decided."""
         while self.cleanups:
             try:
                 await self.cleanups.pop()()

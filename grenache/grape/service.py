@@ -366,6 +366,9 @@ class Grape(MultiService):
         return f"cannot listen on {label}: {reason}"
 
     def startService(self) -> None:
+        """Bind the ports (unless ``privilegedStartService`` already did), start the children
+        and the DHT node (its bootstrap walk), and log the addresses once every port listens.
+        :class:`ListenError` if a port cannot be bound."""
         self.privilegedStartService()
         super().startService()
         self.node.start()
@@ -387,6 +390,9 @@ class Grape(MultiService):
         )
 
     def stopService(self) -> Deferred[Any]:  # type: ignore[override]
+        """Stop the DHT node and the timers, close the ports, and end the API connections still
+        open (closing a port leaves accepted connections serving); fires once every child
+        service has stopped."""
         self._privileged = False
         self.node.stop()
         stopping: Deferred[Any] = super().stopService()  # type: ignore[assignment]

@@ -222,9 +222,12 @@ class Options(usage.Options):
     )
 
     def getUsage(self, width: int | None = None) -> str:
+        """The usage text followed by the examples."""
         return super().getUsage(width) + "\n" + self.examples
 
     def postOptions(self) -> None:
+        """Copy each Node spelling given into its short flag and parse ``--bn`` (a usage error
+        for a malformed node)."""
         for alias, name in self._aliases.items():
             if self[alias] is not None:
                 self[name] = self[alias]
@@ -234,6 +237,8 @@ class Options(usage.Options):
             raise usage.UsageError(str(error)) from None
 
     def config(self) -> GrapeConfig:
+        """The grape this command line describes (the Node spellings already copied into the
+        short flags; millisecond times made seconds)."""
         return GrapeConfig(
             dht_port=self["dp"],
             api_port=self["aph"],
@@ -279,6 +284,8 @@ class TwistdGrape(Grape):
         self.exit_on_listen_error = exit_on_listen_error
 
     def privilegedStartService(self) -> None:
+        """Bind the ports as :class:`~grenache.grape.service.Grape` does; a port that cannot be
+        bound is a one-line ``SystemExit`` when ``exit_on_listen_error`` (``twistd -n``)."""
         try:
             super().privilegedStartService()
         except ListenError as error:
@@ -287,6 +294,8 @@ class TwistdGrape(Grape):
             raise
 
     def startService(self) -> None:
+        """Start the grape; a ``--metrics`` port that cannot listen is logged as critical and
+        stops the reactor (a grape whose health cannot be probed would be reported dead)."""
         super().startService()
         if "metrics" not in self.namedServices:
             return
