@@ -188,7 +188,7 @@ class ZmqClientTransport:
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self.options = options or SocketOptions()
-        self._factory = new_factory(reactor)
+        self._factory = new_factory(reactor, self.options)
         self._dests: dict[str, Destination] = {}
         self._sweeper = DeadlineTimer(reactor, self._sweep)
         self._stopped = False

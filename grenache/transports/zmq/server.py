@@ -134,7 +134,7 @@ class ZmqServerTransport:
         except ValueError:
             return fail()
         self._serve = serve
-        factory = new_factory(self._reactor)
+        factory = new_factory(self._reactor, self.options)
         tls = self.tls
         try:
             if tls is not None:
