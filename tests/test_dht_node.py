@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import bencode2
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
@@ -543,6 +545,38 @@ class RoutingUpkeepTests(SynchronousTestCase):
         self.assertEqual(len(first.routing), 2)
         network.net.run(400, step=5)
         self.assertEqual(len(first.routing), 0)
+
+    def test_liveness_sweep_waits_a_random_extra_of_up_to_a_quarter(self) -> None:
+        class Highest(random.Random):
+            """Draws the top of every range: sweeps every 90 s, threshold 1.25 x 300 s."""
+
+            def uniform(self, a: float, b: float) -> float:
+                return b
+
+        network = Network(self, node_liveness=300.0)
+        seed = network.node()
+        node = DHTNode(
+            DHTConfig(bootstrap=(("127.0.0.1", seed.port),), node_liveness=300.0),
+            network.clock,  # type: ignore[arg-type]
+            rng=Highest(),
+        )
+        network.net.attach(node.krpc)
+        node.start()
+        network.nodes.append(node)
+        network.net.settle()
+
+        def pings() -> int:
+            return sum(
+                1
+                for source, _, data in network.net.sent
+                if source == ("127.0.0.1", node.port) and b"4:ping" in data
+            )
+
+        # The sweeps at 90, 180, 270 and 360 s find fewer than 375 s without change.
+        network.net.run(400, step=5)
+        self.assertEqual(pings(), 0)
+        network.net.run(60, step=5)
+        self.assertEqual(pings(), 1)
 
     def test_liveness_sweep_keeps_live_contacts(self) -> None:
         network = Network(self, node_liveness=300.0)

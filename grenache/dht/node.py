@@ -233,6 +233,7 @@ class DHTNode(Bootstrap, QueryHandlers, Bep44Client, FanOut, DownNeighbours):
         self._lone_answers: dict[bytes, tuple[tuple[int, int, int], list[str]]] = {}
         self._last_change = self.clock.seconds()  # type: ignore[misc]
         self._liveness_call: Any = None
+        self._liveness_after = self._liveness_threshold()
         self._evicting = False
         self._eviction_queue: tuple[list[Contact], Contact] | None = None
         self._running = False
@@ -386,12 +387,19 @@ class DHTNode(Bootstrap, QueryHandlers, Bep44Client, FanOut, DownNeighbours):
         delay = self._rng.uniform(30.0, 90.0)
         self._liveness_call = self.clock.callLater(delay, self._liveness_sweep)
 
+    def _liveness_threshold(self) -> float:
+        """``node_liveness`` stretched by a random 0 to 25 %, drawn anew for every sweep, so
+        that grapes started together do not all ping their whole tables in the same minute."""
+        return self.config.node_liveness * self._rng.uniform(1.0, 1.25)
+
     def _liveness_sweep(self) -> None:
-        """After ``node_liveness`` without change, ping everyone until the first dead one."""
+        """After ``node_liveness`` (stretched by :meth:`_liveness_threshold`) without change,
+        ping everyone until the first dead one."""
         self._liveness_call = None
-        if self.clock.seconds() - self._last_change < self.config.node_liveness:
+        if self.clock.seconds() - self._last_change < self._liveness_after:
             self._schedule_liveness()
             return
+        self._liveness_after = self._liveness_threshold()
 
         def swept(dead: Contact | None) -> None:
             if dead is not None and len(self.routing) == 0:
