@@ -183,9 +183,10 @@ class LatencyUDPNetwork(MemoryUDPNetwork):
 class LookupTrace:
     """What one lookup cost: ``queries`` (get_peers sent by the walk), ``answered`` (replies),
     ``hops`` (hop of the first reply carrying a peer; None if none did), ``depth`` (deepest hop
-    queried), ``datagrams`` (every datagram on the network while it ran: queries, replies and
-    any pings they caused), ``sim_time`` (simulated seconds), ``started`` (simulated time it
-    began) and ``found`` (the answer held the announced peer)."""
+    queried), ``datagrams`` (every datagram sent on the network from the lookup's start until
+    its answer: queries, replies and any pings they caused, not the traffic that follows once
+    the answer is in), ``sim_time`` (simulated seconds), ``started`` (simulated time it began)
+    and ``found`` (the answer held the announced peer)."""
 
     queries: int = 0
     answered: int = 0
@@ -469,8 +470,8 @@ class ScaleNetwork:
         finally:
             tracer.done(key)
         trace.sim_time = self.clock.seconds() - started
-        self.quiet()
         trace.datagrams = self.udp.datagrams - before
+        self.quiet()
         trace.found = f"127.0.0.1:{self.announced.get(name)}" in peers
         return trace
 

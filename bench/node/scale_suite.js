@@ -5,6 +5,7 @@
 // process as the suite runs it, with every lookup traced: for bench/scale.py's comparison.
 //
 //   node scale_suite.js [N=100]
+//   node scale_suite.js N sizes [BATCH=500] [NAMES=20] [LOOKUPS=200] [SEED=1]
 //
 // createGrapes(N): grape 0 alone, grape 1 bootstraps from grape 0, grape i >= 2 from grape
 // (i + 1) % 2, grapes 2.. starting together; real UDP and HTTP sockets on 127.0.0.1 (ports the
@@ -14,6 +15,13 @@
 // h + 1 for one first learned from a hop-h reply's nodes, the hop of the first reply carrying
 // values, the deepest hop queried, and every datagram any grape sent meanwhile.
 // Prints one JSON line: {"n", "lookups": [{found, queries, datagrams, hops, depth, ms}], ...}.
+//
+// The "sizes" scenario is bench/scale.py's size point with Node grapes: grape 0 alone, grape 1
+// from grape 0, then the others in batches of BATCH booting together from both; NAMES names
+// rest:scale:NNNN announced from random grapes, then LOOKUPS lookups of a random name from a
+// random grape (seeded choices; node ids are Node's own random ones). It also reports
+// "no_other_half": how many grapes hold no routing contact whose id's top bit differs from
+// their own (the blind spot that makes a walk from them end short of keys in the other half).
 
 const { Grape } = require('grenache-grape')
 
@@ -54,7 +62,7 @@ function parseNodes (buf) {
   return peers
 }
 
-function tracedLookup (grape, name) {
+function tracedLookup (grape, name, port = 2000) {
   const socket = grape.node._rpc.socket
   const query = socket.query
   const key = Buffer.from(name)
@@ -88,7 +96,7 @@ function tracedLookup (grape, name) {
     grape.lookup(name, (err, peers) => {
       socket.query = query
       resolve({
-        found: !err && Array.isArray(peers) && peers.includes('127.0.0.1:2000'),
+        found: !err && Array.isArray(peers) && peers.includes(`127.0.0.1:${port}`),
         queries: trace.queries,
         datagrams: datagrams - before,
         hops: trace.hops,
@@ -135,7 +143,77 @@ async function main () {
   process.exit(0)
 }
 
-main().catch((err) => {
+// mulberry32: a small seeded generator, so that the sizes scenario picks repeatably.
+function rng (seed) {
+  let a = seed >>> 0
+  return function () {
+    a = (a + 0x6D2B79F5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+function noOtherHalf (grapes) {
+  let count = 0
+  for (const grape of grapes) {
+    const own = grape.node.nodeId[0] >> 7
+    const contacts = grape.node.nodes.toArray()
+    if (!contacts.some((c) => (c.id[0] >> 7) !== own)) count++
+  }
+  return count
+}
+
+async function sizes (args) {
+  const [batch = 500, names = 20, lookupCount = 200, seed = 1] = args.map((a) => parseInt(a, 10))
+  const random = rng(seed)
+  const pick = (n) => Math.floor(random() * n)
+  const started = Date.now()
+  const grapes = [await makeGrape([])]
+  grapes.push(await makeGrape([dhtAddress(grapes[0])]))
+  const seeds = [dhtAddress(grapes[0]), dhtAddress(grapes[1])]
+  for (let first = 2; first < N; first += batch) {
+    const wave = []
+    for (let i = first; i < Math.min(N, first + batch); i++) wave.push(makeGrape(seeds))
+    grapes.push(...await Promise.all(wave))
+    await pause(1000)
+  }
+  const upMs = Date.now() - started
+  grapes.forEach(countSends)
+  const serviceNames = [...Array(names).keys()].map((i) => `rest:scale:${String(i).padStart(4, '0')}`)
+  const stored = []
+  for (let i = 0; i < names; i++) {
+    stored.push(await new Promise((resolve, reject) => {
+      grapes[pick(N)].announce(serviceNames[i], 30000 + i, (err, n) => err ? reject(err) : resolve(n))
+    }))
+  }
+  await pause(200)
+  const lookups = []
+  for (let i = 0; i < lookupCount; i++) {
+    const name = pick(names)
+    lookups.push(await tracedLookup(grapes[pick(N)], serviceNames[name], 30000 + name))
+    await pause(20)
+  }
+  const rss = process.memoryUsage().rss
+  const blind = noOtherHalf(grapes)
+  const routingMean = grapes.reduce((s, g) => s + g.node.nodes.count(), 0) / N
+  await Promise.all(grapes.map((g) => new Promise((resolve) => g.stop(resolve))))
+  console.log(JSON.stringify({
+    n: N,
+    scenario: 'sizes',
+    up_ms: upMs,
+    announce_stored_on: stored,
+    no_other_half: blind,
+    routing_mean: routingMean,
+    rss_mb: Math.round(rss / 1048576),
+    lookups
+  }))
+  process.exit(0)
+}
+
+const run = process.argv[3] === 'sizes' ? () => sizes(process.argv.slice(4)) : main
+run().catch((err) => {
   console.error(err)
   process.exit(1)
 })
