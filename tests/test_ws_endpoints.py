@@ -29,7 +29,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from grenache.errors import DestinationUnreachable, RequestTimeout, WrongProtocol
+from grenache.errors import DestinationUnreachable, RemoteError, RequestTimeout, WrongProtocol
 from grenache.peer import OutgoingRequest, Request
 from grenache.tls import ClientTLS, ServerTLS
 from grenache.transports.http import HTTPServerTransport
@@ -330,7 +330,14 @@ class _Counting(RPCServerProtocol):
         self.factory.events.append(request.key)
         if request.key == "local":
             return "answered by the protocol"
+        if request.key == "raise":
+            raise ValueError("refused by the protocol")
+        if request.key == "coroutine":
+            return self._later(request)
         return super().request_received(request)
+
+    async def _later(self, request: Request) -> Any:
+        return f"coroutine answered {request.payload}"
 
 
 class _CountingFactory(RPCServerFactory):
@@ -387,11 +394,18 @@ class OverrideTests(unittest.TestCase):
                 self.net.flush()
                 self.assertEqual(self.successResultOf(remote), "served")
                 self.assertEqual(len(_RecordingReplies.seen), 2)
+                # Raising at once, and answering with a coroutine, as a Deferred would.
+                raised = client.request("127.0.0.1:1", OutgoingRequest("r3", "raise", 3, 10.0))
+                later = client.request("127.0.0.1:1", OutgoingRequest("r4", "coroutine", 4, 10.0))
+                self.net.flush()
+                error = self.failureResultOf(raised, RemoteError).value
+                self.assertEqual(error.message, "refused by the protocol")
+                self.assertEqual(self.successResultOf(later), "coroutine answered 4")
                 stopped = client.stop()
                 self.net.flush()
                 self.successResultOf(stopped)
                 events = server.factory.events  # type: ignore[attr-defined]
-                self.assertEqual(events, ["opened", "local", "k", "closed"])
+                self.assertEqual(events, ["opened", "local", "k", "raise", "coroutine", "closed"])
 
     async def test_accept_client_on_loopback(self) -> None:
         server = WSServerTransport(reactor, factory_class=_CountingFactory)
