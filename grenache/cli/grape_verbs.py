@@ -61,6 +61,8 @@ _HASH = re.compile(r"[0-9a-fA-F]{40}\Z")
 
 
 class LookupOptions(Verb, GrapePortOption, GrapeTLSOption):
+    """``grenache lookup NAME...``: the names to look up and how to print their addresses."""
+
     synopsis = "NAME [NAME...] [-a | -f | -l | -r] [options]"
     longdesc = (
         "Print the peers (ip:port) announced as each NAME: as a JSON list (the default, or "
@@ -101,6 +103,8 @@ class LookupOptions(Verb, GrapePortOption, GrapeTLSOption):
 
 
 class AnnounceOptions(Verb, GrapePortOption, GrapeTLSOption):
+    """``grenache announce NAME PORT``: one announce, or one per line of stdin."""
+
     synopsis = "NAME PORT | [NAME,PORT...] [-d DELIMITER] [-j] [options]"
     longdesc = (
         "Announce NAME at PORT once, through the grape (which records the address it sees); "
@@ -189,6 +193,8 @@ def parse_announce_line(text: str, delimiter: str = ",", json: bool = False) -> 
 
 
 class PutOptions(Verb, GrapePortOption, GrapeTLSOption):
+    """``grenache put VALUE``: an immutable item, or a mutable one signed with a key file."""
+
     synopsis = "VALUE [-m | --key FILE] [-n N] [-s SALT] [-c N] [options]"
     longdesc = (
         "Store VALUE (a string of at most 1000 bytes; - reads stdin) in the DHT and print its "
@@ -251,6 +257,8 @@ class PutOptions(Verb, GrapePortOption, GrapeTLSOption):
 
 
 class GetOptions(Verb, GrapePortOption, GrapeTLSOption):
+    """``grenache get HASH``: the item to fetch and which of its fields to print."""
+
     synopsis = "HASH [-s SALT] [-v | -r | -i | -w] [options]"
     longdesc = (
         "Print the item stored under HASH (40 hex digits, as put prints it) as a JSON object: "
@@ -295,6 +303,9 @@ class GetOptions(Verb, GrapePortOption, GrapeTLSOption):
 
 
 class KeygenOptions(Verb):
+    """``grenache keygen [FILE]``: where to write a new ed25519 (or, with ``--curve``, CURVE)
+    key."""
+
     synopsis = "[FILE] [--force]"
     longdesc = (
         f"Write a new ed25519 key to FILE (default {DEFAULT_KEY_FILE}, in a directory created "
