@@ -91,10 +91,11 @@ def node_suite(seed: int) -> dict[str, Any]:
     }
 
 
-def node_suite_node(n: int = 100) -> dict[str, Any] | str:
+def node_suite_node(n: int = 100, sizes: tuple[int, ...] = ()) -> dict[str, Any] | str:
     """The same scenario with Node grapes (``bench/node/scale_suite.js``: n Grapes in one Node
     process, as the Node suite runs them, on real loopback sockets), each lookup traced as
-    ours are; the reason as text when Node cannot run."""
+    ours are; the reason as text when Node cannot run. With ``sizes`` = ``(batch, names,
+    lookups, seed)`` it runs :func:`size_point`'s scenario with Node grapes instead."""
     try:
         from tests.interop.harness import node_executable, node_modules_dir
 
@@ -106,7 +107,7 @@ def node_suite_node(n: int = 100) -> dict[str, Any] | str:
     env["NODE_PATH"] = str(modules)
     try:
         done = subprocess.run(
-            [node, str(NODE_SCRIPT), str(n)],
+            [node, str(NODE_SCRIPT), str(n)] + (["sizes", *map(str, sizes)] if sizes else []),
             env=env,
             capture_output=True,
             text=True,
@@ -132,8 +133,10 @@ def node_suite_node(n: int = 100) -> dict[str, Any] | str:
     ]
     summary = summarize(traces)
     summary["real_ms"] = summary.pop("sim_ms")
+    extra = {k: result[k] for k in ("no_other_half", "routing_mean") if k in result}
     return {
         "n": n,
+        **extra,
         "up_s": round(result["up_ms"] / 1000, 2),
         "announce_stored_on": result["announce_stored_on"],
         "rss_mb": result["rss_mb"],
@@ -229,6 +232,8 @@ def run(
     log(f"node suite scenario: {json.dumps(suite['all_grapes'])}")
     node = node_suite_node(100)
     log(f"node suite scenario, Node grapes: {json.dumps(node)}")
+    node_sizes = node_suite_node(1000, (500, names, lookups, seed)) if not quick else "quick run"
+    log(f"size point n=1000, Node grapes: {json.dumps(node_sizes)}")
     part1 = cluster(cluster_n, seed, max(2, min(100, cluster_n // 10)))
     log(f"cluster of {cluster_n}: {json.dumps(part1)}")
     points = []
@@ -324,6 +329,7 @@ def run(
         "fits": fits,
         "node_suite": suite,
         "node_suite_node": node,
+        "size_point_node_1000": node_sizes,
         "cluster": part1,
         "sizes": [{k: v for k, v in p.items() if k != "queries_all"} for p in points],
         "quick": quick,
