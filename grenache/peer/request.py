@@ -110,8 +110,15 @@ def call_handler(handler: Handler, request: Request) -> Deferred[Any]:
     return maybeDeferred(_call, handler, request)
 
 
+# Results that are plainly values: no Deferred, coroutine or awaitable checks for them (the
+# abstract-class checks of inspect.isawaitable are most of this path's cost).
+_PLAIN = frozenset({dict, list, str, int, float, bool, type(None), bytes, tuple})
+
+
 def _call(handler: Handler, request: Request) -> Any:
     result = handler(request)
+    if type(result) in _PLAIN:
+        return result
     if isinstance(result, Deferred):
         return result
     if isinstance(result, Coroutine):
