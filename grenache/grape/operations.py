@@ -80,6 +80,9 @@ def _name_and_port(data: Any, operation: str) -> tuple[bytes, int]:
 
 
 def announce(node: DHTNode, data: Any) -> Deferred[int]:
+    """``[name, port]``: announce the service on the DHT; the number of nodes that stored it. Port 0
+    announces the grape's own DHT port, as Node does.
+    """
     return node.announce(*_name_and_port(data, "announce"))
 
 
@@ -90,6 +93,10 @@ def unannounce(node: DHTNode, data: Any) -> Deferred[int]:
 
 
 def lookup(node: DHTNode, data: Any) -> list[str] | Deferred[list[str]]:
+    """``name``: the ``"ip:port"`` peers announced under it (up to 100, in random order), answered
+    at once, without a Deferred, when no walk is needed (a lone grape). A name that is empty or not
+    a string is :class:`~grenache.errors.GrapeLookupInvalid`.
+    """
     if not isinstance(data, str) or not data:
         raise GrapeLookupInvalid()
     key = data.encode("utf-8")
@@ -134,6 +141,11 @@ def _int_field(data: dict[str, Any], name: str, message: str) -> int | None:
 
 
 async def put(node: DHTNode, data: Any) -> str:
+    """A BEP 44 item, ``{"v", "k", "sig", "seq", "salt", "cas"}`` with the binary fields in hex (or
+    a bare string ``v``): store it on the DHT; its key in hex. ``v`` is bencoded as bittorrent-dht
+    does (floats truncated, nulls dropped); a bad field is :class:`~grenache.errors.InvalidPut` with
+    Node's message.
+    """
     if isinstance(data, str):
         data = {"v": data}
     if not isinstance(data, dict):
@@ -166,6 +178,11 @@ async def put(node: DHTNode, data: Any) -> str:
 
 
 async def get(node: DHTNode, data: Any) -> dict[str, Any] | None:
+    """A hash (40 hex digits) or ``{"hash", "salt", "cache"}``: the item stored under it as
+    grenache-grape answers it (:func:`get_result_json`), or ``None`` when nobody has a valid one. A
+    malformed hash is :class:`~grenache.errors.GrapeHashFormat`; ``"cache": false`` skips the
+    grape's own store.
+    """
     salt: bytes | None = None
     cache = True
     if isinstance(data, dict):

@@ -99,18 +99,27 @@ class ClientCall:
             conn.abort()
 
     def timed_out(self) -> None:
+        """The deadline passed: fail with :class:`~grenache.errors.RequestTimeout` and drop the
+        connection, whose late reply would otherwise be read as the next request's. Ignored once the
+        call has ended.
+        """
         if self.done:
             return
         self._detach()
         self.deferred.errback(errors.RequestTimeout())
 
     def fail(self, error: BaseException) -> None:
+        """End the call with ``error`` (nothing was parsed); ignored once the call has ended."""
         if self.done:
             return
         self._settle()
         self.deferred.errback(error)
 
     def reply(self, status: int, body: bytes, limit: int | None) -> None:
+        """End the call with a complete response: the Deferred fires with what :meth:`parse`
+        returns, or fails with what it raises. Ignored once the call has ended (a reply racing its
+        timeout).
+        """
         if self.done:
             return
         self._settle()
@@ -252,6 +261,9 @@ class HTTPClientProtocol(protocol.Protocol):
         transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        """Feed the response parser. Bytes while no request is in flight drop the connection: a
+        server talking out of turn cannot be trusted with the next request.
+        """
         if self.call is None:
             # Nothing was asked: a server talking out of turn cannot be trusted.
             self.abort()
@@ -279,9 +291,15 @@ class HTTPClientProtocol(protocol.Protocol):
     # httptools callbacks
 
     def on_status(self, reason: bytes) -> None:
+        """httptools callback: collect the reason phrase (it tells a WebSocket server's refusal
+        apart).
+        """
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """httptools callback: note whether the response is framed (``Content-Length`` or
+        ``Transfer-Encoding``) and whether a ``Sec-WebSocket-*`` header came.
+        """
         lower = name.lower()
         if lower == b"content-length" or lower == b"transfer-encoding":
             self._framed = True
@@ -289,11 +307,17 @@ class HTTPClientProtocol(protocol.Protocol):
             self.websocket = True
 
     def on_headers_complete(self) -> None:
+        """httptools callback: read the status; the body of an unframed final response runs until
+        the connection closes.
+        """
         self.status = self.parser.get_status_code()
         self.headers_done = True
         self.until_eof = not self._framed and self.status >= 200
 
     def on_body(self, chunk: bytes) -> None:
+        """httptools callback: keep a chunk of the body. Past ``max_reply_size`` the call fails with
+        :class:`~grenache.errors.RequestTooLarge` and the connection is dropped.
+        """
         self.size += len(chunk)
         if self.limit is not None and self.size > self.limit:
             self._fail(errors.RequestTooLarge("ERR_REPLY_TOO_LARGE"))
@@ -301,6 +325,10 @@ class HTTPClientProtocol(protocol.Protocol):
         self.body.append(chunk)
 
     def on_message_complete(self) -> None:
+        """httptools callback: a whole response. An interim ``1xx`` is skipped; otherwise the
+        connection returns to its pool (or closes, without keep-alive) and the call gets the
+        response.
+        """
         status = self.status
         if status < 200:  # an interim 1xx response: the real one follows
             self.headers_done = False
@@ -319,6 +347,10 @@ class HTTPClientProtocol(protocol.Protocol):
             self._complete(call, status, reason, websocket, body)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        """Leave the pool and end the call in flight: a response without framing is complete at EOF;
+        otherwise it fails with :class:`~grenache.errors.TLSHandshakeError` (a refused handshake,
+        nothing received) or :class:`~grenache.errors.TransportClosed`.
+        """
         self.closed = True
         call, self.call = self.call, None
         self.pool.connection_lost(self)
@@ -348,6 +380,9 @@ class HTTPClientFactory(protocol.Factory):
         self.attempt: Deferred[Any] | None = None
 
     def buildProtocol(self, addr: Any) -> HTTPClientProtocol:
+        """The attempt connected: it leaves the pool's pending attempts and the connection gets a
+        :attr:`protocol` bound to the pool.
+        """
         self.pool.attempt_done(self)
         return self.protocol(self.pool)
 
@@ -563,6 +598,9 @@ class HTTPClient:
                 d.callback(None)
 
     def idle_added(self) -> None:
+        """A connection became idle: start the idle sweep if it is not running (one sweep for every
+        pool; it stops itself once nothing is idle).
+        """
         if not self._sweeper.running and self.idle_timeout > 0:
             self._sweeper.start(self.idle_timeout / 2, now=False)
 

@@ -339,6 +339,9 @@ class HTTPServerProtocol(StreamHandoffMixin, OutputMixin, DeadlinesMixin, protoc
     # --- httptools callbacks --------------------------------------------------------------
 
     def on_url(self, url: bytes) -> None:
+        """httptools callback: gather the request target; a head over ``max_header_size`` is
+        answered 431 and the input abandoned.
+        """
         self._url.append(url)
         self._header_size += len(url)
         if self._header_size > self._max_header:
@@ -346,6 +349,9 @@ class HTTPServerProtocol(StreamHandoffMixin, OutputMixin, DeadlinesMixin, protoc
             raise _StopParsing()
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """httptools callback: keep a header (name lower-cased), counted against ``max_header_size``
+        like the target (431 past it).
+        """
         self._headers.append((name.lower(), value))
         self._header_size += len(name) + len(value) + 4
         if self._header_size > self._max_header:
@@ -353,6 +359,11 @@ class HTTPServerProtocol(StreamHandoffMixin, OutputMixin, DeadlinesMixin, protoc
             raise _StopParsing()
 
     def on_headers_complete(self) -> None:
+        """httptools callback: the head is parsed. Open the request's slot in the pipeline, route a
+        streamed request, answer the factory's ``too_large`` response at once for a declared body
+        over ``max_body_size``, send ``100 Continue`` when the client waits for it, and stop reading
+        while the pipeline is full.
+        """
         self._in_headers = False
         self._head_started = -1.0
         self._body_started = self.lastActivity
@@ -392,6 +403,9 @@ class HTTPServerProtocol(StreamHandoffMixin, OutputMixin, DeadlinesMixin, protoc
             self._update_reading()
 
     def on_body(self, body: bytes) -> None:
+        """httptools callback: a chunk of the body, to :meth:`bodyChunkReceived` or to the streamed
+        request (``too_large`` past ``max_stream_size``).
+        """
         stream = self._stream_in
         if stream is None:
             self.bodyChunkReceived(body)
@@ -404,6 +418,10 @@ class HTTPServerProtocol(StreamHandoffMixin, OutputMixin, DeadlinesMixin, protoc
         stream._feed(body)
 
     def on_message_complete(self) -> None:
+        """httptools callback: the request is whole. A streamed body ends; a buffered request is
+        built by :meth:`requestReceived` and dispatched, or held while the output is full. A request
+        without keep-alive is the connection's last.
+        """
         slot = self._current
         self._current = None
         self._in_headers = True

@@ -150,6 +150,9 @@ class StreamConnection(protocol.Protocol):
     # connection
 
     def connectionMade(self) -> None:
+        """Turn Nagle off, write the request head and start the idle timer; without TLS the stream
+        is ready at once (over TLS, at :meth:`handshakeCompleted`).
+        """
         transport: Any = self.transport
         set_no_delay(transport)
         self.factory.connected(self)
@@ -168,6 +171,9 @@ class StreamConnection(protocol.Protocol):
         self.factory.ready(self.stream)
 
     def dataReceived(self, data: bytes) -> None:
+        """Feed the response parser (any bytes count as activity for the idle timeout); a response
+        that is not HTTP drops the connection with the parser's error.
+        """
         self.received = True
         self.activity()
         if self.complete or self.closed:
@@ -177,6 +183,9 @@ class StreamConnection(protocol.Protocol):
             self.abort(error)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        """End everything with the reason: the waiting :meth:`response` calls, the reply body
+        (complete at EOF when it had no framing) and the request body, and tell the factory.
+        """
         self.closed = True
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
@@ -205,12 +214,19 @@ class StreamConnection(protocol.Protocol):
     # parser callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """httptools callback: keep a header (name lower-cased) and note whether the response is
+        framed.
+        """
         lower = name.lower()
         self.headers.append((lower, value))
         if lower == b"content-length" or lower == b"transfer-encoding":
             self.framed = True
 
     def on_headers_complete(self) -> None:
+        """httptools callback: status and headers are in (an interim ``1xx`` is skipped): make the
+        :class:`StreamReply` and fire every waiting :meth:`response` with it, before any of the
+        body.
+        """
         self.status = self.parser.get_status_code()
         if self.status < 200:
             return  # an interim response (100 Continue): the real one follows
@@ -223,10 +239,14 @@ class StreamConnection(protocol.Protocol):
         self.hold_changed()
 
     def on_body(self, body: bytes) -> None:
+        """httptools callback: a chunk of the body, to the reply's reader."""
         if self.reply is not None:
             self.reply._feed(body)
 
     def on_message_complete(self) -> None:
+        """httptools callback: the response is whole, so the exchange is over: the reply body ends,
+        an unfinished request body is abandoned and the connection closes.
+        """
         if self.status < 200:
             self.headers = []
             self.framed = False
@@ -246,6 +266,9 @@ class StreamConnection(protocol.Protocol):
     # flow, timeout, closing
 
     def response(self) -> Deferred[StreamReply]:
+        """A Deferred of the :class:`StreamReply` (at once if its headers are in, failed if it will
+        never come); cancelling it drops the connection.
+        """
         if self.reply is not None:
             return succeed(self.reply)
         if self.failure is not None:
@@ -255,6 +278,7 @@ class StreamConnection(protocol.Protocol):
         return d
 
     def fail_waiting(self, failure: Failure) -> None:
+        """The response will never come: fail the waiting :meth:`response` calls and later ones."""
         self.failure = failure
         waiting, self.waiting = self.waiting, []
         for d in waiting:
@@ -262,9 +286,13 @@ class StreamConnection(protocol.Protocol):
                 d.errback(failure)
 
     def activity(self) -> None:
+        """Something moved (bytes read or written): the idle timeout starts again."""
         self.last = self.seconds()
 
     def hold_changed(self) -> None:
+        """Pause or resume reading the socket as the reply's reader pauses or resumes, so an unread
+        body is not buffered without bound.
+        """
         reply = self.reply
         hold = reply is not None and reply.holding and not self.complete
         if hold == self.reading_paused or self.closed:
@@ -277,6 +305,9 @@ class StreamConnection(protocol.Protocol):
             transport.resumeProducing()
 
     def check_idle(self) -> None:
+        """The idle timer: abort with :class:`~grenache.errors.RequestTimeout` when nothing moved
+        for ``timeout`` seconds, else check again when it could next expire.
+        """
         self.timer = None
         if self.closed:
             return
@@ -299,6 +330,7 @@ class StreamConnection(protocol.Protocol):
         drop_connection(self.transport)
 
     def close(self) -> None:
+        """Close politely once the exchange is over (resuming reading, so the close is seen)."""
         if self.closed:
             return
         transport: Any = self.transport
@@ -352,16 +384,22 @@ class StreamConnectFactory(protocol.Factory):
         return self.opened
 
     def buildProtocol(self, addr: Any) -> StreamConnection:
+        """The :attr:`protocol` of this stream's connection, bound to this factory."""
         return self.protocol(self)
 
     def connected(self, conn: StreamConnection) -> None:
+        """The connection is made: :meth:`stop` now drops it instead of cancelling the attempt."""
         self.conn = conn
 
     def ready(self, stream: ClientStream) -> None:
+        """The head is written (the TLS handshake done): :attr:`opened` fires with the stream."""
         if not self.opened.called:
             self.opened.callback(stream)
 
     def lost(self, conn: StreamConnection, failure: Failure) -> None:
+        """The connection is gone: :attr:`opened` fails with ``failure`` if it had not fired, and
+        ``on_done`` is called.
+        """
         if not self.opened.called:
             self.opened.errback(failure)
         self._done()

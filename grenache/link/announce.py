@@ -56,10 +56,14 @@ class AnnounceLoop:
         self._first_waiters: list[Deferred[int]] = []
 
     def start(self) -> None:
+        """Announce now, and again after each gap until :meth:`stop`."""
         self.running = True
         self._tick()
 
     def stop(self) -> None:
+        """Stop announcing: cancel the next tick and the announce in flight (a :meth:`first_result`
+        still waiting then fails with :class:`~grenache.errors.LinkStopped`).
+        """
         self.running = False
         if self.call is not None and self.call.active():
             self.call.cancel()

@@ -84,16 +84,20 @@ class BytesBody:
         self.length = len(body)
 
     def startProducing(self, consumer: Any) -> Deferred[None]:
+        """Write the whole body to ``consumer`` at once; the returned Deferred has already fired."""
         consumer.write(self.body)
         return succeed(None)
 
     def pauseProducing(self) -> None:
+        """Nothing to pause: the body was written whole by :meth:`startProducing`."""
         pass
 
     def resumeProducing(self) -> None:
+        """Nothing to resume: the body was written whole by :meth:`startProducing`."""
         pass
 
     def stopProducing(self) -> None:
+        """Nothing to stop: the body was written whole by :meth:`startProducing`."""
         pass
 
 

@@ -42,6 +42,10 @@ class EndpointAgent:
         self.reactor = reactor
 
     def open(self, url: str, options: dict[str, Any], protocol_class: Any) -> Deferred[Any]:
+        """Connect to the WebSocket at ``url`` (over TLS, checked against the host name, for
+        ``wss://``) with an autobahn client factory made from ``options``; fires with the
+        ``protocol_class`` instance once the opening handshake completed.
+        """
         secure, host, port, _resource, _path, _params = parse_url(url)
         if secure:
             from twisted.internet.ssl import optionsForClientTLS
@@ -79,6 +83,10 @@ class WSGrapeClient:
         self._closing: list[Deferred[Any]] = []
 
     def request(self, type_: str, payload: Any) -> Deferred[Any]:
+        """Send the frame on the socket, opening one if there is none (or giving up an attempt older
+        than ``attempt_timeout``); fires with the result matched by rid (see :class:`GrapeClient
+        <grenache.link.client.GrapeClient>` for the failures).
+        """
         connection = self._connection
         if connection is not None and not connection.closed:
             waited = self.reactor.seconds() - connection.started

@@ -198,7 +198,9 @@ class PublicPath:
     """
 
     dataReceived = WebSocketAdapterProtocol.dataReceived
+    """autobahn's own ``dataReceived``: every frame through its parser and callbacks."""
     sendData = WebSocketProtocol.sendData
+    """autobahn's own ``sendData``, with its debug logging and traffic statistics."""
 
     def send_text(self, payload: bytes) -> None:
         """Send ``payload`` (UTF-8) as one text message."""

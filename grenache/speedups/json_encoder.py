@@ -67,6 +67,8 @@ AVAILABLE: bool = _iterencode is not None
 
 
 def _encode_c(value: Any) -> str:
+    """Compact JSON text of ``value`` through the C encoder built at import (what
+    :func:`encode` is while :data:`AVAILABLE`)."""
     try:
         return "".join(_iterencode(value, 0))
     except BaseException:

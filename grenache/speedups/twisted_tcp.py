@@ -157,6 +157,9 @@ class BatchedWriter:
         self._out = []
 
     def failed(self) -> None:
+        """Sending raised (the :class:`Batch` logged it): call ``on_error``, so the owner drops the
+        connection.
+        """
         self._on_error()
 
 

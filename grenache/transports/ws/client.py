@@ -61,6 +61,7 @@ class RPCClientProtocol(OutgoingProtocol):
         self.connection = connection
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """Every message is a reply: hand it to :meth:`reply_received`."""
         self.reply_received(payload)
 
     def reply_received(self, payload: bytes) -> None:
@@ -93,6 +94,9 @@ class ClientConnection(OutgoingSocket["WSClientTransport", RPCClientProtocol]):
         self.owner._sweeper.due(self.last_activity + self.owner.idle_timeout)
 
     def send(self, pending: Pending) -> None:
+        """Track ``pending`` by its rid and write its frame now if the socket is open; otherwise it
+        goes out, in order, when the socket opens.
+        """
         self.pending[pending.rid] = pending
         self.last_activity = self.owner._clock.seconds()
         if self.is_open and self.protocol is not None:
@@ -100,6 +104,10 @@ class ClientConnection(OutgoingSocket["WSClientTransport", RPCClientProtocol]):
             self.protocol.send_text(pending.frame)
 
     def received(self, payload: bytes) -> None:
+        """A reply frame: settle the request whose rid it carries (an error fails it with
+        :class:`~grenache.errors.RemoteError`, which carries the result too). A frame that is not
+        JSON, has no rid or names an unknown one is ignored (logged at debug level).
+        """
         self.last_activity = self.owner._clock.seconds()
         try:
             message = codec.json_loads(payload)
@@ -123,6 +131,7 @@ class ClientConnection(OutgoingSocket["WSClientTransport", RPCClientProtocol]):
             pending.deferred.callback(result)
 
     def forget(self, rid: str) -> None:
+        """Drop request ``rid`` (cancelled): a reply that still comes for it is ignored."""
         self.pending.pop(rid, None)
 
     def lost(self, reason: Any, detail: str | None = None) -> None:

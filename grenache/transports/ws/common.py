@@ -67,6 +67,9 @@ class UpgradeRequired:
     def failHandshake(
         self, reason: str, code: int = 400, responseHeaders: list[tuple[str, str]] | None = None
     ) -> None:
+        """Refuse the handshake as autobahn does, except that a request without an ``Upgrade``
+        header gets ``426 Upgrade Required`` with ``Upgrade: websocket``.
+        """
         headers = getattr(self, "http_headers", None)
         if isinstance(headers, dict) and "upgrade" not in headers:
             code, reason = 426, "Upgrade Required"

@@ -47,7 +47,12 @@ class Agent(Protocol):
 
     def open(
         self, transport_config: str, options: dict[str, Any], protocol_class: Any = None
-    ) -> Deferred[Any]: ...
+    ) -> Deferred[Any]:
+        """Open a socket to the URL ``transport_config``, run by a ``protocol_class()``
+        (autobahn's ``IWebSocketClientAgent.open``; ``options`` are autobahn's). Fails when no
+        connection could be made; the protocol's own callbacks follow the WebSocket handshake.
+        """
+        ...
 
 
 class ClientFactory(WebSocketClientFactory):
@@ -81,6 +86,11 @@ class Connector:
     def open(
         self, transport_config: str, options: dict[str, Any], protocol_class: Any = None
     ) -> Deferred[Any]:
+        """Connect a :class:`ClientFactory` (the connector's ``factory_class``, built for the URL
+        ``transport_config``, running ``protocol_class``) through
+        :func:`grenache.endpoints.client_endpoint`, over TLS for ``wss://`` (a ValueError without
+        TLS options). Fires once the TCP (and TLS) connection is made; ``options`` is not used.
+        """
         factory = self._factory_class(transport_config, reactor=self._reactor)
         factory.protocol = protocol_class
         factory.noisy = False
@@ -117,20 +127,30 @@ class OutgoingProtocol(FastPath, WebSocketClientProtocol):  # type: ignore[misc]
         outgoing.attach(self)
 
     def connectionMade(self) -> None:
+        """Connected; a socket given up meanwhile (stop, timeout, close) is dropped at once."""
         super().connectionMade()
         if self._outgoing.is_closed:
             # Connected after whoever wanted it gave up (stop, timeout, close).
             self.dropConnection(abort=True)
 
     def onOpen(self) -> None:
+        """The handshake is done: tell the socket's :class:`OutgoingSocket`
+        (:meth:`OutgoingSocket.opened`).
+        """
         self._outgoing.opened()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """Keep the close reason; the end of an open socket is reported to its
+        :class:`OutgoingSocket` at once (:meth:`OutgoingSocket.lost`).
+        """
         self.close_reason = reason
         if self._outgoing.is_open:
             self._outgoing.lost(f"code {code} {reason or ''}".strip())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Report the end to the :class:`OutgoingSocket` (as :class:`~grenache.errors.WrongProtocol`
+        when a plain HTTP service answered the upgrade) and fire ``gone``.
+        """
         super().connectionLost(reason)
         refusal = self.wrong_protocol()
         self._outgoing.lost(refusal or reason, self.close_reason)
@@ -180,6 +200,13 @@ class OutgoingSocket(Generic[_DialerT, _ProtocolT]):
         raise NotImplementedError
 
     def lost(self, reason: Any, detail: str | None = None) -> None:
+        """The socket ended, or could not be opened; a subclass fails or ends what depends on it
+        (once: later calls change nothing).
+
+        ``reason`` is a :class:`~twisted.python.failure.Failure`, an exception or a text (the close
+        code), ``detail`` the close reason autobahn reported, if any. Before the socket opened,
+        :func:`~grenache.transports.ws.common.unreachable` turns them into the error to report.
+        """
         raise NotImplementedError
 
     def url(self) -> str:
@@ -205,6 +232,9 @@ class OutgoingSocket(Generic[_DialerT, _ProtocolT]):
         self.lost(failure)
 
     def attach(self, protocol: _ProtocolT) -> None:
+        """Called by the protocol as it is built: keep it, and count it among the owner's sockets
+        until it is ``gone`` (a stop waits for them).
+        """
         self.protocol = protocol
         self.owner._protocols.add(protocol)
         protocol.gone.addBoth(lambda _: self.owner._protocols.discard(protocol))

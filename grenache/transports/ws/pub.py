@@ -80,6 +80,9 @@ class PubProtocol(  # type: ignore[misc]
     # --- autobahn callbacks ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        """Bound what the subscriber may send (it has nothing to say), count the socket among the
+        transport's and bound its output.
+        """
         owner: WSPubTransport = self.factory.owner
         self._owner = owner
         configure(self, SUBSCRIBER_MESSAGE_LIMIT)
@@ -88,17 +91,23 @@ class PubProtocol(  # type: ignore[misc]
         self.limit_output(owner.limits)
 
     def onConnect(self, request: ConnectionRequest) -> None:
+        """:meth:`accept_client` may refuse the subscriber (HTTP 403)."""
         if not self.accept_client(request):
             raise ConnectionDeny(403, "Forbidden")
 
     def onOpen(self) -> None:
+        """The socket is open: it gets every message published from now on; :meth:`socket_opened` is
+        called.
+        """
         self._owner._subscribers.add(self)
         self.socket_opened()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """A message from the subscriber: to :meth:`message_received`."""
         self.message_received(payload, isBinary)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """The socket is closing: it gets no more messages."""
         self._owner._subscribers.discard(self)
 
     def drop_slow_client(self, reason: str) -> None:
@@ -107,6 +116,7 @@ class PubProtocol(  # type: ignore[misc]
         super().drop_slow_client(reason)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Forget the socket and its output deadline; fire ``gone``, call :meth:`socket_closed`."""
         self._cancel_output_deadline()
         super().connectionLost(reason)
         self._owner._subscribers.discard(self)

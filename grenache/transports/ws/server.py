@@ -114,6 +114,10 @@ class RPCServerProtocol(  # type: ignore[misc]
     # --- autobahn callbacks ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        """Apply the transport's limits to the socket (invalid UTF-8 is answered
+        ``ERR_REQUEST_PARSE``, not closed with 1007), count it among the transport's sockets and
+        bound its output.
+        """
         owner: WSServerTransport = self.factory.owner
         self._owner = owner
         configure(self, owner.max_message_size)
@@ -145,12 +149,17 @@ class RPCServerProtocol(  # type: ignore[misc]
             raise ConnectionDeny(403, "Forbidden")
 
     def onOpen(self) -> None:
+        """Start the socket's idle clock and call :meth:`socket_opened`."""
         owner = self._owner
         self.last_activity = owner._clock.seconds()
         owner._sweeper.due(self.last_activity + owner.idle_timeout)
         self.socket_opened()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """One request frame: run it through :meth:`request_received` and answer
+        ``[rid, err, result]`` when it ends; an unparseable frame is answered ``ERR_REQUEST_PARSE``.
+        Reading pauses while ``max_in_flight`` requests run.
+        """
         owner = self._owner
         self.last_activity = owner._clock.seconds()
         try:
@@ -215,6 +224,7 @@ class RPCServerProtocol(  # type: ignore[misc]
             self.send_text(frame)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Forget the socket and its output deadline; fire ``gone``, call :meth:`socket_closed`."""
         self._cancel_output_deadline()
         super().connectionLost(reason)
         self._owner._sockets.discard(self)

@@ -49,14 +49,19 @@ class SubProtocol(OutgoingProtocol):
         self.subscription.received(message)
 
     def onOpen(self) -> None:
+        """The socket is open: the heartbeat's silence counts from now."""
         self.last_seen = self.subscription.owner._clock.seconds()
         super().onOpen()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """A published message (text frames decoded from UTF-8): to :meth:`message_received`; it
+        also shows the publisher is alive.
+        """
         self.last_seen = self.subscription.owner._clock.seconds()
         self.message_received(payload if isBinary else payload.decode("utf-8"))
 
     def onPong(self, payload: bytes) -> None:
+        """The answer to a heartbeat ping: the publisher is alive."""
         self.last_seen = self.subscription.owner._clock.seconds()
 
 
@@ -89,6 +94,9 @@ class Subscription(OutgoingSocket["WSSubTransport", SubProtocol]):
         self.ready.callback(self)
 
     def received(self, message: str | bytes) -> None:
+        """Hand ``message`` to ``on_message`` (a callback that raises is logged; the subscription
+        goes on); nothing once the subscription is closed.
+        """
         if self.is_closed:
             return
         try:
