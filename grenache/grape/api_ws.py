@@ -172,11 +172,14 @@ class GrapeWebSocketProtocol(  # type: ignore[misc]
         self.in_flight = 0
 
     def connectionMade(self) -> None:
+        """Count the socket among the factory's connections (the output bound and shutdown
+        see it), then let autobahn start the handshake."""
         self._grape_factory.connections.add(self)
         super().connectionMade()
         self.limit_output(self._grape_factory.limits)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Cancel the output deadline and forget the socket."""
         self._cancel_output_deadline()
         self._grape_factory.connections.discard(self)
         super().connectionLost(reason)
