@@ -2,7 +2,8 @@
 """ZeroMQ RPC benchmark: this project's ZeroMQ pair beside the Node.js WebSocket pair.
 
     python bench/zmq_rpc.py [--seconds N] [--concurrency C] [--payload-size B] [--codec C]
-                            [--repeats R] [--json PATH] [--quick]
+                            [--repeats R] [--sessions shared|own] [--batch-io]
+                            [--json PATH] [--quick]
 
 A client keeps C requests in flight (64 by default; each worker sends its next request when the
 previous one is answered) against an echo server, for N seconds after a 1 s warm-up, on
@@ -26,6 +27,9 @@ whose I/O thread and Python thread hand every message to each other (libzmq) far
 single-threaded event loop (Node): on a machine shared with other busy sessions, the ZeroMQ
 pair measured 3-4x slower with ``own`` while Node did not change. ``shared`` measures the
 implementations rather than the machine's other sessions; ``own`` shows that sensitivity.
+
+``--batch-io`` runs both Python processes with ``SocketOptions(batch_io=True)`` (libzmq's I/O
+thread under ``SCHED_BATCH``): less CPU per request, less overlap between client and server.
 
 Besides rates, each run samples the CPU time (user + system, all threads) of its server and
 client inside the measured window (``/proc``, Linux) and reports microseconds of CPU per
@@ -79,9 +83,11 @@ def role_server(args: argparse.Namespace) -> None:
     from twisted.internet import reactor
 
     from grenache.peer import PeerRPCServer
-    from grenache.transports.zmq import ZmqServerTransport
+    from grenache.transports.zmq import SocketOptions, ZmqServerTransport
 
-    transport = ZmqServerTransport(reactor, interface=LOCALHOST)
+    conf = json.loads(args.conf)
+    options = SocketOptions(batch_io=conf.get("batch_io", False))
+    transport = ZmqServerTransport(reactor, interface=LOCALHOST, options=options)
     server = PeerRPCServer(None, transport, lambda request: request.payload)
     server.listen(0).addCallback(lambda port: _emit({"port": port}))
     reactor.run()  # type: ignore[attr-defined,misc]
@@ -92,11 +98,12 @@ def role_client(args: argparse.Namespace) -> None:
     from twisted.internet.defer import ensureDeferred, gatherResults
 
     from grenache.peer import PeerRPCClient
-    from grenache.transports.zmq import ZmqClientTransport
+    from grenache.transports.zmq import SocketOptions, ZmqClientTransport
 
     clock: Any = reactor
     conf = json.loads(args.conf)
-    transport = ZmqClientTransport(reactor, codec=conf["codec"])
+    options = SocketOptions(batch_io=conf.get("batch_io", False))
+    transport = ZmqClientTransport(reactor, codec=conf["codec"], options=options)
     link: Any = _StubLink(conf["dest"])
     client = PeerRPCClient(link, transport, timeout=10.0, reactor=reactor)
     payload = conf["payload"]
@@ -179,7 +186,7 @@ def run_pair(bench: Bench, args: argparse.Namespace, impl: str) -> dict[str, Any
         server_argv = [bench.node, str(NODE_DIR / "ws_rpc_server.js"), "{}"]
     else:
         env = None
-        server_argv = [sys.executable, me, "server"]
+        server_argv = [sys.executable, me, "server", json.dumps({"batch_io": args.batch_io})]
     procs: list[Proc] = []
     try:
         server = _Proc(server_argv, bench.server_cpu, own, env)
@@ -192,6 +199,7 @@ def run_pair(bench: Bench, args: argparse.Namespace, impl: str) -> dict[str, Any
             "concurrency": args.concurrency,
             "payload": make_payload(args.payload_size),
             "codec": args.codec,
+            "batch_io": args.batch_io,
         }
         if impl == "node":
             client_argv = [bench.node, str(NODE_DIR / "ws_rpc_client.js"), json.dumps(conf)]
@@ -229,7 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"RPC, {args.concurrency} requests in flight, payload ~{args.payload_size} B, "
         f"{args.seconds:g} s after a {WARMUP:g} s warm-up; servers on CPU {bench.server_cpu}, "
-        f"clients on CPU {bench.client_cpu}; sessions: {args.sessions}"
+        f"clients on CPU {bench.client_cpu}; sessions: {args.sessions}; batch I/O: {args.batch_io}"
     )
     impls = ["python"] + (["node"] if bench.node_env is not None else [])
     names = {
@@ -270,8 +278,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     notes = [
         f"{args.concurrency} requests in flight, payload ~{args.payload_size} B, "
         f"{args.seconds:g} s per run after a {WARMUP:g} s warm-up; servers on one CPU, clients "
-        f"on the other; sessions: {args.sessions}; the clients are the full peer with a lookup "
-        f"answered at once; {errors} errors"
+        f"on the other; sessions: {args.sessions}; batch I/O: {args.batch_io}; the clients are "
+        f"the full peer with a lookup answered at once; {errors} errors"
     ]
     for impl in impls:
         if cpu[impl]["server"]:
@@ -321,6 +329,12 @@ def main() -> None:
         choices=["shared", "own"],
         default="shared",
         help="every process in the bench's session (default) or in a session of its own",
+    )
+    parser.add_argument(
+        "--batch-io",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="libzmq's I/O threads under SCHED_BATCH (SocketOptions.batch_io; default off)",
     )
     parser.add_argument("--json", metavar="PATH", help="write bench JSON to PATH")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s runs, one repeat")

@@ -50,27 +50,30 @@ class BatchIOTests(unittest.TestCase):
             raise unittest.SkipTest("the test process does not run under SCHED_OTHER")
         self.assertTrue(batch_io_supported())
 
-    def test_default_context_option(self) -> None:
-        """A factory's context asks for SCHED_BATCH where supported, and for nothing with
-        ``batch_io=False``."""
-        batched = new_factory(global_reactor)
-        plain = new_factory(global_reactor, SocketOptions(batch_io=False))
+    def test_context_option(self) -> None:
+        """A factory's context asks for SCHED_BATCH with ``batch_io=True`` where supported,
+        and for nothing by default."""
+        batched = new_factory(global_reactor, SocketOptions(batch_io=True))
+        plain = new_factory(global_reactor, SocketOptions())
+        bare = new_factory(global_reactor)
         try:
             expected = os.SCHED_BATCH if batch_io_supported() else _DEFAULT_POLICY
             self.assertEqual(_policy(batched.context), expected)
             self.assertEqual(_policy(plain.context), _DEFAULT_POLICY)
+            self.assertEqual(_policy(bare.context), _DEFAULT_POLICY)
         finally:
-            batched.shutdown()
-            plain.shutdown()
+            for factory in (batched, plain, bare):
+                factory.shutdown()
 
     async def test_io_thread_runs_batched_and_serves(self) -> None:
-        """With the default options a server and a client answer requests, and the new
-        ZeroMQ I/O threads of this process run under SCHED_BATCH (Linux)."""
+        """With ``batch_io=True`` a server and a client answer requests, and the new ZeroMQ
+        I/O threads of this process run under SCHED_BATCH (Linux)."""
         if not batch_io_supported():
             raise unittest.SkipTest("SCHED_BATCH is not available here")
         before = set(_thread_policies(os.getpid()))
-        server = ZmqServerTransport(global_reactor, interface="127.0.0.1")
-        client = ZmqClientTransport(global_reactor)
+        options = SocketOptions(batch_io=True)
+        server = ZmqServerTransport(global_reactor, interface="127.0.0.1", options=options)
+        client = ZmqClientTransport(global_reactor, options=options)
         self.addCleanup(server.stop)
         self.addCleanup(client.stop)
         port = await server.listen(0, lambda request: succeed({"echo": request.payload}))
