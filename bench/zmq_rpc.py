@@ -95,7 +95,7 @@ def role_server(args: argparse.Namespace) -> None:
 
 def role_client(args: argparse.Namespace) -> None:
     from twisted.internet import reactor, task
-    from twisted.internet.defer import ensureDeferred, gatherResults
+    from twisted.internet.defer import Deferred, ensureDeferred
 
     from grenache.peer import PeerRPCClient
     from grenache.transports.zmq import SocketOptions, ZmqClientTransport
@@ -111,21 +111,36 @@ def role_client(args: argparse.Namespace) -> None:
     measure_from = start + conf["warmup"]
     end = measure_from + conf["seconds"]
     state = {"count": 0, "errors": 0}
+    # A callback loop per in-flight slot, the shape of Node's bench client
+    # (bench/node/ws_rpc_client.js) and of bench/ws.py's, so that all pay for the same loop.
+    finished: Deferred[None] = Deferred()
+    running = [conf["concurrency"]]
 
-    async def worker() -> None:
-        while True:
-            try:
-                await client.request("bench", payload)
-            except Exception:
-                state["errors"] += 1
-            now = clock.seconds()
-            if now >= measure_from:
-                state["count"] += 1
-            if now >= end:
-                return
+    def send() -> None:
+        client.request("bench", payload).addCallbacks(answered, failed)
+
+    def answered(_: Any) -> None:
+        now = clock.seconds()
+        if now >= measure_from:
+            state["count"] += 1
+        next_or_stop(now)
+
+    def failed(_: Any) -> None:
+        state["errors"] += 1
+        next_or_stop(clock.seconds())
+
+    def next_or_stop(now: float) -> None:
+        if now < end:
+            send()
+            return
+        running[0] -= 1
+        if running[0] == 0:
+            finished.callback(None)
 
     async def main(_: Any) -> None:
-        await gatherResults([ensureDeferred(worker()) for _ in range(conf["concurrency"])])
+        for _slot in range(conf["concurrency"]):
+            send()
+        await finished
         seconds = conf["seconds"]
         _emit({**state, "seconds": seconds, "rate": state["count"] / seconds})
         await client.stop()
