@@ -44,6 +44,7 @@ __all__ = [
     "RateLimitedLog",
     "SocketOptions",
     "ZmqSocket",
+    "batch_io_supported",
     "bind_address",
     "bound_port",
     "connect_address",
