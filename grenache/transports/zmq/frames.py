@@ -398,6 +398,8 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
         self.doRead()
 
     def doRead(self) -> None:
+        """Read every message ZeroMQ has ready (the socket's descriptor became readable, or a
+        read pass left more to do)."""
         if self.read_scheduled is not None:
             if self.read_scheduled.active():
                 self.read_scheduled.cancel()
@@ -467,6 +469,7 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
             super().shutdown()
 
     def logPrefix(self) -> str:
+        """The prefix of this socket's log lines."""
         return "ZMQ"
 
 

@@ -16,7 +16,8 @@ Malformed messages never stop the server:
 Each is counted in :attr:`ZmqServerTransport.malformed` and logged at most once a minute.
 
 Override point: subclass the transport and override :meth:`ZmqServerTransport.request_received`
-``(request) -> value | Deferred`` (by default the ``serve`` given to :meth:`listen`).
+``(request) -> value | Deferred`` (by default the ``serve`` given to
+:meth:`ZmqServerTransport.listen`).
 """
 
 from __future__ import annotations
