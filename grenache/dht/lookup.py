@@ -29,6 +29,9 @@ NODE_ID_LENGTH = 20
 COMPACT_NODE_LENGTH = 26
 COMPACT_PEER_LENGTH = 6
 
+_PORT = struct.Struct(">H")
+_COMPACT_NODE = struct.Struct(">20s4sH")
+
 #: A walk's visitor sees every response; returning False stops the walk from sending more queries.
 Visitor = Callable[[Response], "bool | None"]
 
@@ -38,7 +41,7 @@ Skip = Callable[[Address], bool]
 
 def encode_peer(host: str, port: int) -> bytes:
     """Compact peer info: IPv4 (4 bytes) and port (2 bytes, big-endian)."""
-    return socket.inet_aton(host) + struct.pack(">H", port)
+    return socket.inet_aton(host) + _PORT.pack(port)
 
 
 def decode_peer(data: bytes) -> Address | None:
@@ -54,11 +57,12 @@ def decode_peer(data: bytes) -> Address | None:
 def encode_nodes(contacts: Iterable[Contact], limit: int | None = None) -> bytes:
     """Compact node info of each contact with a 20-byte id (others are skipped, as Node does)."""
     parts = []
+    inet_aton, pack_port = socket.inet_aton, _PORT.pack  # encode_peer, inlined: hot path
     for contact in contacts:
         if len(contact.id) != NODE_ID_LENGTH:
             continue
         try:
-            parts.append(contact.id + encode_peer(contact.host, contact.port))
+            parts.append(contact.id + inet_aton(contact.host) + pack_port(contact.port))
         except (OSError, struct.error):
             continue
         if limit is not None and len(parts) >= limit:
@@ -70,13 +74,13 @@ def decode_nodes(data: object) -> list[tuple[bytes, Address]]:
     """Decode a ``nodes`` string; port-0 entries and a trailing partial entry are ignored."""
     if not isinstance(data, bytes):
         return []
-    nodes = []
-    for offset in range(0, len(data) - COMPACT_NODE_LENGTH + 1, COMPACT_NODE_LENGTH):
-        entry = data[offset : offset + COMPACT_NODE_LENGTH]
-        addr = decode_peer(entry[NODE_ID_LENGTH:])
-        if addr is not None:
-            nodes.append((entry[:NODE_ID_LENGTH], addr))
-    return nodes
+    whole = len(data) - len(data) % COMPACT_NODE_LENGTH
+    inet_ntoa = socket.inet_ntoa
+    return [
+        (node_id, (inet_ntoa(ip), port))
+        for node_id, ip, port in _COMPACT_NODE.iter_unpack(data[:whole])
+        if port
+    ]
 
 
 def valid_node_id(value: object) -> bool:
@@ -192,10 +196,12 @@ class Walk:
         assert isinstance(responder, bytes)
         self.responses += 1
         host, port = response.addr
-        self._table.add(Contact(id=responder, host=host, port=port))
+        table = self._table
+        table.add(Contact(id=responder, host=host, port=port))
+        own_id = self._krpc.node_id
         for node_id, (node_host, node_port) in decode_nodes(r.get("nodes")):
-            if node_id != self._krpc.node_id:
-                self._table.add(Contact(id=node_id, host=node_host, port=node_port))
+            if node_id != own_id:
+                table.add(Contact(id=node_id, host=node_host, port=node_port))
         token = r.get("token")
         if isinstance(token, bytes) and token:
             self.tokens.add(Contact(id=responder, host=host, port=port, token=token))

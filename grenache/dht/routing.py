@@ -34,16 +34,58 @@ def distance(a: bytes, b: bytes) -> float:
     """Return k-bucket's distance between two ids of any lengths.
 
     For the common prefix ``d = d * 256 + (a[i] ^ b[i])``; each extra byte of the longer id adds
-    ``d = d * 256 + 255``.  The arithmetic is float on purpose: CPython and V8 round and overflow
-    (to ``inf``) the same way, so ties match Node's exactly.  Do not replace with big-int XOR.
+    ``d = d * 256 + 255``.  The result is that float loop's, bit for bit: CPython and V8 round
+    and overflow (to ``inf``) the same way, so ties match Node's exactly.  It is computed
+    without the loop (see :func:`_loop_float`), which sorting contacts calls millions of times.
     """
-    d = 0.0
-    short, long_ = (a, b) if len(a) <= len(b) else (b, a)
-    for x, y in zip(short, long_, strict=False):
-        d = d * 256 + (x ^ y)
-    for _ in range(len(long_) - len(short)):
-        d = d * 256 + 255
-    return d
+    if len(a) > len(b):
+        a, b = b, a
+    extra = len(b) - len(a)
+    if not extra:
+        return _loop_float(int.from_bytes(a, "big") ^ int.from_bytes(b, "big"))
+    head = int.from_bytes(a, "big") ^ int.from_bytes(b[: len(a)], "big")
+    return _loop_float(((head + 1) << (8 * extra)) - 1)  # the extra bytes read as 255
+
+
+def _loop_float(v: int) -> float:
+    """What k-bucket's float loop gives for the bytes of ``v`` (big-endian, any length).
+
+    While ``d < 2**53`` every step is exact, so ``d`` is the integer of the bytes read so far.
+    The first step that reaches ``2**53`` rounds once, to nearest-even, which is ``float()`` of
+    that prefix.  From then on ``d * 256`` is exact and the next byte (< 256) is less than half
+    a unit in the last place (>= 512 apart there), so it rounds away: each further byte only
+    multiplies by 256, until the product overflows to ``inf``.
+    """
+    bits = v.bit_length()
+    if bits <= 53:
+        return float(v)
+    shift = (bits - 54) & ~7  # the bytes after the prefix that first reaches 2**53
+    try:
+        return math.ldexp(float(v >> shift), shift)
+    except OverflowError:
+        return math.inf
+
+
+def _distance_key(target: bytes) -> Callable[[Contact], float]:
+    """``lambda c: distance(c.id, target)``, with ``target`` read once for same-length ids."""
+    length = len(target)
+    t = int.from_bytes(target, "big")
+
+    def key(contact: Contact) -> float:
+        id = contact.id
+        if len(id) != length:
+            return distance(id, target)
+        v = int.from_bytes(id, "big") ^ t
+        bits = v.bit_length()
+        if bits <= 53:
+            return float(v)
+        shift = (bits - 54) & ~7
+        try:
+            return math.ldexp(float(v >> shift), shift)
+        except OverflowError:
+            return math.inf
+
+    return key
 
 
 @attrs.define(eq=False)
@@ -104,13 +146,6 @@ class _TreeNode:
         return node
 
 
-def _index_of(contacts: list[Contact], id: bytes) -> int:
-    for i, c in enumerate(contacts):
-        if c.id == id:
-            return i
-    return -1
-
-
 class KBucket:
     """Port of k-bucket 5.1.0: binary tree of buckets, MSB-first bit indexing, a full bucket
     splits only on the local-id side (far sibling marked don't-split), target shorter than the
@@ -127,14 +162,23 @@ class KBucket:
         self.k = k
         self.nodes_to_ping = nodes_to_ping
         self._root = _TreeNode()
-        self._count = 0
+        #: Every stored contact by id (each also sits in the leaf its id leads to).
+        self._by_id: dict[bytes, Contact] = {}
+        #: Distances of stored ids to ``local_id``, filled by :meth:`closest` (a walk's tables
+        #: are centred on the target and sorted after every reply).
+        self._own_distance: dict[bytes, float] = {}
 
     def _leaf_for(self, id: bytes) -> tuple[_TreeNode, int]:
         """Walk from the root to the leaf ``id`` belongs to; return it and its depth."""
         node = self._root
         bit_index = 0
+        length = len(id)
         while node.contacts is None:
-            node = node.child(id, bit_index)
+            byte_index = bit_index >> 3  # _bit(), inlined: the walk runs on every add
+            if byte_index < length and (id[byte_index] >> (7 - (bit_index & 7))) & 1:
+                node = node.right  # type: ignore[assignment]
+            else:
+                node = node.left  # type: ignore[assignment]
             bit_index += 1
         return node, bit_index
 
@@ -148,18 +192,21 @@ class KBucket:
           nodes_to_ping contacts, contact)``, k-bucket's ``ping`` event, so the caller can ping
           the oldest contacts and evict a dead one in favour of the newcomer.
         """
-        node, bit_index = self._leaf_for(contact.id)
+        id = contact.id
+        node, bit_index = self._leaf_for(id)
+        previous = self._by_id.get(id)
+        if previous is not None:
+            assert node.contacts is not None
+            node.contacts.remove(previous)  # Contact compares by identity
+            node.contacts.append(contact)
+            self._by_id[id] = contact
+            return None
         while True:
             contacts = node.contacts
             assert contacts is not None
-            index = _index_of(contacts, contact.id)
-            if index >= 0:
-                del contacts[index]
-                contacts.append(contact)
-                return None
             if len(contacts) < self.k:
                 contacts.append(contact)
-                self._count += 1
+                self._by_id[id] = contact
                 return None
             if node.dont_split or not self._can_split(contacts, contact, bit_index):
                 return (contacts[: self.nodes_to_ping], contact)
@@ -193,20 +240,18 @@ class KBucket:
 
     def get(self, id: bytes) -> Contact | None:
         """The stored contact with this id, or ``None``."""
-        node, _ = self._leaf_for(id)
-        assert node.contacts is not None
-        index = _index_of(node.contacts, id)
-        return node.contacts[index] if index >= 0 else None
+        return self._by_id.get(id)
 
     def remove(self, id: bytes) -> Contact | None:
         """Remove and return the contact with this id (``None`` when absent)."""
+        contact = self._by_id.pop(id, None)
+        if contact is None:
+            return None
         node, _ = self._leaf_for(id)
         assert node.contacts is not None
-        index = _index_of(node.contacts, id)
-        if index < 0:
-            return None
-        self._count -= 1
-        return node.contacts.pop(index)
+        node.contacts.remove(contact)
+        self._own_distance.pop(id, None)
+        return contact
 
     def closest(self, target: bytes, n: float = math.inf) -> list[Contact]:
         """The ``n`` contacts closest to ``target``, exactly as k-bucket 5.1.0 picks them.
@@ -232,7 +277,14 @@ class KBucket:
             else:
                 gathered.extend(node.contacts)
         if len(gathered) > 1:  # one contact (a pair of grapes) needs no distance at all
-            gathered.sort(key=lambda c: distance(c.id, target))
+            if target == self.local_id:
+                known = self._own_distance
+                for c in gathered:
+                    if c.id not in known:
+                        known[c.id] = distance(c.id, target)
+                gathered.sort(key=lambda c: known[c.id])
+            else:
+                gathered.sort(key=_distance_key(target))
         if n == math.inf:
             return gathered
         return gathered[: int(n)]
@@ -254,7 +306,7 @@ class KBucket:
         return list(self)
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._by_id)
 
 
 #: Contacts the routing table keeps per public IP address (loopback and private ones exempt).
