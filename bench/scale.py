@@ -25,7 +25,9 @@ Per lookup: ``queries`` (get_peers the walk sent), ``datagrams`` (every datagram
 while it ran, replies included), ``hops`` (hop of the first reply holding the peer: 1 for a
 contact from the looker's routing table, h + 1 for one learned from a hop-h reply) and
 ``depth`` (deepest hop queried). ``--quick`` runs small sizes for a smoke test (seconds).
-``--json PATH`` writes the bench JSON object (``-`` for stdout); ``plot()`` draws it.
+``--json PATH`` writes the bench JSON object (``-`` for stdout); ``plot()`` draws it. The file
+(and the ``--plot`` PNG) is rewritten after each part and each size, so a run cut short leaves
+the results it reached (``"partial": true``, the missing sizes named in the notes).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -223,24 +226,52 @@ def size_point(n: int, seed: int, names: int, lookups: int) -> dict[str, Any]:
 
 
 def run(
-    sizes: list[int], cluster_n: int, names: int, lookups: int, seed: int, quick: bool
+    sizes: list[int],
+    cluster_n: int,
+    names: int,
+    lookups: int,
+    seed: int,
+    quick: bool,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Every part; the bench JSON object."""
+    """Every part; the bench JSON object. ``checkpoint`` (if given) gets the object as it
+    stands after each part and each size, so that a run cut short leaves its results."""
     started = time.perf_counter()
-    notes: list[str] = []
+    done: dict[str, Any] = {"points": []}
+
+    def finished(part: str, value: Any) -> None:
+        done[part] = value
+        if checkpoint is not None:
+            checkpoint(assemble(done, quick, started, sizes))
+
     suite = node_suite(seed)
     log(f"node suite scenario: {json.dumps(suite['all_grapes'])}")
+    finished("suite", suite)
     node = node_suite_node(100)
     log(f"node suite scenario, Node grapes: {json.dumps(node)}")
+    finished("node", node)
     node_sizes = node_suite_node(1000, (500, names, lookups, seed)) if not quick else "quick run"
     log(f"size point n=1000, Node grapes: {json.dumps(node_sizes)}")
+    finished("node_sizes", node_sizes)
     part1 = cluster(cluster_n, seed, max(2, min(100, cluster_n // 10)))
     log(f"cluster of {cluster_n}: {json.dumps(part1)}")
-    points = []
+    finished("cluster", part1)
     for n in sizes:
         point = size_point(n, seed, names, lookups)
         log(f"n={n}: {json.dumps({k: v for k, v in point.items() if k != 'queries_all'})}")
-        points.append(point)
+        finished("points", done["points"] + [point])
+    return assemble(done, quick, started, sizes)
+
+
+def assemble(done: dict[str, Any], quick: bool, started: float, sizes: list[int]) -> dict[str, Any]:
+    """The bench JSON object from the parts in ``done`` (those not run yet are ``None``, and
+    the sizes not reached yet are named in the notes)."""
+    notes: list[str] = []
+    suite = done.get("suite")
+    node = done.get("node")
+    node_sizes = done.get("node_sizes")
+    part1 = done.get("cluster")
+    points: list[dict[str, Any]] = done["points"]
     ns = [p["n"] for p in points]
     measures = {
         "get_peers queries per lookup (mean)": [p["queries"]["mean"] for p in points],
@@ -258,14 +289,15 @@ def run(
         }
         for p in points
     ]
-    rows.append(
-        {
-            "label": "Node suite scenario (n=100, key B): queries per lookup",
-            "impl": "python",
-            "values": [float(t["queries"]) for t in suite["grapes_2_and_3"]],
-            "median": float(suite["all_grapes"]["queries"]["p50"]),
-        }
-    )
+    if suite is not None:
+        rows.append(
+            {
+                "label": "Node suite scenario (n=100, key B): queries per lookup",
+                "impl": "python",
+                "values": [float(t["queries"]) for t in suite["grapes_2_and_3"]],
+                "median": float(suite["all_grapes"]["queries"]["p50"]),
+            }
+        )
     if isinstance(node, dict):
         rows.append(
             {
@@ -275,15 +307,25 @@ def run(
                 "median": float(node["all_grapes"]["queries"]["p50"]),
             }
         )
-    found = suite["all_grapes"]["found"] + part1["lookups"]["found"]
-    total = suite["all_grapes"]["lookups"] + part1["lookups"]["lookups"]
-    for p in points:
-        found += p["found"]
-        total += p["lookups"]
-    ratios: list[dict[str, Any]] = [
-        {"label": "lookups that found the announced peer", "value": found / total, "target": 1.0}
-    ]
-    if isinstance(node, dict) and node["all_grapes"]["queries"]["mean"]:
+    found = total = 0
+    for summary in (
+        suite["all_grapes"] if suite is not None else None,
+        part1["lookups"] if part1 is not None else None,
+        *points,
+    ):
+        if summary is not None:
+            found += summary["found"]
+            total += summary["lookups"]
+    ratios: list[dict[str, Any]] = []
+    if total:
+        ratios.append(
+            {
+                "label": "lookups that found the announced peer",
+                "value": found / total,
+                "target": 1.0,
+            }
+        )
+    if suite is not None and isinstance(node, dict) and node["all_grapes"]["queries"]["mean"]:
         ratios.append(
             {
                 "label": "Node suite scenario, n=100: Python / Node get_peers per lookup (mean)",
@@ -308,10 +350,16 @@ def run(
             "suite runs them) on real loopback sockets, lookups traced by wrapping each "
             "k-rpc socket (bench/node/scale_suite.js)."
         )
-    else:
+    elif isinstance(node, str):
         notes.append(node)
     for name, fit in fits.items():
         notes.append(f"{name} = {fit['a']} + {fit['b']} * log2(n), r^2 = {fit['r2']}")
+    missing = [n for n in sizes if n not in ns]
+    if missing:
+        notes.append(
+            "Partial result, written while the run went on: sizes not reached yet: "
+            + ", ".join(map(str, missing))
+        )
     return {
         "family": FAMILY,
         "title": "DHT at scale (simulated network of real grapes)",
@@ -332,6 +380,7 @@ def run(
         "size_point_node_1000": node_sizes,
         "cluster": part1,
         "sizes": [{k: v for k, v in p.items() if k != "queries_all"} for p in points],
+        "partial": bool(missing) or part1 is None,
         "quick": quick,
         "wall_s": round(time.perf_counter() - started, 1),
     }
@@ -405,16 +454,21 @@ def main(argv: list[str] | None = None) -> int:
         cluster_n, names, lookups = args.cluster, args.names, args.lookups
     if any(n < 2 for n in sizes) or cluster_n < 2:
         parser.error("every size must be at least 2")
-    result = run(sizes, cluster_n, names, lookups, args.seed, args.quick)
-    text = json.dumps(result, indent=1)
-    if args.json == "-":
-        print(text)
-    elif args.json:
-        Path(args.json).write_text(text + "\n")
-    else:
-        print(text)
-    if args.plot:
-        plot(result, args.plot)
+
+    def write(result: dict[str, Any]) -> None:
+        """Save the result as it stands (a file written whole: replaced, never half-written)."""
+        if args.json and args.json != "-":
+            path = Path(args.json)
+            partial = path.with_name(path.name + ".tmp")
+            partial.write_text(json.dumps(result, indent=1) + "\n")
+            partial.replace(path)
+        if args.plot and len(result["series"]["x"]) > 0:
+            plot(result, args.plot)
+
+    result = run(sizes, cluster_n, names, lookups, args.seed, args.quick, checkpoint=write)
+    write(result)
+    if not args.json or args.json == "-":
+        print(json.dumps(result, indent=1))
     return 0
 
 

@@ -7,6 +7,7 @@ Deterministic (seeded ids and delays, simulated time only); a few seconds in all
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -14,7 +15,7 @@ import tempfile
 from twisted.trial.unittest import SynchronousTestCase
 
 from bench.scale import nearest_known, plot
-from bench.scale_sim import EventClock, ScaleNetwork, Stats, log2_fit, summarize
+from bench.scale_sim import EventClock, LookupTrace, ScaleNetwork, Stats, log2_fit, summarize
 from grenache.dht.routing import K
 
 LOOKUPS = 20
@@ -162,3 +163,64 @@ class PlotTests(SynchronousTestCase):
             plot(result, path)
             with open(path, "rb") as png:
                 self.assertEqual(png.read(8), b"\x89PNG\r\n\x1a\n")
+
+
+class CheckpointTests(SynchronousTestCase):
+    """bench/scale.py saves its result after each part and size, so a run cut short (the
+    10,000-grape size takes long) still leaves the sizes it reached."""
+
+    def test_each_part_and_size_is_saved_as_it_completes(self) -> None:
+        import bench.scale as scale
+
+        def fake_suite(seed: int) -> dict:
+            return {"all_grapes": summarize([]), "grapes_2_and_3": []}
+
+        def fake_cluster(n: int, seed: int, names: int) -> dict:
+            return {"n": n, "lookups": summarize([])}
+
+        def fake_point(n: int, seed: int, names: int, lookups: int) -> dict:
+            traces = [LookupTrace(queries=n // 8, datagrams=n // 4, hops=1, depth=2, found=True)]
+            return {**summarize(traces), "n": n, "queries_all": [n // 8]}
+
+        self.patch(scale, "node_suite", fake_suite)
+        self.patch(scale, "node_suite_node", lambda *a: "Node not run: test")
+        self.patch(scale, "cluster", fake_cluster)
+        self.patch(scale, "size_point", fake_point)
+        self.patch(scale, "log", lambda text: None)
+        saved: list[dict] = []
+        final = scale.run([16, 32, 64], 10, 2, 1, 1, False, checkpoint=saved.append)
+        # suite, Node suite, Node n=1000, cluster, then one save per size
+        self.assertEqual(len(saved), 7)
+        self.assertEqual([s["series"]["x"] for s in saved[3:]], [[], [16], [16, 32], [16, 32, 64]])
+        self.assertTrue(saved[5]["partial"])
+        self.assertIn("sizes not reached yet: 64", saved[5]["notes"][-1])
+        self.assertFalse(final["partial"])
+        self.assertEqual(final["series"], saved[-1]["series"])
+        self.assertIn("get_peers queries per lookup (mean)", final["fits"])
+
+    def test_main_rewrites_the_json_file(self) -> None:
+        import bench.scale as scale
+
+        written: list[list[int]] = []
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "scale.json")
+
+            def fake_run(*args: object, checkpoint: object = None) -> dict:
+                assert callable(checkpoint)
+                for ns in ([], [8]):
+                    checkpoint(
+                        scale.assemble(
+                            {"points": [{**summarize([]), "n": n, "queries_all": []} for n in ns]},
+                            False,
+                            0.0,
+                            [8, 16],
+                        )
+                    )
+                    with open(path) as f:
+                        written.append(json.load(f)["series"]["x"])
+                return scale.assemble({"points": []}, False, 0.0, [])
+
+            self.patch(scale, "run", fake_run)
+            self.assertEqual(scale.main(["--sizes", "8,16", "--json", path]), 0)
+            self.assertEqual(written, [[], [8]])
+            self.assertEqual(os.listdir(tmp), ["scale.json"])
