@@ -129,6 +129,17 @@ def _issue(
     return Identity(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)), name, key
 
 
+def tls_on_a_clock(test: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark an in-memory TLS test (iosim, a Clock) that needs Twisted >= 26.4: before it,
+    ``wrapClientTLS`` takes no ``clock`` and TLS timers run on the global reactor, which a
+    Clock-driven test never runs (real-socket TLS works on every supported Twisted)."""
+    from grenache import endpoints
+
+    if not endpoints._WRAP_TLS_TAKES_CLOCK:
+        test.skip = "needs Twisted >= 26.4 (wrapClientTLS(clock=)) to run TLS on a Clock"  # type: ignore[attr-defined]
+    return test
+
+
 @cache
 def make_pki() -> PKI:
     """Generate (once per test run) the certificates the TLS tests use."""

@@ -234,9 +234,11 @@ class PayloadTests(TestCase):
             b'{"data":NaN}',
             b'{"data":1} x',
             b"{'data':1}",
-            b"[" * 4000 + b"]" * 4000,  # deeper than Python's json recursion limit
+            # unclosed and deep: json's recursion limit on Python <= 3.12, a decode error on
+            # 3.13 (which decodes 4000 levels); within the 8 KiB body limit
+            b"[" * 8000,
         ]:
-            self.assertEqual(grape.exchange(request(b"/lookup", body)), PAYLOAD_INVALID, body)
+            self.assertEqual(grape.exchange(request(b"/lookup", body)), PAYLOAD_INVALID, body[:40])
         self.assertEqual(dispatch.calls, [])
 
     def test_get_without_body(self) -> None:

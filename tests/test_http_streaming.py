@@ -44,7 +44,7 @@ from grenache.transports.http import (
     stream_head,
     stream_meta,
 )
-from tests.support import make_pki
+from tests.support import make_pki, tls_on_a_clock
 
 MIB = 1024 * 1024
 
@@ -1336,6 +1336,7 @@ class RoundTripTests(SynchronousTestCase):
             ],
         )
 
+    @tls_on_a_clock
     def test_tls(self) -> None:
         """Over TLS, with the client certificate in meta; an untrusted server is refused."""
         pki = make_pki()

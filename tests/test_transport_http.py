@@ -29,7 +29,7 @@ from grenache.transports.http import (
     gzip,
     parse_reply,
 )
-from tests.support import make_pki
+from tests.support import make_pki, tls_on_a_clock
 
 RID = "854ae9a2-5d09-4a13-8a17-f936df1ab27b"
 ERR_RID = "c074a73f-e5a8-48f4-8a52-1fff1a626621"
@@ -770,6 +770,7 @@ class RoundTripTests(SynchronousTestCase):
         rt.run()
         self.assertEqual(self.successResultOf(d), [{"echo": 2, "key": "svc"}])
 
+    @tls_on_a_clock
     def test_tls_client_certificate(self) -> None:
         pki = make_pki()
         rt = RoundTrip(
@@ -782,6 +783,7 @@ class RoundTripTests(SynchronousTestCase):
         self.assertGreater(size, 100)
         self.assertEqual(rt.requests[0].peer_certificate, pki.client.fingerprint)
 
+    @tls_on_a_clock
     def test_tls_without_client_certificate(self) -> None:
         pki = make_pki()
         rt = RoundTrip(
@@ -816,6 +818,7 @@ class RoundTripTests(SynchronousTestCase):
         self.failureResultOf(rt.call(1), errors.DestinationUnreachable)
         self.assertEqual(rt.requests, [])
 
+    @tls_on_a_clock
     def test_tls_stop_closes_connections(self) -> None:
         """Stopping a TLS server closes its keep-alive connections (not at the idle sweep)."""
         pki = make_pki()

@@ -88,14 +88,12 @@ def port_number(value: str) -> int:
 
 
 def version() -> str:
-    """The installed ``grenache-twisted`` distribution's version, as ``--version`` prints it;
-    ``"unknown"`` when the package runs without installed metadata (e.g. from a source tree)."""
-    try:
-        from importlib.metadata import version as distribution_version
+    """This package's version (:data:`grenache.__version__`, the one version source), as
+    ``--version`` prints it: right in an editable install too, where installed metadata goes
+    stale after a version bump."""
+    from grenache import __version__
 
-        return distribution_version("grenache-twisted")
-    except Exception:
-        return "unknown"
+    return __version__
 
 
 def option_error(error: getopt.GetoptError) -> usage.UsageError:
