@@ -176,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         help="write the page and figures again from _static/bench/results.json next to --out",
     )
     parser.add_argument("--no-plots", action="store_true", help="write no PNG")
+    parser.add_argument(
+        "--with-result",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a family's bench JSON from a separate run (e.g. a long `bench/scale.py --json "
+        "PATH`), put in the report as it is; that family is then not run",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     if args.render_only:
@@ -201,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     load_before = list(os.getloadavg())
     results = []
+    for path in args.with_result:
+        given = report.validate(json.loads(Path(path).read_text()))
+        given["notes"] = [*given["notes"], f"From a separate run ({Path(path).name})."]
+        results.append(given)
+        chosen = [name for name in chosen if name != given["family"]]
     with tempfile.TemporaryDirectory(prefix="grenache-bench-") as tmp:
         for family in (f for f in FAMILIES if f.name in chosen):
             if not (BENCH / family.script).exists():

@@ -246,3 +246,20 @@ class SmokeTests(unittest.TestCase):
             return
         self.assertIn(".. image:: _static/bench/ws_pubsub.png", text)
         self.assertTrue((out.parent / "_static" / "bench" / "ws_pubsub.png").is_file())
+
+    def test_a_result_from_a_separate_run_is_reported_and_not_rerun(self) -> None:
+        from bench.__main__ import main
+
+        directory = Path(self.mktemp()).resolve()
+        directory.mkdir()
+        given = directory / "http.json"
+        given.write_text(json.dumps(http_family([100.0, 110.0], [50.0, 55.0])))
+        out = directory / "benchmarks.rst"
+        code = main(
+            ["--families", "http_rpc", "--with-result", str(given), "--out", str(out), "--no-plots"]
+        )
+        self.assertEqual(code, 0)
+        saved = json.loads((directory / "_static" / "bench" / "results.json").read_text())
+        self.assertEqual([r["family"] for r in saved["results"]], ["http_rpc"])
+        self.assertEqual(saved["results"][0]["rows"][0]["values"], [100.0, 110.0])
+        self.assertIn("From a separate run (http.json).", out.read_text())
