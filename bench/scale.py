@@ -201,7 +201,7 @@ def cluster(n: int, seed: int, names: int) -> dict[str, Any]:
 
 def size_point(n: int, seed: int, names: int, lookups: int) -> dict[str, Any]:
     """One point of the log(n) curve."""
-    wall = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     rss_before = rss_mb()
     net = ScaleNetwork(n, seed=seed, batch=500)
     net.build()
@@ -220,6 +220,9 @@ def size_point(n: int, seed: int, names: int, lookups: int) -> dict[str, Any]:
         routing_table=Stats.of(net.routing_sizes()).as_dict(),
         kb_per_grape=round(1024 * (rss_built - rss_before) / n, 1),
         wall_s=round(time.perf_counter() - wall, 2),
+        cpu_s=round(time.process_time() - cpu, 2),
+        datagrams_total=net.udp.datagrams,
+        cpu_us_per_datagram=round(1e6 * (time.process_time() - cpu) / max(1, net.udp.datagrams), 1),
         queries_all=[t.queries for t in traces],
     )
     return summary

@@ -224,3 +224,16 @@ class CheckpointTests(SynchronousTestCase):
             self.assertEqual(scale.main(["--sizes", "8,16", "--json", path]), 0)
             self.assertEqual(written, [[], [8]])
             self.assertEqual(os.listdir(tmp), ["scale.json"])
+
+    def test_a_size_point_reports_its_cost(self) -> None:
+        """Each size records its CPU time and datagrams, so runs can be compared and the
+        largest sizes estimated from the smaller ones."""
+        from bench.scale import size_point
+
+        point = size_point(24, 1, 2, 3)
+        self.assertEqual(point["found"], 3)
+        self.assertGreaterEqual(point["datagrams_total"], point["build_datagrams"])
+        self.assertGreater(point["build_datagrams"], 24)
+        self.assertGreater(point["cpu_s"], 0)
+        per_datagram = 1e6 * point["cpu_s"] / point["datagrams_total"]
+        self.assertLess(abs(point["cpu_us_per_datagram"] - per_datagram), 0.1 * per_datagram + 5)
