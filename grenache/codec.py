@@ -141,6 +141,7 @@ def _refuse_constant(token: str) -> Any:
 
 
 _decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+_raw_decode = _decoder.raw_decode
 
 
 def json_loads(data: bytes | str) -> Any:
@@ -150,8 +151,18 @@ def json_loads(data: bytes | str) -> Any:
     Nesting too deep for the decoder (a "JSON bomb" of ``[[[[...``) is a ``ValueError`` too,
     not a ``RecursionError``.
     """
-    if isinstance(data, (bytes, bytearray, memoryview)):
+    if type(data) is not str and isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data).decode("utf-8")
+    # raw_decode alone is the common case (a message with no surrounding whitespace); anything
+    # else goes through decode, which skips whitespace and words the errors.
+    try:
+        value, end = _raw_decode(data)
+        if end == len(data):
+            return value
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except ValueError:
+        pass
     try:
         return _decoder.decode(data)
     except RecursionError:

@@ -8,6 +8,8 @@ and must deliver the same messages and write the same bytes.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Any
 
 from autobahn.twisted.testing import MemoryReactorClockResolver
@@ -189,3 +191,90 @@ class FallbackRoundTripTests(unittest.TestCase):
         expected = self.pubsub(PubFactory, SubFactory)
         self.assertEqual(expected, ["t", b"\x00\xff", "ü" * 40000])
         self.assertEqual(self.pubsub(PublicPubFactory, PublicSubFactory), expected)
+
+
+class _CountingTransport(StringTransport):
+    """A StringTransport that keeps each ``write`` apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+
+def _echoing_client(path: type) -> Any:
+    """An open client protocol on ``path`` answering each text message with ``re:`` + it."""
+
+    from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+
+    class Client(path, WebSocketClientProtocol):  # type: ignore[misc,valid-type]
+        def onMessage(self, payload: bytes, isBinary: bool) -> None:
+            self.send_text(b"re:" + payload)
+
+    factory = autobahn_ws._no_timers(
+        WebSocketClientFactory(url="ws://127.0.0.1:1/ws", reactor=autobahn_ws._NoReactor())
+    )
+    client: Any = Client()
+    client.factory = factory
+    wire = _CountingTransport()
+    client.makeConnection(wire)
+    request = wire.value().decode("latin-1")
+    key = next(
+        line.split(":", 1)[1].strip()
+        for line in request.split("\r\n")
+        if line.lower().startswith("sec-websocket-key")
+    )
+    accept = base64.b64encode(
+        hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+    ).decode()
+    client.dataReceived(
+        (
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        ).encode()
+    )
+    assert client.state == WebSocketProtocol.STATE_OPEN
+    wire.clear()
+    wire.writes.clear()
+    return client, wire
+
+
+def _client_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, unmasked payload) of each masked client frame (payloads under 126 bytes)."""
+    frames = []
+    while data:
+        length = data[1] & 0x7F
+        key, body = data[2:6], data[6 : 6 + length]
+        frames.append((data[0] & 0x0F, autobahn_ws.xor_mask(body, key)))
+        data = data[6 + length :]
+    return frames
+
+
+class HeldWritesTests(unittest.TestCase):
+    """A client socket writes the messages sent while it handles received data together."""
+
+    # Three text messages with a ping between the second and the third, in one read.
+    received = b"\x81\x01a" + b"\x81\x01b" + b"\x89\x00" + b"\x81\x01c"
+
+    def test_held_then_written_in_order(self) -> None:
+        client, wire = _echoing_client(LeanPath)
+        client.dataReceived(self.received)
+        # The pong writes the two answers held before it first; the third goes at the end.
+        self.assertEqual(len(wire.writes), 3)
+        self.assertEqual(_client_frames(wire.writes[0]), [(1, b"re:a"), (1, b"re:b")])
+        self.assertEqual(_client_frames(wire.writes[1]), [(10, b"")])
+        self.assertEqual(_client_frames(wire.writes[2]), [(1, b"re:c")])
+        self.assertIsNone(client._held)
+        client.send_text(b"later")  # outside dataReceived: written at once
+        self.assertEqual(_client_frames(wire.writes[3]), [(1, b"later")])
+
+    def test_same_messages_as_the_public_path(self) -> None:
+        lean, lean_wire = _echoing_client(LeanPath)
+        public, public_wire = _echoing_client(PublicPath)
+        lean.dataReceived(self.received)
+        public.dataReceived(self.received)
+        self.assertEqual(_client_frames(lean_wire.value()), _client_frames(public_wire.value()))
+        self.assertEqual(len(public_wire.writes), 4)

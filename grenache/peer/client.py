@@ -156,6 +156,13 @@ class PeerRPCClient:
         When at least ``max_active`` (default :attr:`max_active_key_dests`) of them are
         active, the pick is among the active ones only (Node's ``maxActiveKeyDests``).
         """
+        if not exclude and not self._set_aside:
+            limit = self.max_active_key_dests if max_active is None else max_active
+            if limit is None or len(dests) <= limit:
+                # Nothing to leave out (every request's case): the same pick, without copies.
+                if not dests:
+                    raise ValueError("no destination to choose from")
+                return self._rng.choice(dests)
         candidates = [d for d in dests if d not in exclude] if exclude else list(dests)
         if not candidates:
             raise ValueError("no destination to choose from")
@@ -181,7 +188,7 @@ class PeerRPCClient:
     def _used(self, dest: str) -> None:
         """Note a request to ``dest`` (what makes it active)."""
         last_used = self._last_used
-        now = last_used[dest] = self._now()
+        now = last_used[dest] = self._reactor.seconds()
         if len(last_used) > _LAST_USED_PRUNE:
             for d, t in list(last_used.items()):
                 if now - t >= self.active_window:
@@ -228,21 +235,29 @@ class PeerRPCClient:
         """
         if self._stopped:
             return fail(errors.TransportClosed("ERR_TRANSPORT_CLOSE: client stopped"))
-        try:
-            t = self._call_timeout(timeout)
-            _check_limit("max_active_key_dests", max_active_key_dests)
-        except ValueError as e:
-            return fail(e)
-        limit = self.max_active_key_dests if max_active_key_dests is None else max_active_key_dests
-        # Callbacks rather than a coroutine: this is the hot path of every call.
+        # The hot path of every call: checks inline, callbacks rather than a coroutine.
+        t = self.timeout if timeout is None else timeout
+        if not t > 0:
+            return fail(ValueError("timeout must be a positive number of seconds"))
+        t = float(t)
+        if max_active_key_dests is None:
+            limit = self.max_active_key_dests
+        else:
+            try:
+                _check_limit("max_active_key_dests", max_active_key_dests)
+            except ValueError as e:
+                return fail(e)
+            limit = max_active_key_dests
         d: Deferred[Any] = self.link.lookup(key)
         attempts = max(1, int(retry))
         dests: Any = d.result if d.called and not d.paused else None
         if dests is not None and not isinstance(dests, Failure):
             # Answered at once (a cache hit): go on now rather than chain the transport's
             # Deferred onto this one (a quarter of the peer's own time per request).
+            if not dests:
+                return fail(errors.LookupEmpty())
             try:
-                return self._first_attempt(dests, key, payload, t, attempts, compress, limit)
+                return self._attempt(dests, key, payload, t, attempts, compress, limit, None)
             except Exception:
                 return fail()
         return d.addCallback(self._first_attempt, key, payload, t, attempts, compress, limit)

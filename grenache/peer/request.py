@@ -161,17 +161,40 @@ class _RandomBytes:
 
 random_bytes = _RandomBytes()
 """Random bytes from ``os.urandom`` for request ids and WebSocket masking keys."""
-os.register_at_fork(after_in_child=random_bytes.reset)
+
+# Request ids are cut from a hex string of os.urandom bytes (128 ids per system call and per
+# hex conversion): a third cheaper than formatting 16 bytes per id.
+_RID_HEX_CHARS = 4096
+_rid_hex = [""]  # the hex text ids are cut from
+_rid_pos = [_RID_HEX_CHARS]  # where the next id starts in it
+# The variant nibble keeps two random bits under the RFC 4122 variant bits 10.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def _reset_rids() -> None:
+    random_bytes.reset()
+    _rid_hex[0] = ""
+    _rid_pos[0] = _RID_HEX_CHARS
+
+
+os.register_at_fork(after_in_child=_reset_rids)
 
 
 def new_rid() -> str:
     """A fresh request id: a lowercase, dashed UUID v4 string, as the Node libraries send.
 
-    Built from ``os.urandom`` directly (:data:`random_bytes`): the same bits as
-    ``str(uuid.uuid4())`` at a fraction of the cost, on the path of every request.
+    Cut from the hex text of ``os.urandom`` bytes, 122 random bits each (the version nibble is
+    ``4``, the variant bits ``10``): the same distribution as ``str(uuid.uuid4())`` at a
+    fraction of the cost, on the path of every request. Emptied in a forked child, so parent
+    and child never hand out the same id.
     """
-    b = bytearray(random_bytes.take(16))
-    b[6] = (b[6] & 0x0F) | 0x40
-    b[8] = (b[8] & 0x3F) | 0x80
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    p = _rid_pos[0]
+    if p >= _RID_HEX_CHARS:
+        _rid_hex[0] = os.urandom(_RID_HEX_CHARS // 2).hex()
+        p = 0
+    _rid_pos[0] = p + 32
+    h = _rid_hex[0]
+    return (
+        f"{h[p : p + 8]}-{h[p + 8 : p + 12]}-4{h[p + 13 : p + 16]}-"
+        f"{_VARIANT[h[p + 16]]}{h[p + 17 : p + 20]}-{h[p + 20 : p + 32]}"
+    )

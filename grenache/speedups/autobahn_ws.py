@@ -65,6 +65,28 @@ def xor_mask(data: bytes, key: bytes) -> bytes:
 
 
 def fast_data_received(self: Any, data: bytes) -> None:
+    """autobahn's ``dataReceived``, with whole single-frame messages delivered directly (see
+    ``deliver_frames``).
+
+    On a client socket, the text messages sent while the received data is handled (requests
+    sent from the callbacks of the replies it carried) are held and written together when it
+    has been handled: one ``transport.write`` for the lot instead of one per request. Anything
+    else written meanwhile (a pong, a close frame) writes what is held first, so the bytes on
+    the wire are the same, in the same order.
+    """
+    if self.factory.isServer or self._held is not None:
+        deliver_frames(self, data)
+        return
+    held = self._held = []
+    try:
+        deliver_frames(self, data)
+    finally:
+        self._held = None
+        if held:
+            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+
+def deliver_frames(self: Any, data: bytes) -> None:
     """autobahn's ``dataReceived``, with whole single-frame messages delivered directly.
 
     While the socket is open and between messages, each complete data frame that is a whole
@@ -158,6 +180,11 @@ def fast_data_received(self: Any, data: bytes) -> None:
 
 def lean_send_data(self: Any, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
     """autobahn's ``sendData`` without its eagerly formatted debug-log arguments and stats."""
+    held = self._held
+    if held:
+        # Text messages held by fast_data_received go first, as they were sent first.
+        self.transport.write(b"".join(held))
+        held.clear()
     if sync or chopsize or self.send_queue:
         WebSocketProtocol.sendData(self, data, sync, chopsize)
         return
@@ -185,9 +212,14 @@ def lean_send_text(self: Any, payload: bytes) -> None:
         header = struct.pack("!BBQ", 0x81, bit | 127, n)
     if masked:
         key = random_bytes.take(4)
-        self.transport.write(header + key + xor_mask(payload, key))
+        frame = header + key + xor_mask(payload, key)
     else:
-        self.transport.write(header + payload)
+        frame = header + payload
+    held = self._held
+    if held is not None:
+        held.append(frame)
+    else:
+        self.transport.write(frame)
 
 
 class PublicPath:
@@ -213,6 +245,9 @@ class LeanPath:
     dataReceived = fast_data_received
     sendData = lean_send_data
     send_text = lean_send_text
+    _held: list[bytes] | None = None
+    """Text frames a client socket holds while it handles received data (see
+    ``fast_data_received``); ``None`` when not holding."""
 
 
 _ATTRIBUTES = (

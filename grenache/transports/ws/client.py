@@ -121,9 +121,10 @@ class ClientConnection(OutgoingSocket["WSClientTransport", RPCClientProtocol]):
         if pending is None:
             log.debug("WebSocket reply for unknown rid {rid!r} ignored", rid=message[0])
             return
-        err = message[1] if len(message) > 1 else None
-        result = message[2] if len(message) > 2 else None
-        if js_truthy(err):
+        n = len(message)
+        err = message[1] if n > 1 else None
+        result = message[2] if n > 2 else None
+        if err is not None and js_truthy(err):
             text = err if isinstance(err, str) else codec.json_dumps(err).decode("utf-8")
             # Node's handler.reply(err, result) sends both; the result rides on the error.
             pending.deferred.errback(RemoteError(text, result))
