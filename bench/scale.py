@@ -427,7 +427,10 @@ def plot(result: dict[str, Any], png_path: str) -> None:
         axis.set_ylim(bottom=0)
     left.set_ylabel("messages per lookup")
     right.set_ylabel("hops per lookup")
-    fig.suptitle(result.get("title", "DHT at scale"))
+    title = result.get("title", "DHT at scale")
+    if result.get("partial"):
+        title += f" — partial run, n up to {max(ns):,}" if ns else " — partial run"
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)

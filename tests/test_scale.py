@@ -164,6 +164,38 @@ class PlotTests(SynchronousTestCase):
             with open(path, "rb") as png:
                 self.assertEqual(png.read(8), b"\x89PNG\r\n\x1a\n")
 
+    def test_a_partial_run_is_plotted_and_says_so(self) -> None:
+        """A checkpoint with one size (no fit yet) still draws, titled as partial."""
+        try:
+            from matplotlib.figure import Figure
+        except ImportError:
+            raise self.skipTest("matplotlib is a bench-only dependency") from None
+        titles: list[str] = []
+        original = Figure.suptitle
+
+        def suptitle(fig: Figure, t: str, **kw: object) -> object:
+            titles.append(t)
+            return original(fig, t)
+
+        self.patch(Figure, "suptitle", suptitle)
+        result = {
+            "title": "t",
+            "partial": True,
+            "series": {
+                "x": [3000],
+                "y": {"get_peers queries per lookup (mean)": [50.0]},
+                "xlabel": "n",
+                "ylabel": "per lookup",
+                "logx": True,
+            },
+            "fits": {},
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "scale.png")
+            plot(result, path)
+            self.assertTrue(os.path.getsize(path) > 0)
+        self.assertEqual(titles, ["t — partial run, n up to 3,000"])
+
 
 class CheckpointTests(SynchronousTestCase):
     """bench/scale.py saves its result after each part and size, so a run cut short (the
