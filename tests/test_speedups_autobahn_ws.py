@@ -271,6 +271,16 @@ class HeldWritesTests(unittest.TestCase):
         client.send_text(b"later")  # outside dataReceived: written at once
         self.assertEqual(_client_frames(wire.writes[3]), [(1, b"later")])
 
+    def test_written_hold_at_a_time(self) -> None:
+        """Past HOLD messages, what is held is written before the read is fully handled."""
+        self.patch(autobahn_ws, "HOLD", 2)
+        client, wire = _echoing_client(LeanPath)
+        client.dataReceived(b"\x81\x01a\x81\x01b\x81\x01c")
+        self.assertEqual(
+            [_client_frames(w) for w in wire.writes],
+            [[(1, b"re:a"), (1, b"re:b")], [(1, b"re:c")]],
+        )
+
     def test_same_messages_as_the_public_path(self) -> None:
         lean, lean_wire = _echoing_client(LeanPath)
         public, public_wire = _echoing_client(PublicPath)

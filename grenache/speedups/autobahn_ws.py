@@ -40,9 +40,11 @@ from autobahn.twisted.websocket import (
 from autobahn.websocket.protocol import WebSocketProtocol
 
 from grenache.peer import random_bytes
+from grenache.speedups.twisted_tcp import write_now
 
 __all__ = [
     "AVAILABLE",
+    "HOLD",
     "TIMERS_AVAILABLE",
     "FastPath",
     "LeanPath",
@@ -53,6 +55,10 @@ __all__ = [
 ]
 
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
+
+HOLD = 16
+"""Text messages a client socket holds while it handles received data before writing them
+(16 kept the bench's 64 requests in flight flowing both ways at the least CPU per request)."""
 
 
 def xor_mask(data: bytes, key: bytes) -> bytes:
@@ -69,10 +75,12 @@ def fast_data_received(self: Any, data: bytes) -> None:
     ``deliver_frames``).
 
     On a client socket, the text messages sent while the received data is handled (requests
-    sent from the callbacks of the replies it carried) are held and written together when it
-    has been handled: one ``transport.write`` for the lot instead of one per request. Anything
-    else written meanwhile (a pong, a close frame) writes what is held first, so the bytes on
-    the wire are the same, in the same order.
+    sent from the callbacks of the replies it carried) are held and written :data:`HOLD` at a
+    time, and what is left once it has been handled: one write for many requests instead of
+    one each, sent at once (:func:`~grenache.speedups.twisted_tcp.write_now`) so that the
+    server works on them while this side handles the rest. Anything else written meanwhile
+    (a pong, a close frame) writes what is held first, so the bytes on the wire are the same,
+    in the same order.
     """
     if self.factory.isServer or self._held is not None:
         deliver_frames(self, data)
@@ -83,7 +91,7 @@ def fast_data_received(self: Any, data: bytes) -> None:
     finally:
         self._held = None
         if held:
-            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+            write_now(self.transport, held[0] if len(held) == 1 else b"".join(held))
 
 
 def deliver_frames(self: Any, data: bytes) -> None:
@@ -218,6 +226,9 @@ def lean_send_text(self: Any, payload: bytes) -> None:
     held = self._held
     if held is not None:
         held.append(frame)
+        if len(held) >= HOLD:
+            write_now(self.transport, b"".join(held))
+            held.clear()
     else:
         self.transport.write(frame)
 
