@@ -129,6 +129,10 @@ def write(
     """The page, the figures and results.json, from the results and the run's metadata."""
     static = out.parent / "_static" / "bench"
     static.mkdir(parents=True, exist_ok=True)
+    # The measurements first: a figure that fails to draw must not lose a long run.
+    (static / "results.json").write_text(
+        json.dumps({"meta": meta, "results": results}, indent=1) + "\n", encoding="utf-8"
+    )
     figures: dict[str, str] = {}
     skipped = list(meta.get("skipped", []))
     for result in results:
@@ -140,6 +144,9 @@ def write(
         except ImportError:
             skipped.append("No figures: matplotlib is not installed (pip install matplotlib).")
             break
+        except Exception as error:  # one bad figure leaves the page and the others
+            skipped.append(f"No figure for {result['family']}: {error}")
+            continue
         figures[result["family"]] = png.relative_to(out.parent).as_posix()
     text = report.render(
         results,
@@ -152,9 +159,6 @@ def write(
         load=meta.get("load"),
     )
     out.write_text(text, encoding="utf-8")
-    (static / "results.json").write_text(
-        json.dumps({"meta": meta, "results": results}, indent=1) + "\n", encoding="utf-8"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -390,7 +390,8 @@ def render(
         ]
     lines += [
         "How to run the benchmarks again, what each family measures and how: ``bench/README.md`` "
-        "in the source tree.",
+        "in the source tree. How the figures were made, where each target stands and what the "
+        "profiles say where one is missed: :doc:`performance`.",
         "",
     ]
     table = summary_rows(results)
@@ -508,8 +509,9 @@ def _plot_rows(ax: Any, result: dict[str, Any], labels: list[str]) -> None:
                 continue
             ys.append(i + offset)
             medians.append(row["median"])
-            low.append(row["median"] - min(row["values"]))
-            high.append(max(row["values"]) - row["median"])
+            # a median given beside its values (not one of them) may lie outside their range
+            low.append(max(0.0, row["median"] - min(row["values"])))
+            high.append(max(0.0, max(row["values"]) - row["median"]))
         if ys:
             ax.barh(
                 ys,

@@ -84,6 +84,8 @@ def decode_nodes(data: object) -> list[tuple[bytes, Address]]:
 
 
 def valid_node_id(value: object) -> bool:
+    """Whether ``value`` is a node id as KRPC carries it: exactly 20 bytes (docs/protocol.rst,
+    *DHT messages*); anything else in a reply is ignored, never trusted."""
     return isinstance(value, bytes) and len(value) == NODE_ID_LENGTH
 
 
