@@ -17,6 +17,7 @@ from typing import Any
 import docutils.core
 from twisted.trial import unittest
 
+import tests.test_docs  # noqa: F401  (registers Sphinx's roles, e.g. :doc:, for plain docutils)
 from bench import report
 from bench.__main__ import FAMILIES, repeat_flag
 
