@@ -14,6 +14,7 @@ import msgpack
 import zmq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from twisted.trial.unittest import TestCase
@@ -374,7 +375,7 @@ class ConnectionTests(Kit):
         port = await pub.listen("tcp:0:interface=127.0.0.1")
         await self.assertFailure(pub.listen(0), RuntimeError)
         other = self.publisher()
-        await self.assertFailure(other.listen(port), OSError)
+        await self.assertFailure(other.listen(port), CannotListenError)
         self.assertRaises(TypeError, ZmqPubTransport, reactor, tls=object())
         self.assertRaises(TypeError, ZmqSubTransport, reactor, tls=object())
         self.assertRaises(ValueError, ZmqSubTransport, reactor, connect_timeout=0)

@@ -375,7 +375,7 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
         super().__init__(factory)
         s = self.socket
         s.setsockopt(zmq.MAXMSGSIZE, options.max_message_size)
-        if options.heartbeat_ivl > 0 and socket_type in (zmq.DEALER, zmq.ROUTER, zmq.SUB):
+        if options.heartbeat_ivl > 0 and socket_type in (zmq.DEALER, zmq.ROUTER, zmq.SUB, zmq.XPUB):
             s.setsockopt(zmq.HEARTBEAT_IVL, _ms(options.heartbeat_ivl))
             s.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ms(options.heartbeat_timeout))
             s.setsockopt(zmq.HEARTBEAT_TTL, _ms(options.heartbeat_timeout))

@@ -23,6 +23,7 @@ from typing import Any
 
 import zmq
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError
 
 from grenache.endpoints import ListenSpec
 from grenache.errors import TransportClosed
@@ -123,7 +124,7 @@ class ZmqPubTransport:
             address = bind_address(where, self.interface)
         except ValueError:
             return fail()
-        factory = new_factory(self._reactor)
+        factory = new_factory(self._reactor, self.options)
         tls = self.tls
         try:
             if tls is not None:
@@ -135,14 +136,11 @@ class ZmqPubTransport:
             self.port = socket.bind(address)
         except zmq.ZMQError as e:
             self._close()
-            return fail(OSError(e.errno, f"cannot bind ZeroMQ publisher on {address}: {e}"))
+            return fail(CannotListenError(address, where, e))
         return succeed(self.port)
 
     def _configure(self, socket: zmq.Socket[Any]) -> None:
         socket.setsockopt(zmq.XPUB_VERBOSER, 1)
-        if self.options.heartbeat_ivl > 0:
-            socket.setsockopt(zmq.HEARTBEAT_IVL, round(self.options.heartbeat_ivl * 1000))
-            socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, round(self.options.heartbeat_timeout * 1000))
         if self.tls is not None:
             self.tls.configure(socket)
 
