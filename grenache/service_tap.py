@@ -49,6 +49,7 @@ __all__ = [
     "ServiceConfig",
     "check_listen",
     "describe_failure",
+    "listen_failed",
     "makeService",
 ]
 
@@ -57,6 +58,22 @@ log = Logger()
 
 class ListenError(Exception):
     """The service port could not be bound; the message names the port and the reason."""
+
+
+def listen_failed(failure: Failure, requested: ListenSpec) -> Failure:
+    """An errback for a service's listen on ``requested``: a taken port, a bad address or an
+    unreadable key file becomes one :class:`ListenError` line naming where; anything else
+    passes through."""
+    where = describe_listen_spec(requested)
+    if isinstance(requested, int):
+        where = f"TCP {where}"
+    if failure.check(CannotListenError):
+        error: Any = failure.value
+        reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+        raise ListenError(f"cannot listen on {where}: {reason}")
+    if failure.check(ValueError, TypeError, OSError):
+        raise ListenError(f"cannot listen on {where}: {failure.value}")
+    return failure
 
 
 def _port(value: str) -> int:
@@ -377,19 +394,9 @@ class GrenacheService(Service):
             )
             return port
 
-        def failed(failure: Failure) -> Failure:
-            where = describe_listen_spec(requested)
-            if isinstance(requested, int):
-                where = f"TCP {where}"
-            if failure.check(CannotListenError):
-                error: Any = failure.value
-                reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
-                raise ListenError(f"cannot listen on {where}: {reason}")
-            if failure.check(ValueError, TypeError, OSError):
-                raise ListenError(f"cannot listen on {where}: {failure.value}")
-            return failure
-
-        return self.server.listen(requested).addCallbacks(bound, failed)
+        return self.server.listen(requested).addCallbacks(
+            bound, listen_failed, errbackArgs=(requested,)
+        )
 
     def announce(self) -> Deferred[dict[str, int | str]]:
         """Start announcing every name (after :meth:`listen`); fires with ``{name: first

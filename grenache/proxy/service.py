@@ -8,11 +8,10 @@ from typing import Any, cast
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from grenache.endpoints import ListenSpec, describe_listen_spec
+from grenache.endpoints import ListenSpec
 from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE, Link
 from grenache.metrics import ALONE, HEALTHY, STOPPING, Metrics, MetricsService
 from grenache.peer import ClientTransport, LinkProtocol, PubTransport, ServerTransport, SubTransport
@@ -21,7 +20,7 @@ from grenache.peer.server import DEFAULT_HANDLER_TIMEOUT
 from grenache.proxy.keys import CONTROL_KEY, Route, proxied_key
 from grenache.proxy.relay import PubSubRelay
 from grenache.proxy.rpc import DEFAULT_MAX_KEYS, ForwardingClients, RPCProxy
-from grenache.service_tap import ListenError
+from grenache.service_tap import ListenError, listen_failed
 from grenache.transports import UnknownTransport, get_transport, transport_names
 
 __all__ = ["CONTROL", "PUBSUB", "STATIC", "ProxyConfig", "ProxyError", "ProxyService"]
@@ -299,19 +298,11 @@ class ProxyService(Service):
             )
             return port
 
-        def failed(failure: Failure) -> Failure:
-            where = describe_listen_spec(requested)
-            if isinstance(requested, int):
-                where = f"TCP {where}"
-            if failure.check(CannotListenError):
-                error: Any = failure.value
-                reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
-                raise ListenError(f"cannot listen on {where}: {reason}")
-            if failure.check(ValueError, TypeError, OSError):
-                raise ListenError(f"cannot listen on {where}: {failure.value}")
-            return failure
-
-        return self._peer().listen(requested).addCallbacks(bound, failed)
+        return (
+            self._peer()
+            .listen(requested)
+            .addCallbacks(bound, listen_failed, errbackArgs=(requested,))
+        )
 
     def _listen_metrics(self, port: int) -> Any:
         service = self.metrics_service
