@@ -46,7 +46,7 @@ from grenache.transports.zmq.frames import (
     ZmqSocket,
     bind_address,
     connect_address,
-    decode_request,
+    decode_requests,
     get_codec,
     new_factory,
 )
@@ -343,10 +343,11 @@ class MalformedTests(ZmqCase):
         self.assertEqual(len(errors), 7)
         self.assertEqual(len(replies), 4)
 
-    def test_decode_request(self) -> None:
-        """The body checks, one by one."""
+    def test_decode_requests(self) -> None:
+        """The body checks, one by one, alone and as batch elements."""
         codec = get_codec("json")
-        self.assertEqual(decode_request(codec, b'["r","k",null]'), ("r", "k", None))
+        self.assertEqual(decode_requests(codec, b'["r","k",null]'), [("r", "k", None)])
+        self.assertRaises(ValueError, decode_requests, codec, b"nope")
         for body, rid in [
             (b"{}", None),
             (b"[]", None),
@@ -354,11 +355,14 @@ class MalformedTests(ZmqCase):
             (b'["r"]', "r"),
             (b'["r",1,2]', "r"),
             (b'["r","k",1,2]', "r"),
-            (b"nope", None),
         ]:
-            with self.assertRaises(ValueError) as caught:
-                decode_request(codec, body)
-            self.assertEqual(getattr(caught.exception, "rid", None), rid, body)
+            for message in (body, b'[["a","k",1],' + body + b"]"):
+                decoded = decode_requests(codec, message)
+                error = decoded[-1]
+                self.assertIsInstance(error, ValueError, message)
+                self.assertEqual(getattr(error, "rid", None), rid, message)
+                if message is not body:
+                    self.assertEqual(decoded[0], ("a", "k", 1))
 
     def test_addresses(self) -> None:
         self.assertEqual(bind_address(0), "tcp://0.0.0.0:*")

@@ -1,7 +1,9 @@
 """The client side of RPC over ZeroMQ: :class:`ZmqClientTransport`, a DEALER per destination.
 
 Requests are the frames of docs/protocol.rst, *RPC over ZeroMQ*; any number are in flight on a
-destination's socket and replies are matched to them by ``rid``.
+destination's socket and replies are matched to them by ``rid``. The requests made to one
+destination in one reactor turn (e.g. those sent from the callbacks of the replies of one read)
+leave as one batch message at the end of the turn, ``options.max_batch`` at most.
 
 ZeroMQ connects in the background and never reports a dead peer to the sender, so each DEALER
 has a socket monitor, and the transport decides from its events:
@@ -52,7 +54,7 @@ from grenache.transports.zmq.frames import (
     SocketOptions,
     ZmqSocket,
     connect_address,
-    decode_reply,
+    decode_replies,
     get_codec,
     new_factory,
 )
@@ -91,27 +93,49 @@ class Destination:
             owner.options,
             self._received,
             configure=curve.configure if curve is not None else None,
+            send_failed=self._send_failed,
         )
         self.monitor = Monitor(owner._factory, self.socket, self._event)
         self.socket.connect(address)
 
     def _received(self, frames: list[bytes]) -> None:
         try:
-            rid, error, result = decode_reply(frames)
+            replies = decode_replies(frames)
         except FrameError as e:
             log.debug("bad ZeroMQ reply from {dest} ignored: {e}", dest=self.dest, e=e)
             return
-        pending = self.pending.pop(rid, None)
-        if pending is None:
-            log.debug("ZeroMQ reply for unknown rid {rid!r} ignored", rid=rid)
-            return
-        self.opened = True  # a reply may be read before the monitor's handshake event
+        pending_by_rid = self.pending
+        for reply in replies:
+            if type(reply) is not tuple:
+                log.debug("bad ZeroMQ reply from {dest} ignored: {e}", dest=self.dest, e=reply)
+                continue
+            rid, error, result = reply
+            pending = pending_by_rid.pop(rid, None)
+            if pending is None:
+                log.debug("ZeroMQ reply for unknown rid {rid!r} ignored", rid=rid)
+                continue
+            self.opened = True  # a reply may be read before the monitor's handshake event
+            if error is None or error == "" or error is False:
+                pending.deferred.callback(result)
+            else:
+                text = error if isinstance(error, str) else repr(error)
+                pending.deferred.errback(RemoteError(text, result))
         self.last_activity = self.owner._reactor.seconds()
-        if error is None or error == "" or error is False:
-            pending.deferred.callback(result)
+
+    def _send_failed(self, rids: list[str], error: zmq.ZMQError) -> None:
+        """A batch was not sent: each of its requests fails as a lone send would have."""
+        failure: Exception
+        if isinstance(error, zmq.Again):
+            failure = DestinationUnreachable(
+                f"{DestinationUnreachable.wire}: {self.dest}: send queue full "
+                f"({self.owner.options.hwm} messages)"
+            )
         else:
-            text = error if isinstance(error, str) else repr(error)
-            pending.deferred.errback(RemoteError(text, result))
+            failure = TransportClosed(f"{TransportClosed.wire}: {self.dest}: {error}")
+        for rid in rids:
+            pending = self.pending.pop(rid, None)
+            if pending is not None:
+                pending.deferred.errback(failure)
 
     def _event(self, event: int, value: int) -> None:
         if self.closed:
@@ -165,7 +189,9 @@ class ZmqClientTransport:
     request larger than ``options.max_message_size`` fails with
     :class:`~grenache.errors.RequestTooLarge` without being sent, and one that finds the
     destination's queue full (``options.hwm`` messages, e.g. while connecting) with
-    :class:`~grenache.errors.DestinationUnreachable`.
+    :class:`~grenache.errors.DestinationUnreachable`, as does every request of its batch
+    (the requests made to one destination in one reactor turn leave as one message, at the
+    end of the turn).
     """
 
     def __init__(
@@ -221,15 +247,6 @@ class ZmqClientTransport:
         pending_by_rid = destination.pending
         if rid in pending_by_rid:
             return fail(ValueError(f"rid {rid!r} is already in flight to {dest}"))
-        try:
-            destination.socket.send([codec.frame, body])
-        except zmq.Again:
-            return fail(
-                DestinationUnreachable(
-                    f"{DestinationUnreachable.wire}: {dest}: send queue full "
-                    f"({self.options.hwm} messages)"
-                )
-            )
 
         def cancel(_: Deferred[Any]) -> None:
             pending_by_rid.pop(rid, None)
@@ -240,6 +257,7 @@ class ZmqClientTransport:
         pending_by_rid[rid] = Pending(deadline, d)
         destination.last_activity = now
         self._sweeper.due(deadline)
+        destination.socket.batch(None, codec, body, rid)
         return d
 
     @property

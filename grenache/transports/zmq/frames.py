@@ -4,13 +4,16 @@ The frames are docs/protocol.rst, *RPC over ZeroMQ* and *Pub/sub over ZeroMQ*. E
 names its codec in a frame of its own (ASCII ``msgpack`` or ``json``), so that a peer speaking
 another codec gets a clear error instead of garbage:
 
-- RPC request (DEALER -> ROUTER): ``[codec, body]``, body = ``[rid, key, payload]``;
+- RPC request (DEALER -> ROUTER): ``[codec, body]``, body = ``[rid, key, payload]``, or a
+  batch: body = an array of such requests (the requests of one reactor turn to one socket);
 - RPC reply (ROUTER -> DEALER): ``[codec, body]``, body = ``[rid, error|null, result]``, in the
-  codec of the request;
+  codec of the request, or a batch: an array of such replies (the replies to one peer that
+  were ready in one reactor turn);
 - pub/sub message (PUB -> SUB): ``[topic, codec, body]``, topic = the service name in UTF-8.
 
 Sockets are txzmq connections (:class:`ZmqSocket`) on a :class:`~txzmq.ZmqFactory` whose
-``reactor`` is the injected one; :func:`new_factory` builds it. Listening takes what
+``reactor`` is the injected one; :func:`new_factory` builds it. :meth:`ZmqSocket.batch` gathers
+the bodies of one reactor turn into batches. Listening takes what
 :func:`bind_address` accepts; destinations are ``host:port`` (:func:`connect_address`).
 """
 
@@ -48,10 +51,8 @@ __all__ = [
     "bind_address",
     "bound_port",
     "connect_address",
-    "decode_reply",
-    "decode_request",
-    "encode_reply",
-    "encode_request",
+    "decode_replies",
+    "decode_requests",
     "get_codec",
     "new_factory",
 ]
@@ -69,18 +70,27 @@ pushes back (a DEALER refuses to send, a ROUTER or PUB drops)."""
 DEFAULT_CODEC = "msgpack"
 """The codec clients and publishers send unless told otherwise."""
 
+DEFAULT_MAX_BATCH = 64
+"""Requests (or replies) a batch carries at most (``SocketOptions.max_batch``)."""
+
+BATCH_BYTES = 64 * 1024
+"""Bytes of bodies a batch carries at most (less when ``max_message_size`` is smaller); a
+body that would pass it starts the next batch."""
+
 
 @attrs.frozen
 class Codec:
-    """A body codec: its name as it travels in the codec frame, and its two functions.
+    """A body codec: its name as it travels in the codec frame, and its functions.
 
-    ``loads`` raises :class:`ValueError` (or a subclass) on malformed input.
+    ``loads`` raises :class:`ValueError` (or a subclass) on malformed input; ``array`` makes
+    the encoded array of already encoded elements (a batch body), without decoding them.
     """
 
     name: str
     frame: bytes
     dumps: Callable[[Any], bytes]
     loads: Callable[[bytes], Any]
+    array: Callable[[list[bytes]], bytes]
 
 
 def _msgpack_loads(data: bytes) -> Any:
@@ -92,13 +102,31 @@ def _msgpack_loads(data: bytes) -> Any:
         raise ValueError(f"bad msgpack: {e}") from None
 
 
+_FIXARRAY = [bytes((0x90 | n,)) for n in range(16)]
+
+
+def _msgpack_array(items: list[bytes]) -> bytes:
+    n = len(items)
+    if n < 16:
+        head = _FIXARRAY[n]
+    elif n < 0x10000:
+        head = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + n.to_bytes(4, "big")
+    return head + b"".join(items)
+
+
+def _json_array(items: list[bytes]) -> bytes:
+    return b"[" + b",".join(items) + b"]"
+
+
 # One Packer for every message (half the cost of msgpack.packb, which builds one per call);
 # the reactor thread is its only user, and a failed pack leaves it empty for the next.
 _packer = msgpack.Packer(use_bin_type=True)
 
 CODECS: dict[str, Codec] = {
-    "msgpack": Codec("msgpack", b"msgpack", _packer.pack, _msgpack_loads),
-    "json": Codec("json", b"json", _codec.json_dumps, _codec.json_loads),
+    "msgpack": Codec("msgpack", b"msgpack", _packer.pack, _msgpack_loads, _msgpack_array),
+    "json": Codec("json", b"json", _codec.json_dumps, _codec.json_loads, _json_array),
 }
 """The codecs, by name (``--codec`` chooses among them)."""
 
@@ -129,49 +157,59 @@ class FrameError(ValueError):
         self.rid = rid
 
 
-def encode_request(codec: Codec, rid: str, key: str, payload: Any) -> list[bytes]:
-    """The frames of a request: ``[codec, body]``. Raises the codec's error for a payload it
-    cannot carry."""
-    return [codec.frame, codec.dumps([rid, key, payload])]
+def _elements(message: Any) -> list[Any]:
+    """The requests (or replies) of a decoded body: the elements of a batch (an array whose
+    first element is an array), else the body itself."""
+    if type(message) is list and message and type(message[0]) is list:
+        return message
+    return [message]
 
 
-def decode_request(codec: Codec, body: bytes) -> tuple[Any, str, Any]:
-    """``(rid, key, payload)`` of a request body; :class:`FrameError` when it is not a
-    3-array of a string rid, a string key and a payload (``rid`` set when it was readable)."""
+def decode_requests(codec: Codec, body: bytes) -> list[tuple[str, str, Any] | FrameError]:
+    """The requests of a body (one, or each of a batch), in order: ``(rid, key, payload)``,
+    or a :class:`FrameError` for an element that is not a 3-array of a string rid, a string
+    key and a payload (``rid`` set when it was readable). Raises :class:`FrameError` when the
+    body does not decode."""
     try:
         message = codec.loads(body)
     except (ValueError, RecursionError) as e:
         raise FrameError(f"undecodable {codec.name} body: {e}") from None
-    if type(message) is list and len(message) == 3:
-        rid, key, payload = message
-        if type(rid) is str and type(key) is str:
-            return rid, key, payload
-    rid = message[0] if isinstance(message, list) and message else None
-    if not isinstance(rid, str):
-        raise FrameError("a request is [rid, key, payload] with a string rid")
-    raise FrameError("a request is [rid, key, payload] with a string key", rid)
+    out: list[tuple[str, str, Any] | FrameError] = []
+    for element in _elements(message):
+        if type(element) is list and len(element) == 3:
+            rid, key, payload = element
+            if type(rid) is str and type(key) is str:
+                out.append((rid, key, payload))
+                continue
+        rid = element[0] if isinstance(element, list) and element else None
+        if not isinstance(rid, str):
+            out.append(FrameError("a request is [rid, key, payload] with a string rid"))
+        else:
+            out.append(FrameError("a request is [rid, key, payload] with a string key", rid))
+    return out
 
 
-def recover_rid(body: bytes) -> str | None:
-    """The rid of a body in any known codec (for a request whose codec frame is unknown)."""
+def recover_rids(body: bytes) -> list[str]:
+    """The rids of a body in any known codec (for a request whose codec frame is unknown):
+    its rid, or the string rids of a batch's elements."""
     for c in CODECS.values():
         try:
             message = c.loads(body)
         except (ValueError, RecursionError):
             continue
-        if isinstance(message, list) and message and isinstance(message[0], str):
-            return message[0]
-    return None
+        rids = [
+            e[0] for e in _elements(message) if isinstance(e, list) and e and isinstance(e[0], str)
+        ]
+        if rids:
+            return rids
+    return []
 
 
-def encode_reply(codec: Codec, rid: Any, error: str | None, result: Any) -> list[bytes]:
-    """The frames of a reply: ``[codec, body]`` with body ``[rid, error, result]``."""
-    return [codec.frame, codec.dumps([rid, error, result])]
-
-
-def decode_reply(frames: list[bytes]) -> tuple[str, Any, Any]:
-    """``(rid, error, result)`` of reply frames (in the codec they name); :class:`FrameError`
-    for anything else."""
+def decode_replies(frames: list[bytes]) -> list[tuple[str, Any, Any] | FrameError]:
+    """The replies of a message (one, or each of a batch), in the codec its first frame
+    names: ``(rid, error, result)``, or a :class:`FrameError` for an element that is not
+    ``[rid, error, result]`` with a string rid. Raises :class:`FrameError` for a message that
+    is not 2 frames, names an unknown codec or does not decode."""
     if len(frames) != 2:
         raise FrameError(f"a reply has 2 frames, not {len(frames)}")
     codec = _BY_FRAME.get(frames[0])
@@ -181,9 +219,13 @@ def decode_reply(frames: list[bytes]) -> tuple[str, Any, Any]:
         message = codec.loads(frames[1])
     except (ValueError, RecursionError) as e:
         raise FrameError(f"undecodable {codec.name} reply: {e}") from None
-    if type(message) is not list or len(message) != 3 or type(message[0]) is not str:
-        raise FrameError("a reply is [rid, error, result] with a string rid")
-    return message[0], message[1], message[2]
+    out: list[tuple[str, Any, Any] | FrameError] = []
+    for element in _elements(message):
+        if type(element) is list and len(element) == 3 and type(element[0]) is str:
+            out.append((element[0], element[1], element[2]))
+        else:
+            out.append(FrameError("a reply is [rid, error, result] with a string rid"))
+    return out
 
 
 # --- endpoints --------------------------------------------------------------------------------
@@ -255,7 +297,9 @@ class SocketOptions:
     an answer before the connection is dropped (libzmq >= 4.2: how a dead peer that did not
     close its TCP connection is noticed); ``0`` turns heartbeats off. ``batch_io``: run the
     context's I/O thread under ``SCHED_BATCH`` where possible (less CPU per message, less
-    overlap between peers; see :func:`new_factory`).
+    overlap between peers; see :func:`new_factory`). ``max_batch``: requests (client) or
+    replies (server) sent together at most as one batch message (docs/protocol.rst, *RPC over
+    ZeroMQ*); ``1`` sends each alone, as peers older than batches expect.
     """
 
     hwm: int = DEFAULT_HWM
@@ -265,10 +309,11 @@ class SocketOptions:
     heartbeat_ivl: float = 5.0
     heartbeat_timeout: float = 15.0
     batch_io: bool = False
+    max_batch: int = DEFAULT_MAX_BATCH
 
     def __attrs_post_init__(self) -> None:
-        if self.hwm < 1 or self.max_message_size < 1:
-            raise ValueError("hwm and max_message_size must be positive")
+        if self.hwm < 1 or self.max_message_size < 1 or self.max_batch < 1:
+            raise ValueError("hwm, max_message_size and max_batch must be positive")
         if not (self.reconnect_ivl > 0 and self.reconnect_ivl_max >= self.reconnect_ivl):
             raise ValueError("reconnect intervals must be positive, the maximum >= the first")
         if self.heartbeat_ivl < 0 or self.heartbeat_timeout < 0:
@@ -339,6 +384,25 @@ def batch_io_supported() -> bool:
 _NOBLOCK = zmq.NOBLOCK
 _SNDMORE_NOBLOCK = zmq.SNDMORE | zmq.NOBLOCK
 _RCVMORE = zmq.RCVMORE
+_EVENTS = zmq.EVENTS
+_POLLIN = zmq.POLLIN
+
+SendFailed = Callable[[list[Any], zmq.ZMQError], None]
+"""``send_failed(tokens, error)``: a queued batch could not be sent; ``tokens`` are those given
+to :meth:`ZmqSocket.batch` with each of its bodies, in order."""
+
+
+class _Batch:
+    """The bodies queued for one route in one codec."""
+
+    __slots__ = ("bodies", "codec", "route", "size", "tokens")
+
+    def __init__(self, route: bytes | None, codec: Codec) -> None:
+        self.route = route
+        self.codec = codec
+        self.bodies: list[bytes] = []
+        self.tokens: list[Any] = []
+        self.size = 0
 
 
 class ZmqSocket(ZmqConnection):  # type: ignore[misc]
@@ -349,6 +413,11 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
     Unlike txzmq's base class it reads a whole message with one ``recv_multipart`` and
     schedules its re-read on the injected reactor, not the global one. ``copy_frames=False``
     hands ``zmq.Frame`` objects (for their metadata, e.g. ``User-Id``) instead of bytes.
+
+    :meth:`batch` batches bodies (RPC requests or replies): what is queued for one route in
+    one reactor turn leaves as one message at the end of the turn (``options.max_batch``
+    bodies or :data:`BATCH_BYTES` at most each); ``send_failed`` hears of a batch that could
+    not be sent.
     """
 
     socketType: int | None = None
@@ -363,6 +432,7 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
         *,
         configure: Callable[[zmq.Socket[Any]], None] | None = None,
         copy_frames: bool = True,
+        send_failed: SendFailed | None = None,
     ) -> None:
         self.socketType = socket_type
         self.highWaterMark = options.hwm
@@ -370,8 +440,14 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
         self.reconnectIntervalMax = _ms(options.reconnect_ivl_max)
         self.received = received
         self.copy_frames = copy_frames
+        self.send_failed = send_failed
+        self.max_batch = options.max_batch
+        self.batch_bytes = min(BATCH_BYTES, options.max_message_size)
         self.closed = False
         self.paused = False
+        self.reading = False
+        self._batches: dict[tuple[bytes | None, bytes], _Batch] = {}
+        self._flush_call: Any = None
         super().__init__(factory)
         s = self.socket
         s.setsockopt(zmq.MAXMSGSIZE, options.max_message_size)
@@ -399,7 +475,8 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
 
     def doRead(self) -> None:
         """Read every message ZeroMQ has ready (the socket's descriptor became readable, or a
-        read pass left more to do)."""
+        read pass left more to do), then send the batches queued meanwhile, and read again if
+        more arrived."""
         if self.read_scheduled is not None:
             if self.read_scheduled.active():
                 self.read_scheduled.cancel()
@@ -407,7 +484,22 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
         if self.paused and not self.closed:
             # Clears the descriptor's signal (it would stay readable and spin the reactor).
             self.socket.getsockopt(zmq.EVENTS)
+            self.flush()
             return
+        self.reading = True
+        try:
+            while self._read_all() and self._batches:
+                self.flush()
+                # The sends may have consumed the descriptor's signal: ask ZeroMQ itself.
+                if self.closed or self.paused or not self.socket.get(_EVENTS) & _POLLIN:
+                    return
+        finally:
+            self.reading = False
+        if self._batches and not self.closed:
+            self.flush()
+
+    def _read_all(self) -> bool:
+        """Handle every message ready; False when the socket closed or failed meanwhile."""
         copy = self.copy_frames
         socket = self.socket
         # Frame by frame: pyzmq's recv_multipart costs several times more (measured).
@@ -425,14 +517,15 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
                         frame = recv(_NOBLOCK, copy=False)
                         frames.append(frame)
             except zmq.Again:
-                return
+                return True
             except zmq.ZMQError:
                 log.failure("ZeroMQ receive failed")
-                return
+                return False
             try:
                 self.received(frames)
             except Exception:
                 log.failure("ZeroMQ message handler failed")
+        return not self.closed
 
     def send(self, frames: list[bytes]) -> None:
         """Send one message now; :class:`zmq.Again` when the high-water mark is reached."""
@@ -445,6 +538,65 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
         if self.read_scheduled is None:
             # ZeroMQ's descriptor may have been drained by the send: look again soon.
             self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
+
+    def batch(self, route: bytes | None, codec: Codec, body: bytes, token: Any = None) -> None:
+        """Send ``body`` (encoded with ``codec``) in the batch of ``route`` (a ROUTER's peer
+        identity; ``None`` on other sockets): ``[route, codec, body]`` alone, or the codec's
+        array of the turn's bodies. The batch leaves at the end of this read pass or reactor
+        turn, or at once when it is full; a failed send calls ``send_failed`` with the tokens
+        of the whole batch. A queued body is dropped if the socket closes first."""
+        key = (route, codec.frame)
+        batches = self._batches
+        batch = batches.get(key)
+        # A batch's array header (msgpack) or brackets and commas (JSON): n + 6 bytes at most.
+        limit = self.batch_bytes - 6 - len(body)
+        while batch is not None and batch.size + len(batch.bodies) > limit:
+            del batches[key]
+            self._send_batch(batch)
+            batch = batches.get(key)  # send_failed may have queued again
+        if batch is None:
+            batch = batches[key] = _Batch(route, codec)
+            if self._flush_call is None and not self.reading:
+                self._flush_call = self.factory.reactor.callLater(0, self._flush_due)
+        batch.bodies.append(body)
+        batch.tokens.append(token)
+        batch.size += len(body)
+        if len(batch.bodies) >= self.max_batch:
+            del batches[key]
+            self._send_batch(batch)
+
+    def flush(self) -> None:
+        """Send every queued batch now."""
+        while self._batches and not self.closed:
+            batches, self._batches = self._batches, {}
+            for batch in batches.values():
+                self._send_batch(batch)
+
+    def _flush_due(self) -> None:
+        self._flush_call = None
+        if self._batches and not self.closed:
+            self.flush()
+            if not (self.closed or self.paused or self.reading) and (
+                self.socket.get(_EVENTS) & _POLLIN
+            ):
+                self.doRead()
+
+    def _send_batch(self, batch: _Batch) -> None:
+        if self.closed:
+            return
+        bodies = batch.bodies
+        codec = batch.codec
+        body = bodies[0] if len(bodies) == 1 else codec.array(bodies)
+        send = self.socket.send
+        try:
+            # The first frame decides: past the high-water mark it raises, nothing queued.
+            if batch.route is not None:
+                send(batch.route, _SNDMORE_NOBLOCK)
+            send(codec.frame, _SNDMORE_NOBLOCK)
+            send(body, _NOBLOCK)
+        except zmq.ZMQError as e:
+            if self.send_failed is not None:
+                self.send_failed(batch.tokens, e)
 
     def pause(self) -> None:
         """Stop reading: messages wait in ZeroMQ's queues (up to the high-water mark), then
@@ -459,12 +611,17 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
                 self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
 
     def close(self) -> None:
-        """Close the socket at once (linger 0: queued messages are dropped)."""
+        """Close the socket at once (linger 0: queued messages and batches are dropped)."""
         if not self.closed:
             self.shutdown()
 
     def shutdown(self) -> None:
         self.closed = True
+        self._batches = {}
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
         if self.socket is not None:
             super().shutdown()
 

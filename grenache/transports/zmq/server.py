@@ -1,17 +1,21 @@
 """The server side of RPC over ZeroMQ: :class:`ZmqServerTransport`, a ROUTER socket.
 
 The frames are docs/protocol.rst, *RPC over ZeroMQ*: each client's DEALER sends ``[codec,
-body]`` with body ``[rid, key, payload]``; the ROUTER sees ``[identity, codec, body]`` and
-answers ``[identity, codec, body]`` with body ``[rid, error|null, result]`` in the request's
-codec, as each handler finishes (any number in flight, in any order).
+body]`` with body ``[rid, key, payload]`` or a batch of them (an array of such arrays); the
+ROUTER sees ``[identity, codec, body]`` and answers ``[identity, codec, body]`` with body
+``[rid, error|null, result]`` in the request's codec, as each handler finishes (any number in
+flight, in any order). The replies to one client that are ready in one reactor turn leave as
+one batch (``options.max_batch`` at most).
 
 Malformed messages never stop the server:
 
-- a wrong number of frames, or a body from which no string rid can be read: dropped;
+- a wrong number of frames, or a body (or batch element) from which no string rid can be
+  read: dropped;
 - an unknown codec frame: answered ``ERR_REQUEST_PARSE: unknown codec ...`` **in JSON** (codec
-  frame ``json``) when a rid can be read from the body in any known codec, else dropped;
-- a body that does not decode, or is not ``[rid, key, payload]`` with string rid and key:
-  answered ``ERR_REQUEST_PARSE`` in the request's codec when the rid can be read, else dropped.
+  frame ``json``) for each rid that can be read from the body in a known codec, else dropped;
+- a body that does not decode: dropped; a request (or batch element) that is not ``[rid, key,
+  payload]`` with string rid and key: answered ``ERR_REQUEST_PARSE`` in the request's codec
+  when the rid can be read, else dropped; the other elements of a batch are served.
 
 Each is counted in :attr:`ZmqServerTransport.malformed` and logged at most once a minute.
 
@@ -46,10 +50,10 @@ from grenache.transports.zmq.frames import (
     ZmqSocket,
     bind_address,
     codec_of_frame,
-    decode_request,
+    decode_requests,
     get_codec,
     new_factory,
-    recover_rid,
+    recover_rids,
 )
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "Serve", "ZmqServerTransport"]
@@ -77,7 +81,8 @@ class ZmqServerTransport:
     ``options`` bounds the socket (high-water marks, message size, heartbeats); a reply larger
     than ``options.max_message_size`` is replaced by an ``ERR_REQUEST_TOO_LARGE`` error reply.
     With ``max_in_flight`` requests running, the socket is not read until half of them
-    finished (ZeroMQ's queues, then TCP, push back on clients). ``on_request_error`` is
+    finished (ZeroMQ's queues, then TCP, push back on clients; the rest of the batch being
+    read is still served). ``on_request_error`` is
     called with the frames of each malformed message. ``codec`` is accepted for symmetry
     with the other ZeroMQ transports: replies always use the codec of their request.
     :attr:`malformed` counts malformed messages; :attr:`refused` CURVE clients refused.
@@ -147,6 +152,7 @@ class ZmqServerTransport:
                 self._received,
                 configure=tls.configure if tls is not None else None,
                 copy_frames=tls is None,
+                send_failed=self._send_failed,
             )
             self.port = self._socket.bind(address)
         except zmq.ZMQError as e:
@@ -182,31 +188,36 @@ class ZmqServerTransport:
         identity, codec_frame, body = frames
         codec = codec_of_frame(codec_frame)
         if codec is None:
-            rid = recover_rid(body)
             text = f"unknown codec {codec_frame[:16]!r} (known: {', '.join(CODECS)})"
             self._bad(frames, text)
-            if rid is not None:
+            for rid in recover_rids(body):
                 self._send(identity, _JSON, [rid, f"{_REQUEST_PARSE}: {text}", None])
             return
         try:
-            rid, key, payload = decode_request(codec, body)
+            requests = decode_requests(codec, body)
         except FrameError as e:
             self._bad(frames, str(e))
-            if e.rid is not None:
-                self._send(identity, codec, [e.rid, f"{_REQUEST_PARSE}: {e}", None])
             return
-        request = Request(rid, key, payload, peer, None, _META[codec.name])
-        self.in_flight += 1
-        if self.in_flight >= self.max_in_flight and self._socket is not None:
-            self._socket.pause()
-        try:
-            outcome = self.request_received(request)
-        except Exception:
-            outcome = Failure()
-        if isinstance(outcome, Deferred):
-            outcome.addBoth(self._finished, identity, codec, rid)
-        else:
-            self._finished(outcome, identity, codec, rid)
+        meta = _META[codec.name]
+        for request in requests:
+            if type(request) is not tuple:
+                assert isinstance(request, FrameError)
+                self._bad(frames, str(request))
+                if request.rid is not None:
+                    self._send(identity, codec, [request.rid, f"{_REQUEST_PARSE}: {request}", None])
+                continue
+            rid, key, payload = request
+            self.in_flight += 1
+            if self.in_flight >= self.max_in_flight and self._socket is not None:
+                self._socket.pause()
+            try:
+                outcome = self.request_received(Request(rid, key, payload, peer, None, meta))
+            except Exception:
+                outcome = Failure()
+            if isinstance(outcome, Deferred):
+                outcome.addBoth(self._finished, identity, codec, rid)
+            else:
+                self._finished(outcome, identity, codec, rid)
 
     def _finished(self, outcome: Any, identity: bytes, codec: Codec, rid: str) -> None:
         self.in_flight -= 1
@@ -237,11 +248,11 @@ class ZmqServerTransport:
             limit = self.options.max_message_size
             text = f"{RequestTooLarge.wire}: reply of {len(body)} bytes > {limit}"
             body = codec.dumps([reply[0], text, None])
-        try:
-            socket.send([identity, codec.frame, body])
-        except zmq.ZMQError as e:
-            # A ROUTER drops what it cannot route; only a closing socket raises.
-            log.debug("ZeroMQ reply for rid {rid!r} not sent: {e}", rid=reply[0], e=e)
+        socket.batch(identity, codec, body, reply[0])
+
+    def _send_failed(self, rids: list[Any], error: zmq.ZMQError) -> None:
+        # A ROUTER drops what it cannot route; only a closing socket raises.
+        log.debug("ZeroMQ replies for rids {rids!r} not sent: {e}", rids=rids, e=error)
 
     def _bad(self, frames: list[bytes], reason: str) -> None:
         self._malformed(reason)
