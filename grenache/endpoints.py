@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "ListenSpec",
     "bound_port",
+    "check_listen_spec",
     "client_endpoint",
     "describe_listen_spec",
     "is_ip_literal",
@@ -93,6 +94,33 @@ def server_endpoint(
         "a port number, an endpoint description or an IStreamServerEndpoint is needed,"
         f" not {where!r}"
     )
+
+
+def check_listen_spec(value: str) -> ListenSpec:
+    """A command line's port or endpoint description, checked now without binding anything, so
+    that a typo or an unreadable TLS key is a usage error rather than a failure at startup.
+
+    Digits are a port number (0-65535), anything else must be a description
+    :func:`server_endpoint` accepts; returns the port number or the description. Raises
+    :class:`ValueError` naming what is wrong.
+    """
+    text = value.strip()
+    if text.isdigit():
+        port = int(text)
+        if not 0 <= port <= 65535:
+            raise ValueError(f"{value} is not a port number (0-65535)")
+        return port
+    try:
+        server_endpoint(_Unstarted(), text)
+    except ValueError:
+        raise
+    except Exception as error:  # serverFromString raises many kinds (ssl: files and keys)
+        raise ValueError(f"cannot listen on {text!r}: {error}") from None
+    return text
+
+
+class _Unstarted:
+    """Stands in for the reactor while an endpoint description is only checked."""
 
 
 def listen(

@@ -52,8 +52,8 @@ from grenache.endpoints import (
     bound_port,
     describe_listen_spec,
     listen,
-    server_endpoint,
 )
+from grenache.endpoints import check_listen_spec as listen_spec
 from grenache.http.messages import HTTPRequest, HTTPResponse
 from grenache.http.server import HTTPServerFactory
 
@@ -611,28 +611,6 @@ def _client_connections(transport: Any) -> int:
         return sum(len(pool.connections) for pool in pools.values())
     connections = getattr(transport, "_connections", None)
     return len(connections) if isinstance(connections, dict) else 0
-
-
-def listen_spec(value: str) -> ListenSpec:
-    """A ``--metrics`` value: a port number, or an endpoint description checked now (nothing
-    is bound), so that a typo is a usage error rather than a failure at startup."""
-    text = value.strip()
-    if text.isdigit():
-        port = int(text)
-        if not 0 <= port <= 65535:
-            raise ValueError(f"{value} is not a port number (0-65535)")
-        return port
-    try:
-        server_endpoint(_Unstarted(), text)
-    except ValueError:
-        raise
-    except Exception as error:  # serverFromString raises many kinds (ssl: files and keys)
-        raise ValueError(f"cannot listen on {text!r}: {error}") from None
-    return text
-
-
-class _Unstarted:
-    """Stands in for the reactor while an endpoint description is only checked."""
 
 
 # --- serving ----------------------------------------------------------------------------------

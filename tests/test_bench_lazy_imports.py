@@ -6,8 +6,8 @@ feature asks for one: a WebSocket API, ``--metrics``, a mutable BEP 44 item. Eac
 in a fresh interpreter, since this test process has imported everything already.
 
 Twisted itself imports pyOpenSSL (and so cryptography) whenever it is installed, to offer
-TLS; to tell the grape's own imports from Twisted's, the first check runs the grape with
-pyOpenSSL and cryptography made unimportable, as on a machine without them.
+TLS; ``twistd grape`` keeps it out when the grape serves no TLS and no WebSocket API
+(grenache/tls_free.py), and loads it when it does.
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from twisted.trial import unittest
+
+from tests.support import make_pki, write_identity
 
 HEAVY = ("autobahn", "cryptography", "prometheus_client", "zmq", "txzmq", "OpenSSL")
 
@@ -44,7 +47,8 @@ PROGRAM = textwrap.dedent(
         from grenache.dht import bep44
         seed = bep44.generate_private_key()
         assert bep44.verify(bep44.sign(seed, b"m"), b"m", bep44.public_key_of(seed))
-    print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & set(conf["heavy"]))))
+    names = {m.split(".")[0] for m, module in sys.modules.items() if module is not None}
+    print(json.dumps(sorted(names & set(conf["heavy"]))))
     """
 )
 
@@ -66,17 +70,29 @@ class PlainGrapeImportsTests(unittest.TestCase):
     """What ``makeService`` imports for a grape, in a clean ``sys.modules``."""
 
     def test_plain_grape_needs_no_optional_library(self) -> None:
-        """Default options: a grape is built with pyOpenSSL and cryptography unimportable,
-        and loads neither autobahn, prometheus_client nor ZeroMQ."""
+        """Default options, everything importable: the grape loads no pyOpenSSL, no
+        cryptography, no autobahn, prometheus_client or ZeroMQ."""
+        self.assertEqual(loaded([]), [])
+
+    def test_plain_grape_without_tls_libraries(self) -> None:
+        """A machine without pyOpenSSL and cryptography runs a plain grape."""
         self.assertEqual(loaded([], block=("OpenSSL", "cryptography")), [])
 
-    def test_plain_grape_with_twisted_tls(self) -> None:
-        """With everything importable, only what Twisted itself loads for TLS is there."""
-        self.assertEqual([m for m in loaded([]) if m not in ("OpenSSL", "cryptography")], [])
+    def test_tls_api_loads_twisted_tls(self) -> None:
+        """``--aph ssl:...`` asks for TLS: pyOpenSSL is loaded (and the port checked with it)."""
+        pki = make_pki()
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        cert, key = write_identity(pki.server, directory, "grape")
+        self.assertIn(
+            "OpenSSL",
+            loaded(["--aph", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"]),
+        )
 
     def test_websocket_api_loads_autobahn(self) -> None:
-        """``--apw`` asks for the WebSocket API: autobahn is loaded (and only then)."""
-        self.assertIn("autobahn", loaded(["--apw", "0"]))
+        """``--apw`` asks for the WebSocket API: autobahn is loaded (and only then), and
+        pyOpenSSL with it (the WebSocket transport checks certificates with it)."""
+        self.assertTrue({"autobahn", "OpenSSL"} <= set(loaded(["--apw", "0"])))
 
     def test_metrics_loads_prometheus_client(self) -> None:
         """``--metrics`` loads prometheus_client."""

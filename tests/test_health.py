@@ -9,8 +9,8 @@ from typing import Any
 import treq
 from twisted.trial.unittest import TestCase
 
-from grenache.grape.service import Grape, GrapeConfig
-from grenache.grape.tap import Options, add_metrics, makeService
+from grenache.grape.service import Grape, GrapeConfig, add_metrics
+from grenache.grape.tap import Options, makeService
 from grenache.metrics import MetricsService
 from tests.test_cli import free_port, reactor
 from tests.test_metrics import scrape, value

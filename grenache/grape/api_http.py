@@ -65,6 +65,7 @@ PAYLOAD_NOT_OBJECT = HTTPResponse(500, b"ERR_GRAPE_PAYLOAD_INVALID: body must be
 PAYLOAD_SIZE = HTTPResponse(413, b"ERR_GRAPE_PAYLOAD_SIZE")
 GENERIC = HTTPResponse(500, b"ERR_GRAPE_GENERIC")
 _EMPTY = HTTPResponse(200, b"")
+_PLAIN_RESULTS = frozenset({list, dict, str, int, float, bool, type(None)})
 
 
 def _plain(text: str) -> bytes:
@@ -104,6 +105,8 @@ class GrapeHTTPAPI:
             d = self._dispatch(operation, message.get("data"))
         except Exception:
             return _failure(Failure(), operation)
+        if type(d) in _PLAIN_RESULTS:  # skips the ABC check below for the usual results
+            return self._result(d, operation)
         if not isinstance(d, Deferred):
             if not isinstance(d, Coroutine):
                 return self._result(d, operation)

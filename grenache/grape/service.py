@@ -34,7 +34,7 @@ may bind later, and then :meth:`Grape.start` fails with :class:`ListenError`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application import strports
@@ -60,10 +60,13 @@ from grenache.endpoints import (
     server_endpoint,
     split_host_port,
 )
-from grenache.grape.api_http import grape_http_factory
+from grenache.grape.api_http import GrapeHTTPAPI, grape_http_factory
 from grenache.grape.operations import make_dispatch
 
-__all__ = ["Grape", "GrapeConfig", "ListenError", "parse_bootstrap"]
+if TYPE_CHECKING:
+    from grenache.metrics import Metrics
+
+__all__ = ["Grape", "GrapeConfig", "ListenError", "TwistdGrape", "add_metrics", "parse_bootstrap"]
 
 log = Logger()
 
@@ -439,3 +442,67 @@ class Grape(MultiService):
     def stop(self) -> Deferred[Any]:
         """Stop the timers and close every port and connection."""
         return self.stopService()
+
+
+class TwistdGrape(Grape):
+    """The grape ``twistd`` runs. A port that cannot be bound ends ``twistd -n`` with a one-line
+    error and exit status 1 instead of a traceback. A daemonizing ``twistd`` needs an
+    ``Exception`` to report a failed start through its status pipe (it waits forever
+    otherwise), so there :class:`ListenError` goes through and ``twistd`` prints
+    ``An error has occurred: ...`` and exits 1."""
+
+    def __init__(self, *args: Any, exit_on_listen_error: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.exit_on_listen_error = exit_on_listen_error
+
+    def privilegedStartService(self) -> None:
+        """Bind the ports as :class:`~grenache.grape.service.Grape` does; a port that cannot be
+        bound is a one-line ``SystemExit`` when ``exit_on_listen_error`` (``twistd -n``)."""
+        try:
+            super().privilegedStartService()
+        except ListenError as error:
+            if self.exit_on_listen_error:
+                raise SystemExit(f"twistd grape: {error}") from None
+            raise
+
+    def startService(self) -> None:
+        """Start the grape; a ``--metrics`` port that cannot listen is logged as critical and
+        stops the reactor (a grape whose health cannot be probed would be reported dead)."""
+        super().startService()
+        if "metrics" not in self.namedServices:
+            return
+        from grenache.metrics import MetricsService
+
+        metrics = self.getServiceNamed("metrics")
+        if isinstance(metrics, MetricsService):
+            metrics.when_listening().addErrback(self._metrics_failed)
+
+    def _metrics_failed(self, failure: Failure) -> None:
+        # Asked for and unavailable: an operator's probe would report the grape dead anyway.
+        log.critical("twistd grape: --metrics: {error}", error=failure.getErrorMessage())
+        if self.reactor.running:
+            self.reactor.stop()
+
+
+def add_metrics(grape: Grape, where: ListenSpec, metrics: Metrics | None = None) -> Metrics:
+    """Serve ``metrics`` (a new :class:`~grenache.metrics.Metrics` by default) for ``grape``
+    on ``where``: a :class:`~grenache.metrics.MetricsService` child named ``metrics``."""
+    from grenache.metrics import Metrics, MetricsService
+
+    own: Metrics | None = getattr(grape, "metrics", None)  # a grape built with metrics=
+    if metrics is None:
+        metrics = own if own is not None else Metrics()
+    if own is not metrics:
+        metrics.watch_grape(grape)
+        _meter_api(grape, metrics)
+    MetricsService(metrics, grape.reactor, where).setServiceParent(grape)
+    return metrics
+
+
+def _meter_api(grape: Grape, metrics: Metrics) -> None:
+    """Send both APIs' operations through ``metrics.wrap_dispatch`` (through the factories'
+    public ``handler`` and ``dispatch`` attributes, before anything is served)."""
+    dispatch = metrics.wrap_dispatch(make_dispatch(grape.node))
+    grape.http_factory.handler = GrapeHTTPAPI(dispatch)
+    if grape.ws_factory is not None:
+        grape.ws_factory.dispatch = dispatch
