@@ -3,6 +3,7 @@
 
     python bench/zmq_rpc.py [--seconds N] [--concurrency C] [--payload-size B] [--codec C]
                             [--repeats R] [--sessions shared|own] [--batch-io]
+                            [--max-batch N]
                             [--json PATH] [--quick]
 
 A client keeps C requests in flight (64 by default; each worker sends its next request when the
@@ -30,6 +31,8 @@ implementations rather than the machine's other sessions; ``own`` shows that sen
 
 ``--batch-io`` runs both Python processes with ``SocketOptions(batch_io=True)`` (libzmq's I/O
 thread under ``SCHED_BATCH``): less CPU per request, less overlap between client and server.
+``--max-batch N`` sets ``SocketOptions(max_batch=N)`` on both (64 by default; 1 sends every
+request and reply as a message of its own, as before batches).
 
 Besides rates, each run samples the CPU time (user + system, all threads) of its server and
 client inside the measured window (``/proc``, Linux) and reports microseconds of CPU per
@@ -79,14 +82,23 @@ class _StubLink:
         return self._succeed([self.dest])
 
 
+def _options(conf: dict[str, Any]) -> Any:
+    from grenache.transports.zmq import SocketOptions
+    from grenache.transports.zmq.frames import DEFAULT_MAX_BATCH
+
+    return SocketOptions(
+        batch_io=conf.get("batch_io", False), max_batch=conf.get("max_batch", DEFAULT_MAX_BATCH)
+    )
+
+
 def role_server(args: argparse.Namespace) -> None:
     from twisted.internet import reactor
 
     from grenache.peer import PeerRPCServer
-    from grenache.transports.zmq import SocketOptions, ZmqServerTransport
+    from grenache.transports.zmq import ZmqServerTransport
 
     conf = json.loads(args.conf)
-    options = SocketOptions(batch_io=conf.get("batch_io", False))
+    options = _options(conf)
     transport = ZmqServerTransport(reactor, interface=LOCALHOST, options=options)
     server = PeerRPCServer(None, transport, lambda request: request.payload)
     server.listen(0).addCallback(lambda port: _emit({"port": port}))
@@ -98,11 +110,11 @@ def role_client(args: argparse.Namespace) -> None:
     from twisted.internet.defer import Deferred, ensureDeferred
 
     from grenache.peer import PeerRPCClient
-    from grenache.transports.zmq import SocketOptions, ZmqClientTransport
+    from grenache.transports.zmq import ZmqClientTransport
 
     clock: Any = reactor
     conf = json.loads(args.conf)
-    options = SocketOptions(batch_io=conf.get("batch_io", False))
+    options = _options(conf)
     transport = ZmqClientTransport(reactor, codec=conf["codec"], options=options)
     link: Any = _StubLink(conf["dest"])
     client = PeerRPCClient(link, transport, timeout=10.0, reactor=reactor)
@@ -201,7 +213,8 @@ def run_pair(bench: Bench, args: argparse.Namespace, impl: str) -> dict[str, Any
         server_argv = [bench.node, str(NODE_DIR / "ws_rpc_server.js"), "{}"]
     else:
         env = None
-        server_argv = [sys.executable, me, "server", json.dumps({"batch_io": args.batch_io})]
+        server_conf = {"batch_io": args.batch_io, "max_batch": args.max_batch}
+        server_argv = [sys.executable, me, "server", json.dumps(server_conf)]
     procs: list[Proc] = []
     try:
         server = _Proc(server_argv, bench.server_cpu, own, env)
@@ -215,6 +228,7 @@ def run_pair(bench: Bench, args: argparse.Namespace, impl: str) -> dict[str, Any
             "payload": make_payload(args.payload_size),
             "codec": args.codec,
             "batch_io": args.batch_io,
+            "max_batch": args.max_batch,
         }
         if impl == "node":
             client_argv = [bench.node, str(NODE_DIR / "ws_rpc_client.js"), json.dumps(conf)]
@@ -252,7 +266,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"RPC, {args.concurrency} requests in flight, payload ~{args.payload_size} B, "
         f"{args.seconds:g} s after a {WARMUP:g} s warm-up; servers on CPU {bench.server_cpu}, "
-        f"clients on CPU {bench.client_cpu}; sessions: {args.sessions}; batch I/O: {args.batch_io}"
+        f"clients on CPU {bench.client_cpu}; sessions: {args.sessions}; "
+        f"batch I/O: {args.batch_io}; max batch: {args.max_batch}"
     )
     impls = ["python"] + (["node"] if bench.node_env is not None else [])
     names = {
@@ -293,7 +308,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     notes = [
         f"{args.concurrency} requests in flight, payload ~{args.payload_size} B, "
         f"{args.seconds:g} s per run after a {WARMUP:g} s warm-up; servers on one CPU, clients "
-        f"on the other; sessions: {args.sessions}; batch I/O: {args.batch_io}; the clients are "
+        f"on the other; sessions: {args.sessions}; batch I/O: {args.batch_io}; max batch: "
+        f"{args.max_batch}; the clients are "
         f"the full peer with a lookup answered at once; {errors} errors"
     ]
     for impl in impls:
@@ -350,6 +366,12 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="libzmq's I/O threads under SCHED_BATCH (SocketOptions.batch_io; default off)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        help="requests (replies) per ZeroMQ message at most (SocketOptions.max_batch)",
     )
     parser.add_argument("--json", metavar="PATH", help="write bench JSON to PATH")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s runs, one repeat")

@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 import zmq
 from twisted.internet import reactor as _reactor
+from twisted.internet import task
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
@@ -427,3 +428,180 @@ class CurveTests(ZmqCase):
         self.assertRaises(ValueError, read_client_keys, "tooshort")
         path.write_text('{"public": "x"}')
         self.assertRaises(ValueError, read_keypair_file, path)
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocol.rst"
+DOC_RID, DOC_RID2 = "c69efa1c-fd7f-4a05-b203-ee2b82dcd773", "5b0e2f46-7c1d-4c8e-9a3b-2d6f8e1c0a97"
+
+
+def doc_bytes(intro: str) -> bytes:
+    """The bytes of the hex literal block that follows ``intro`` in docs/protocol.rst's *RPC
+    over ZeroMQ* (annotations after two spaces are skipped)."""
+    text = DOCS.read_text()
+    text = text[text.index("RPC over ZeroMQ\n---") :]
+    block = text[text.index(intro) :].split("::\n\n", 1)[1]
+    data = bytearray()
+    for line in block.splitlines():
+        if not line.startswith("    "):
+            break
+        data += bytes.fromhex(line.strip().split("  ")[0])
+    return bytes(data)
+
+
+class Endpoint:
+    """A raw socket speaking the frames by hand (the transports' socket class, no batching of
+    its own): every message it receives, and a Deferred for the next ones."""
+
+    def __init__(self, case: unittest.TestCase, socket_type: int) -> None:
+        factory = new_factory(global_reactor)
+        case.addCleanup(factory.shutdown)
+        self.messages: list[list[bytes]] = []
+        self.waiting: list[tuple[int, Deferred[None]]] = []
+        self.socket = ZmqSocket(factory, socket_type, SocketOptions(), self._received)
+
+    def _received(self, frames: list[bytes]) -> None:
+        self.messages.append(frames)
+        for n, d in list(self.waiting):
+            if len(self.messages) >= n:
+                self.waiting.remove((n, d))
+                d.callback(None)
+
+    def received(self, n: int) -> Deferred[None]:
+        """Fires once ``n`` messages in all were received."""
+        d: Deferred[None] = Deferred()
+        self.waiting.append((n, d))
+        if len(self.messages) >= n:
+            self.waiting.remove((n, d))
+            d.callback(None)
+        return d
+
+
+class BatchTests(ZmqCase):
+    """Batches (docs/protocol.rst, *RPC over ZeroMQ*, *Batches*) on real sockets, seen from a
+    raw ROUTER (as a server) or DEALER (as a client)."""
+
+    def router(self) -> tuple[Endpoint, str]:
+        raw = Endpoint(self, zmq.ROUTER)
+        port = raw.socket.bind(f"tcp://{LOOPBACK}:0")
+        return raw, f"{LOOPBACK}:{port}"
+
+    def dealer(self, dest: str) -> Endpoint:
+        raw = Endpoint(self, zmq.DEALER)
+        raw.socket.connect(connect_address(dest))
+        return raw
+
+    async def test_client_sends_one_message_per_turn(self) -> None:
+        """Five requests made in one turn arrive as ONE message whose body is the array of
+        the five; a batch reply answers them all; a lone request later goes in the two-frame
+        form, byte for byte the docs' example."""
+        raw, dest = self.router()
+        client = self.client()
+        requests = [out("svc", i) for i in range(5)]
+        results = [client.request(dest, r) for r in requests]
+        await raw.received(1)
+        identity, codec_frame, body = raw.messages[0]
+        self.assertEqual(codec_frame, b"msgpack")
+        self.assertEqual(msgpack.unpackb(body), [[r.rid, "svc", i] for i, r in enumerate(requests)])
+        batch = [[r.rid, None, i * 10] for i, r in reversed(list(enumerate(requests)))]
+        raw.socket.send([identity, b"msgpack", msgpack.packb(batch)])
+        self.assertEqual(await DeferredList(results), [(True, i * 10) for i in range(5)])
+        self.assertEqual(len(raw.messages), 1)
+        # Alone in its turn: today's two frames, the docs' bytes.
+        lone = client.request(dest, OutgoingRequest(DOC_RID, "rpc_zmq", "hello", 5.0))
+        await raw.received(2)
+        self.assertEqual(raw.messages[1][1:], [b"msgpack", doc_bytes("frame 2 (53 bytes) is")])
+        reply = doc_bytes('and the reply ``"world"``: frame 1 ``msgpack``, frame 2 (46 bytes)')
+        raw.socket.send([identity, b"msgpack", reply])
+        self.assertEqual(await lone, "world")
+
+    async def test_bounds(self) -> None:
+        """``max_batch`` requests per message at most, then the next message; JSON batches
+        are JSON arrays; the byte bound splits large requests into several messages."""
+        raw, dest = self.router()
+        client = self.client(codec="json", options=SocketOptions(max_batch=2))
+        for i in range(5):
+            client.request(dest, out("svc", i, timeout=30)).addErrback(lambda _: None)
+        await raw.received(3)
+        bodies = [json.loads(m[2]) for m in raw.messages]
+        self.assertEqual([[e[2] for e in b] for b in bodies[:2]], [[0, 1], [2, 3]])
+        self.assertEqual(bodies[2][1:], ["svc", 4])  # the last one alone: the single form
+        big = self.client(options=SocketOptions(max_message_size=1000))
+        for _ in range(4):
+            big.request(dest, out("svc", "x" * 400, timeout=30)).addErrback(lambda _: None)
+        await raw.received(5)
+        sizes = [len(msgpack.unpackb(m[2])) for m in raw.messages[3:]]
+        self.assertEqual(sizes, [2, 2])  # two 450-byte requests fit in 1000 bytes, not three
+
+    async def test_server_answers_a_batch_with_a_batch(self) -> None:
+        """The docs' batch is answered with the docs' reply batch; in a mixed batch each bad
+        element is answered ERR_REQUEST_PARSE (or dropped without a rid), the rest served."""
+        server, dest = await self.server(
+            lambda r: succeed("world" if r.payload == "hello" else r.payload)
+        )
+        raw = self.dealer(dest)
+        raw.socket.send([b"msgpack", doc_bytes("frame 2 (107 bytes)")])
+        await raw.received(1)
+        self.assertEqual(raw.messages[0], [b"msgpack", doc_bytes("frame 2 (93 bytes)")])
+        mixed = [["a", "k", 1], ["b", 5, 2], 7, ["c"], [], ["d", "k", 4]]
+        raw.socket.send([b"msgpack", msgpack.packb(mixed)])
+        await raw.received(2)
+        replies = msgpack.unpackb(raw.messages[1][1])
+        self.assertEqual([r[0] for r in replies], ["a", "b", "c", "d"])
+        self.assertEqual((replies[0][1:], replies[3][1:]), ([None, 1], [None, 4]))
+        for _, error, result in replies[1:3]:
+            self.assertTrue(error.startswith("ERR_REQUEST_PARSE"), error)
+            self.assertIsNone(result)
+        self.assertEqual(server.malformed, 4)
+        raw.socket.send([b"json", b'[["j1","k",1],["j2","k",2]]'])
+        await raw.received(3)
+        self.assertEqual(json.loads(raw.messages[2][1]), [["j1", None, 1], ["j2", None, 2]])
+        # An unknown codec: each readable rid answered in JSON, alone.
+        raw.socket.send([b"cbor", msgpack.packb([["u1", "k", 1], ["u2", "k", 2]])])
+        await raw.received(5)
+        self.assertEqual([json.loads(m[1])[0] for m in raw.messages[3:]], ["u1", "u2"])
+
+    async def test_old_style_peer(self) -> None:
+        """A client that sends each request alone (as before batches) gets each reply alone,
+        even when the server reads them in one pass."""
+        held = Held()
+        _, dest = await self.server(held)
+        raw = self.dealer(dest)
+        for i in range(3):
+            raw.socket.send([b"msgpack", msgpack.packb([f"r{i}", "k", i])])
+        await held.arrived(3)
+        for request, d in held.calls:
+            d.callback(request.payload)  # all three answered in this one turn
+        await raw.received(3)
+        self.assertEqual(
+            [msgpack.unpackb(m[1]) for m in raw.messages], [[f"r{i}", None, i] for i in range(3)]
+        )
+
+    def silent(self) -> str:
+        """A TCP server that accepts and never speaks ZeroMQ: a DEALER's queue fills up."""
+        from twisted.internet.protocol import Factory, Protocol
+
+        port = global_reactor.listenTCP(0, Factory.forProtocol(Protocol), interface=LOOPBACK)
+        self.addCleanup(port.stopListening)
+        return f"{LOOPBACK}:{port.getHost().port}"
+
+    async def test_failed_batch_fails_each_request(self) -> None:
+        """A batch that finds the queue full (high-water mark 1, nobody reading) fails every
+        request of it with DestinationUnreachable, the lone send's error; at the bound (inside
+        the turn) and at the end of the turn alike."""
+        dest = self.silent()
+        client = self.client(options=SocketOptions(hwm=1, max_batch=2), connect_timeout=30)
+        first = [client.request(dest, out("svc", i, timeout=30)) for i in range(2)]
+        full = [client.request(dest, out("svc", i, timeout=30)) for i in range(2)]
+        for d in full:
+            error = await self.assertFailure(d, DestinationUnreachable)
+            self.assertIn("send queue full (1 messages)", error.message)
+        self.assertEqual([d.called for d in first], [False, False])
+        other = self.client(options=SocketOptions(hwm=1), connect_timeout=30)
+        queued = [other.request(dest, out("svc", i, timeout=30)) for i in range(3)]
+        await task.deferLater(global_reactor, 0, lambda: None)  # the next turn
+        late = [other.request(dest, out("svc", i, timeout=30)) for i in range(3)]
+        for d in late:
+            await self.assertFailure(d, DestinationUnreachable)
+        self.assertEqual([d.called for d in queued], [False] * 3)
+        for d in first + queued:
+            d.addErrback(lambda _: None)

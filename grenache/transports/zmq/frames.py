@@ -539,12 +539,24 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
             # ZeroMQ's descriptor may have been drained by the send: look again soon.
             self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
 
-    def batch(self, route: bytes | None, codec: Codec, body: bytes, token: Any = None) -> None:
+    def batch(
+        self, route: bytes | None, codec: Codec, body: bytes, token: Any = None, alone: bool = False
+    ) -> None:
         """Send ``body`` (encoded with ``codec``) in the batch of ``route`` (a ROUTER's peer
         identity; ``None`` on other sockets): ``[route, codec, body]`` alone, or the codec's
         array of the turn's bodies. The batch leaves at the end of this read pass or reactor
         turn, or at once when it is full; a failed send calls ``send_failed`` with the tokens
-        of the whole batch. A queued body is dropped if the socket closes first."""
+        of the whole batch. A queued body is dropped if the socket closes first. ``alone``
+        sends it at once as a message of its own (for a peer that may not read batches)."""
+        if alone:
+            lone = _Batch(route, codec)
+            lone.bodies.append(body)
+            lone.tokens.append(token)
+            self._send_batch(lone)
+            if self._flush_call is None and not self.reading:
+                # ZeroMQ's descriptor may have been drained by the send: look again.
+                self._flush_call = self.factory.reactor.callLater(0, self._flush_due)
+            return
         key = (route, codec.frame)
         batches = self._batches
         batch = batches.get(key)
@@ -574,12 +586,12 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
 
     def _flush_due(self) -> None:
         self._flush_call = None
-        if self._batches and not self.closed:
-            self.flush()
-            if not (self.closed or self.paused or self.reading) and (
-                self.socket.get(_EVENTS) & _POLLIN
-            ):
-                self.doRead()
+        if self.closed:
+            return
+        self.flush()
+        # The sends may have consumed the descriptor's signal: ask ZeroMQ itself.
+        if not (self.closed or self.paused or self.reading) and self.socket.get(_EVENTS) & _POLLIN:
+            self.doRead()
 
     def _send_batch(self, batch: _Batch) -> None:
         if self.closed:

@@ -5,7 +5,8 @@ body]`` with body ``[rid, key, payload]`` or a batch of them (an array of such a
 ROUTER sees ``[identity, codec, body]`` and answers ``[identity, codec, body]`` with body
 ``[rid, error|null, result]`` in the request's codec, as each handler finishes (any number in
 flight, in any order). The replies to one client that are ready in one reactor turn leave as
-one batch (``options.max_batch`` at most).
+one batch (``options.max_batch`` at most), if their requests came in batches: a client that
+sends each request alone (an older one) gets each reply alone.
 
 Malformed messages never stop the server:
 
@@ -191,7 +192,7 @@ class ZmqServerTransport:
             text = f"unknown codec {codec_frame[:16]!r} (known: {', '.join(CODECS)})"
             self._bad(frames, text)
             for rid in recover_rids(body):
-                self._send(identity, _JSON, [rid, f"{_REQUEST_PARSE}: {text}", None])
+                self._send(identity, _JSON, [rid, f"{_REQUEST_PARSE}: {text}", None], True)
             return
         try:
             requests = decode_requests(codec, body)
@@ -199,12 +200,14 @@ class ZmqServerTransport:
             self._bad(frames, str(e))
             return
         meta = _META[codec.name]
+        alone = len(requests) == 1  # a client that batches gets batches back
         for request in requests:
             if type(request) is not tuple:
                 assert isinstance(request, FrameError)
                 self._bad(frames, str(request))
                 if request.rid is not None:
-                    self._send(identity, codec, [request.rid, f"{_REQUEST_PARSE}: {request}", None])
+                    reply = [request.rid, f"{_REQUEST_PARSE}: {request}", None]
+                    self._send(identity, codec, reply, alone)
                 continue
             rid, key, payload = request
             self.in_flight += 1
@@ -215,26 +218,26 @@ class ZmqServerTransport:
             except Exception:
                 outcome = Failure()
             if isinstance(outcome, Deferred):
-                outcome.addBoth(self._finished, identity, codec, rid)
+                outcome.addBoth(self._finished, identity, codec, rid, alone)
             else:
-                self._finished(outcome, identity, codec, rid)
+                self._finished(outcome, identity, codec, rid, alone)
 
-    def _finished(self, outcome: Any, identity: bytes, codec: Codec, rid: str) -> None:
+    def _finished(self, outcome: Any, identity: bytes, codec: Codec, rid: str, alone: bool) -> None:
         self.in_flight -= 1
         socket = self._socket
         if socket is not None and socket.paused and self.in_flight <= self.max_in_flight // 2:
             socket.resume()
         if isinstance(outcome, Failure):
-            self._send(identity, codec, [rid, error_message(outcome), None])
+            self._send(identity, codec, [rid, error_message(outcome), None], alone)
         elif isinstance(outcome, Reply):
             error = outcome.error
             if isinstance(error, BaseException):
                 error = error_message(error)
-            self._send(identity, codec, [rid, error, outcome.result])
+            self._send(identity, codec, [rid, error, outcome.result], alone)
         else:
-            self._send(identity, codec, [rid, None, outcome])
+            self._send(identity, codec, [rid, None, outcome], alone)
 
-    def _send(self, identity: bytes, codec: Codec, reply: list[Any]) -> None:
+    def _send(self, identity: bytes, codec: Codec, reply: list[Any], alone: bool) -> None:
         socket = self._socket
         if socket is None or socket.closed:
             log.debug("ZeroMQ reply for rid {rid!r} dropped: server stopped", rid=reply[0])
@@ -248,7 +251,7 @@ class ZmqServerTransport:
             limit = self.options.max_message_size
             text = f"{RequestTooLarge.wire}: reply of {len(body)} bytes > {limit}"
             body = codec.dumps([reply[0], text, None])
-        socket.batch(identity, codec, body, reply[0])
+        socket.batch(identity, codec, body, reply[0], alone)
 
     def _send_failed(self, rids: list[Any], error: zmq.ZMQError) -> None:
         # A ROUTER drops what it cannot route; only a closing socket raises.
