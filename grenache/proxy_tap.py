@@ -22,31 +22,15 @@ from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
-from twisted.python.failure import Failure
 
+from grenache.announced_service import AnnouncedServiceOptions, positive_number, twistd_service
 from grenache.curve_options import CurveServerOptions, curve_client
-from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE
-from grenache.metrics import listen_spec
+from grenache.link import DEFAULT_GRAPE
 from grenache.proxy import DEFAULT_MAX_KEYS, ProxyConfig, ProxyError, ProxyService
-from grenache.service_tap import check_listen, describe_failure
 from grenache.tls_options import ServerTLSOptions, TLSFlagError, client_tls
-from grenache.transports import UnknownTransport, get_transport, transport_names
+from grenache.transports import UnknownTransport, transport_names
 
 __all__ = ["ForwardSecurityOptions", "Options", "makeService"]
-
-
-def _port(value: str) -> int:
-    port = int(value)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{value} is not a port number (0-65535)")
-    return port
-
-
-def _positive(value: str) -> float:
-    number = float(value)
-    if not 0 < number < float("inf"):
-        raise ValueError(f"{value} must be a positive number")
-    return number
 
 
 def _positive_int(value: str) -> int:
@@ -121,7 +105,9 @@ class ForwardSecurityOptions(usage.Options):
         self["to-security"] = security
 
 
-class Options(ServerTLSOptions, CurveServerOptions, ForwardSecurityOptions):
+class Options(
+    ServerTLSOptions, CurveServerOptions, ForwardSecurityOptions, AnnouncedServiceOptions
+):
     """Options of ``twistd grenache-proxy`` (and of ``grenache proxy``)."""
 
     synopsis = "--from TRANSPORT [--name NAME --to TRANSPORT [--as KEY] [--pubsub]] [options]"
@@ -158,28 +144,19 @@ class Options(ServerTLSOptions, CurveServerOptions, ForwardSecurityOptions):
             "Transport the proxied service speaks (static and pub/sub modes).",
         ],
         ["as", None, None, "Key to announce instead of FROM:NAME (one NAME), or of rpc_proxy."],
-        ["port", "p", None, "TCP port to listen on; 0 = any free port (the default).", _port],
         [
             "listen",
             "l",
             None,
             "Endpoint description to listen on instead of --port, e.g. tcp6:0.",
         ],
-        ["bind", "b", None, "Address to listen on (default: every IPv4 interface)."],
         ["grape", "g", DEFAULT_GRAPE, "URL of the grape's API to look up and announce through."],
-        [
-            "announce-interval",
-            None,
-            DEFAULT_ANNOUNCE_INTERVAL,
-            "Seconds between announces (each gap jittered to 0.5-1.5 times this).",
-            _positive,
-        ],
         [
             "timeout",
             None,
             10.0,
             "Seconds each forwarded request may take (per attempt).",
-            _positive,
+            positive_number,
         ],
         [
             "retry",
@@ -194,14 +171,6 @@ class Options(ServerTLSOptions, CurveServerOptions, ForwardSecurityOptions):
             DEFAULT_MAX_KEYS,
             "Most keys proxied at once; a control request past it is answered with an error.",
             _positive_int,
-        ],
-        [
-            "metrics",
-            None,
-            None,
-            "Serve /metrics (Prometheus) and /health on this TCP port or endpoint description "
-            "(off unless given).",
-            listen_spec,
         ],
     ]
     optFlags: list[list[Any]] = [
@@ -218,17 +187,9 @@ class Options(ServerTLSOptions, CurveServerOptions, ForwardSecurityOptions):
         }
     )
 
-    def __init__(self) -> None:
-        super().__init__()
-        self["names"] = []
-
     def opt_name(self, name: str) -> None:
         """Service name to proxy (may be given more than once; none: control mode)."""
         self["names"].append(name)
-
-    def getUsage(self, width: int | None = None) -> str:
-        """The usage text followed by the examples."""
-        return super().getUsage(width) + "\n" + self.examples
 
     def postOptions(self) -> None:
         """Check the whole command line now (transports, where to listen, both sides'
@@ -239,18 +200,8 @@ class Options(ServerTLSOptions, CurveServerOptions, ForwardSecurityOptions):
                 f"give --from TRANSPORT, the transport the proxy serves on "
                 f"({' or '.join(transport_names())})"
             )
-        if self["listen"] is not None:
-            if self["port"] is not None:
-                raise usage.UsageError("give --port or --listen, not both")
-            if self["bind"] is not None:
-                raise usage.UsageError(
-                    "--bind applies to --port; put interface=ADDRESS in the --listen description"
-                )
-            check_listen(self["listen"])
-        try:
-            get_transport(self["from"])
-        except UnknownTransport as error:
-            raise usage.UsageError(str(error)) from None
+        self.check_where()
+        self.check_transport(self["from"])
         self.read_security(self["from"])
         targets = [self["to"]] if self["to"] else transport_names()
         self.read_to_security([t for t in targets if t in transport_names()])
@@ -286,12 +237,8 @@ def makeService(options: Options) -> IService:
     before twistd daemonizes."""
     from twisted.internet import reactor
 
-    try:
-        service = ProxyService(options.config(), reactor)
-    except (ProxyError, UnknownTransport) as error:
-        raise SystemExit(f"twistd grenache-proxy: {error}") from None
-    outcome: list[Any] = []
-    service.listen().addBoth(outcome.append)
-    if outcome and isinstance(outcome[0], Failure):
-        raise SystemExit(f"twistd grenache-proxy: {describe_failure(outcome[0])}")
-    return service  # type: ignore[return-value]
+    return twistd_service(
+        "grenache-proxy",
+        lambda: ProxyService(options.config(), reactor),
+        (ProxyError, UnknownTransport),
+    )

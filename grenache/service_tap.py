@@ -23,20 +23,29 @@ reply's error string.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from twisted.application.service import IService, Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail
-from twisted.internet.error import CannotListenError
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from grenache.announced_service import (
+    AnnouncedService,
+    AnnouncedServiceOptions,
+    twistd_service,
+)
+
+# Their home is grenache.announced_service; importable from here as they always were.
+from grenache.announced_service import ListenError as ListenError
+from grenache.announced_service import check_listen as check_listen
+from grenache.announced_service import listen_failed as listen_failed
 from grenache.curve_options import CurveServerOptions
-from grenache.endpoints import ListenSpec, describe_listen_spec, server_endpoint
+from grenache.endpoints import ListenSpec
 from grenache.handlers import HandlerError, load_handler
-from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE, Link
-from grenache.metrics import ALONE, HEALTHY, STOPPING, Metrics, MetricsService, listen_spec
+from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE
+from grenache.metrics import ALONE, HEALTHY, STOPPING
 from grenache.peer import Handler, PeerRPCServer, error_message
 from grenache.peer.server import DEFAULT_HANDLER_TIMEOUT
 from grenache.tls_options import ServerTLSOptions
@@ -44,43 +53,13 @@ from grenache.transports import UnknownTransport, get_transport, transport_names
 
 __all__ = [
     "GrenacheService",
-    "ListenError",
     "Options",
     "ServiceConfig",
-    "check_listen",
     "describe_failure",
-    "listen_failed",
     "makeService",
 ]
 
 log = Logger()
-
-
-class ListenError(Exception):
-    """The service port could not be bound; the message names the port and the reason."""
-
-
-def listen_failed(failure: Failure, requested: ListenSpec) -> Failure:
-    """An errback for a service's listen on ``requested``: a taken port, a bad address or an
-    unreadable key file becomes one :class:`ListenError` line naming where; anything else
-    passes through."""
-    where = describe_listen_spec(requested)
-    if isinstance(requested, int):
-        where = f"TCP {where}"
-    if failure.check(CannotListenError):
-        error: Any = failure.value
-        reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
-        raise ListenError(f"cannot listen on {where}: {reason}")
-    if failure.check(ValueError, TypeError, OSError):
-        raise ListenError(f"cannot listen on {where}: {failure.value}")
-    return failure
-
-
-def _port(value: str) -> int:
-    port = int(value)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{value} is not a port number (0-65535)")
-    return port
 
 
 def _handler_timeout(value: str) -> float | None:
@@ -93,35 +72,7 @@ def _handler_timeout(value: str) -> float | None:
     return number or None
 
 
-def _positive(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise ValueError(f"{value} must be a positive number")
-    return number
-
-
-class _Unstarted:
-    """Stands in for the reactor while an endpoint description is only checked."""
-
-
-def check_listen(description: str) -> str:
-    """``description`` if it is an endpoint description a server can listen on (``tcp:0``,
-    ``tcp6:8080:interface=\\:\\:1``, ``unix:/run/svc.sock``, ``ssl:...``); a usage error
-    quoting it otherwise. Nothing is bound."""
-    try:
-        server_endpoint(_Unstarted(), description)
-    except (TypeError, ValueError) as error:
-        raise usage.UsageError(f"--listen: {error}") from None
-    except OSError as error:  # an ssl: description's key or certificate file
-        raise usage.UsageError(
-            f"--listen {description!r}: cannot read {error.filename}: {error.strerror}"
-        ) from None
-    except Exception as error:  # e.g. a malformed PEM file in an ssl: description
-        raise usage.UsageError(f"--listen {description!r}: {error}") from None
-    return description
-
-
-class Options(ServerTLSOptions, CurveServerOptions):
+class Options(ServerTLSOptions, CurveServerOptions, AnnouncedServiceOptions):
     """Options of ``twistd grenache-service`` (and of ``grenache serve``)."""
 
     synopsis = "--name NAME --handler pkg.module:function [options]"
@@ -154,7 +105,6 @@ class Options(ServerTLSOptions, CurveServerOptions):
 
     optParameters: list[list[Any]] = [
         ["transport", "t", "http", f"RPC transport: {' or '.join(transport_names())}."],
-        ["port", "p", None, "TCP port to listen on; 0 = any free port (the default).", _port],
         [
             "listen",
             "l",
@@ -164,14 +114,6 @@ class Options(ServerTLSOptions, CurveServerOptions):
         ],
         ["handler", None, None, "The request handler, as pkg.module:function."],
         ["grape", "g", DEFAULT_GRAPE, "URL of the grape's API to announce through."],
-        ["bind", "b", None, "Address to listen on (default: every IPv4 interface)."],
-        [
-            "announce-interval",
-            None,
-            DEFAULT_ANNOUNCE_INTERVAL,
-            "Seconds between announces (each gap jittered to 0.5-1.5 times this).",
-            _positive,
-        ],
         [
             "handler-timeout",
             None,
@@ -179,14 +121,6 @@ class Options(ServerTLSOptions, CurveServerOptions):
             "Seconds a handler has to answer before the request is answered with "
             "ERR_HANDLER_TIMEOUT and the handler cancelled; 0 = no deadline.",
             _handler_timeout,
-        ],
-        [
-            "metrics",
-            None,
-            None,
-            "Serve /metrics (Prometheus) and /health on this TCP port or endpoint description "
-            "(off unless given).",
-            listen_spec,
         ],
     ]
 
@@ -200,17 +134,9 @@ class Options(ServerTLSOptions, CurveServerOptions):
         }
     )
 
-    def __init__(self) -> None:
-        super().__init__()
-        self["names"] = []
-
     def opt_name(self, name: str) -> None:
         """Service name to announce (may be given more than once)."""
         self["names"].append(name)
-
-    def getUsage(self, width: int | None = None) -> str:
-        """The usage text followed by the examples."""
-        return super().getUsage(width) + "\n" + self.examples
 
     def postOptions(self) -> None:
         """Check the whole command line now (names, handler, transport, where to listen, the
@@ -221,22 +147,8 @@ class Options(ServerTLSOptions, CurveServerOptions):
             raise usage.UsageError("a service name must not be empty")
         if not self["handler"]:
             raise usage.UsageError("give the request handler with --handler pkg.module:function")
-        try:
-            get_transport(self["transport"])
-        except UnknownTransport as error:
-            raise usage.UsageError(str(error)) from None
-        if self["listen"] is not None:
-            if self["port"] is not None:
-                raise usage.UsageError("give --port or --listen, not both")
-            if self["bind"] is not None:
-                raise usage.UsageError(
-                    "--bind applies to --port; put interface=ADDRESS in the --listen description"
-                )
-            if self["listen"].startswith("ssl:") and self["tls-key"] is not None:
-                raise usage.UsageError(
-                    "TLS twice: use either an ssl: --listen description or --tls-key/--tls-cert"
-                )
-            check_listen(self["listen"])
+        self.check_transport(self["transport"])
+        self.check_where()
         self.read_security(self["transport"])
 
     def config(self) -> ServiceConfig:
@@ -295,13 +207,14 @@ class ServiceConfig:
         return self.listen if self.listen is not None else self.port
 
 
-class GrenacheService(Service):
+class GrenacheService(AnnouncedService[ServiceConfig]):
     """A handler served on a transport and announced through a grape, as a Twisted Service.
 
-    :meth:`listen` binds the port (fires with it, or fails with :class:`ListenError`);
-    :meth:`announce` starts the announcing loops and fires with each name's first result (a
-    node count, or the error's text). ``startService`` does both, and ``stopService`` stops
-    announcing, closes the port and the service's connections, and stops the link.
+    :meth:`listen` binds the port (fires with it, or fails with
+    :class:`~grenache.announced_service.ListenError`); :meth:`announce` starts the announcing
+    loops and fires with each name's first result (a node count, or the error's text).
+    ``startService`` does both, and ``stopService`` stops announcing, closes the port and the
+    service's connections, and stops the link.
 
     With ``config.metrics``, :attr:`metrics` is the service's own
     :class:`~grenache.metrics.Metrics`, served by :meth:`listen` on that endpoint as well:
@@ -313,24 +226,16 @@ class GrenacheService(Service):
     """
 
     name = "grenache-service"
+    key_field = "name"
 
     def __init__(self, config: ServiceConfig, reactor: Any) -> None:
-        self.config = config
-        self.reactor = reactor
         handler = config.handler
         self.handler: Handler = load_handler(handler) if isinstance(handler, str) else handler
-        self.link = Link(config.grape, reactor=reactor, announce_interval=config.announce_interval)
         entry = get_transport(config.transport)
+        super().__init__(config, reactor, log, health_name="service")
         self.transport = entry.server_transport(
             reactor, tls=config.tls, interface=config.interface or ""
         )
-        #: The service's metrics (``None`` unless ``config.metrics`` is given).
-        self.metrics: Metrics | None = None
-        self.metrics_service: MetricsService | None = None
-        if config.metrics is not None:
-            self.metrics = Metrics()
-            self.metrics.add_health("service", self._health)
-            self.metrics_service = MetricsService(self.metrics, reactor, config.metrics)
         self.server = PeerRPCServer(
             self.link,
             self.transport,
@@ -339,132 +244,44 @@ class GrenacheService(Service):
             handler_timeout=config.handler_timeout,
             metrics=self.metrics,
         )
-        self._listening = False
-        self.port: int | None = None
-        #: Set by ``startService``: fires with :meth:`announce`'s results once announced.
-        self.started: Deferred[dict[str, int | str] | None] | None = None
 
-    @property
-    def metrics_port(self) -> int | None:
-        """The TCP port of ``/metrics`` and ``/health`` once listening (``None`` without)."""
-        return None if self.metrics_service is None else self.metrics_service.port
+    def _peer(self) -> PeerRPCServer:
+        return self.server
 
     def _health(self) -> tuple[str, dict[str, Any]]:
         details: dict[str, Any] = {"names": list(self.config.names), "port": self.port}
         if self.metrics is not None and self.metrics.stopping:
             return STOPPING, details
-        failed = self.metrics.announces.last_failed if self.metrics is not None else {}
-        failing = {name: failed[name] for name in self.config.names if name in failed}
+        failing = self._announce_failures(list(self.config.names))
         if failing:
             return ALONE, {**details, "announce_failed": failing}
         return HEALTHY, details
 
-    def listen(self) -> Deferred[int]:
-        """Bind the service port (and the metrics one, with ``config.metrics``); fires with
-        the service port bound or fails with ListenError."""
-        return self._listen().addCallback(self._listen_metrics)
+    def _first_announces(self) -> list[tuple[str, Deferred[int]]]:
+        return [(name, self.server.announce(name)) for name in self.config.names]
 
-    def _listen_metrics(self, port: int) -> Any:
-        service = self.metrics_service
-        if service is None:
-            return port
-
-        def failed(failure: Failure) -> Deferred[int]:
-            error = ListenError(f"metrics: {describe_failure(failure)}")
-            return self.server.stop().addBoth(lambda _: Failure(error))
-
-        service.startService()
-        return service.when_listening().addCallbacks(lambda _: port, failed)
-
-    def _listen(self) -> Deferred[int]:
-        if self._listening:
-            return fail(RuntimeError("GrenacheService.listen() was already called"))
-        self._listening = True
-        requested = self.config.where
-
-        def bound(port: int) -> int:
-            self.port = port
-            log.info(
-                "Serving {names} with {handler} over {transport} on port {port}",
-                names=", ".join(repr(n) for n in self.config.names),
-                handler=_handler_name(self.config.handler),
-                transport=self.config.transport + _security(self.config),
-                port=port,
-                event="listening",
-            )
-            return port
-
-        return self.server.listen(requested).addCallbacks(
-            bound, listen_failed, errbackArgs=(requested,)
+    def _log_listening(self, port: int) -> None:
+        log.info(
+            "Serving {names} with {handler} over {transport} on port {port}",
+            names=", ".join(repr(n) for n in self.config.names),
+            handler=_handler_name(self.config.handler),
+            transport=self.config.transport + _security(self.config),
+            port=port,
+            event="listening",
         )
 
-    def announce(self) -> Deferred[dict[str, int | str]]:
-        """Start announcing every name (after :meth:`listen`); fires with ``{name: first
-        result}``, a result being the number of DHT nodes that stored the announce or the
-        error's text. The loops go on either way until ``stopService``."""
-        return ensureDeferred(self._announce_all())
-
-    async def _announce_all(self) -> dict[str, int | str]:
-        names = self.config.names
-        results = await DeferredList(
-            [self.server.announce(name) for name in names], consumeErrors=True
+    def _log_announced(self, key: str, count: int) -> None:
+        log.info(
+            "Announced {name!r} on port {port} through {grape} (stored by {count} DHT {nodes})",
+            name=key,
+            port=self.port,
+            grape=self.config.grape,
+            count=count,
+            nodes="node" if count == 1 else "nodes",
+            event="announce",
         )
-        outcome: dict[str, int | str] = {}
-        for name, (ok, value) in zip(names, results, strict=True):
-            value = cast(Any, value)
-            if ok:
-                outcome[name] = value
-                log.info(
-                    "Announced {name!r} on port {port} through {grape} (stored by {count} DHT "
-                    "{nodes})",
-                    name=name,
-                    port=self.port,
-                    grape=self.config.grape,
-                    count=value,
-                    nodes="node" if value == 1 else "nodes",
-                    event="announce",
-                )
-            else:
-                outcome[name] = describe_failure(value)
-                log.warn(
-                    "Announcing {name!r} through {grape} failed: {error}; will retry",
-                    name=name,
-                    grape=self.config.grape,
-                    error=outcome[name],
-                    event="announce_failed",
-                )
-        return outcome
 
-    async def _start(self) -> dict[str, int | str]:
-        if self.port is None:
-            await self.listen()
-        return await self.announce()
-
-    def startService(self) -> None:
-        """Listen (unless :meth:`listen` already ran) and start announcing."""
-        super().startService()
-        self.started = ensureDeferred(self._start())
-        self.started.addErrback(self._fatal)
-
-    def _fatal(self, failure: Failure) -> None:
-        log.critical("{error}", error=describe_failure(failure), event="fatal")
-        if self.reactor.running:
-            self.reactor.stop()
-
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
-        """Stop announcing, close the port and connections, stop the link."""
-        super().stopService()
-        return ensureDeferred(self._stop())
-
-    async def _stop(self) -> None:
-        if self.metrics is not None:
-            self.metrics.stopping = True  # /health answers "stopping" while this runs
-        try:
-            await self.server.stop()
-        finally:
-            await self.link.stop()
-            if self.metrics_service is not None and self.metrics_service.running:
-                await self.metrics_service.stopService()
+    def _log_stopped(self) -> None:
         log.info(
             "Stopped announcing {names} and closed port {port}",
             names=", ".join(repr(n) for n in self.config.names),
@@ -490,16 +307,11 @@ def makeService(options: Options) -> IService:
     error before twistd daemonizes."""
     from twisted.internet import reactor
 
-    try:
-        service = GrenacheService(options.config(), reactor)
-    except (HandlerError, UnknownTransport) as error:
-        raise SystemExit(f"twistd grenache-service: {error}") from None
-    outcome: list[Any] = []
-    service.listen().addBoth(outcome.append)
-    if outcome and isinstance(outcome[0], Failure):
-        failure = outcome[0]
-        raise SystemExit(f"twistd grenache-service: {describe_failure(failure)}")
-    return service  # type: ignore[return-value]
+    return twistd_service(
+        "grenache-service",
+        lambda: GrenacheService(options.config(), reactor),
+        (HandlerError, UnknownTransport),
+    )
 
 
 def _security(config: ServiceConfig) -> str:

@@ -6,21 +6,18 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import attrs
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
+from grenache.announced_service import AnnouncedService
 from grenache.endpoints import ListenSpec
-from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE, Link
-from grenache.metrics import ALONE, HEALTHY, STOPPING, Metrics, MetricsService
+from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE
+from grenache.metrics import ALONE, HEALTHY, STOPPING
 from grenache.peer import ClientTransport, LinkProtocol, PubTransport, ServerTransport, SubTransport
-from grenache.peer.request import error_message
 from grenache.peer.server import DEFAULT_HANDLER_TIMEOUT
 from grenache.proxy.keys import CONTROL_KEY, Route, proxied_key
 from grenache.proxy.relay import PubSubRelay
 from grenache.proxy.rpc import DEFAULT_MAX_KEYS, ForwardingClients, RPCProxy
-from grenache.service_tap import ListenError, listen_failed
 from grenache.transports import UnknownTransport, get_transport, transport_names
 
 __all__ = ["CONTROL", "PUBSUB", "STATIC", "ProxyConfig", "ProxyError", "ProxyService"]
@@ -138,12 +135,12 @@ class ProxyConfig:
             raise ProxyError("--timeout must be a positive number of seconds")
 
 
-class ProxyService(Service):
+class ProxyService(AnnouncedService[ProxyConfig]):
     """A proxy (:class:`~grenache.proxy.rpc.RPCProxy` or :class:`~grenache.proxy.relay.PubSubRelay`)
     with its link, as a Twisted Service.
 
     :meth:`listen` binds the port (fires with it, or fails with
-    :class:`~grenache.service_tap.ListenError`); ``startService`` listens (unless done) and
+    :class:`~grenache.announced_service.ListenError`); ``startService`` listens (unless done) and
     announces; :attr:`started` fires with ``{key: first announce result}`` (a node count or
     the error's text). ``stopService`` stops announcing, closes the port, the forwarding
     clients and the link.
@@ -167,22 +164,7 @@ class ProxyService(Service):
         sub_transport: SubTransport | None = None,
     ) -> None:
         config.check()
-        self.config = config
-        self.reactor = reactor
-        own_link = link is None
-        self.link: Any = (
-            Link(config.grape, reactor=reactor, announce_interval=config.announce_interval)
-            if link is None
-            else link
-        )
-        self._own_link = own_link
-        #: The proxy's metrics (``None`` unless ``config.metrics`` is given).
-        self.metrics: Metrics | None = None
-        self.metrics_service: MetricsService | None = None
-        if config.metrics is not None:
-            self.metrics = Metrics()
-            self.metrics.add_health("proxy", self._health)
-            self.metrics_service = MetricsService(self.metrics, reactor, config.metrics)
+        super().__init__(config, reactor, log, health_name="proxy", link=link)
         interface = config.interface or ""
         self.rpc: RPCProxy | None = None
         self.relay: PubSubRelay | None = None
@@ -235,15 +217,6 @@ class ProxyService(Service):
                 handler_timeout=max(DEFAULT_HANDLER_TIMEOUT, config.timeout * config.retry + 1),
                 metrics=self.metrics,
             )
-        self.port: int | None = None
-        self._listening = False
-        #: Set by ``startService``: fires with :meth:`announce`'s results once announced.
-        self.started: Deferred[dict[str, int | str]] | None = None
-
-    @property
-    def metrics_port(self) -> int | None:
-        """The TCP port of ``/metrics`` and ``/health`` once listening (``None`` without)."""
-        return None if self.metrics_service is None else self.metrics_service.port
 
     def keys(self) -> list[str]:
         """The keys served now (the control key first, in control mode)."""
@@ -259,8 +232,7 @@ class ProxyService(Service):
             return STOPPING, details
         keys = self.keys()
         details["keys"] = len(keys)
-        failed = self.metrics.announces.last_failed if self.metrics is not None else {}
-        failing = {key: failed[key] for key in keys if key in failed}
+        failing = self._announce_failures(keys)
         state = HEALTHY
         if failing:
             state, details["announce_failed"] = ALONE, failing
@@ -270,125 +242,40 @@ class ProxyService(Service):
                 state = ALONE
         return state, details
 
-    def listen(self) -> Deferred[int]:
-        """Bind the proxy's port (and the metrics one, with ``config.metrics``); fires with the
-        port or fails with :class:`~grenache.service_tap.ListenError`."""
-        return self._listen().addCallback(self._listen_metrics)
-
     def _peer(self) -> RPCProxy | PubSubRelay:
         peer = self.rpc if self.rpc is not None else self.relay
         assert peer is not None
         return peer
 
-    def _listen(self) -> Deferred[int]:
-        if self._listening:
-            return fail(RuntimeError("ProxyService.listen() was already called"))
-        self._listening = True
-        requested = self.config.where
+    def _first_announces(self) -> list[tuple[str, Deferred[int]]]:
+        if self.relay is not None:
+            return [(self.relay.key, self.relay.start())]
+        assert self.rpc is not None
+        firsts: list[tuple[str, Deferred[int]]] = []
+        if self.rpc.control_key is not None:
+            firsts.append((self.rpc.control_key, self.rpc.announce_control()))
+        for key, route in self.config.static_keys().items():
+            firsts.append((key, self.rpc.add(key, route)))
+        return firsts
 
-        def bound(port: int) -> int:
-            self.port = port
-            config = self.config
-            log.info(
-                "Proxy ({mode}) serving over {transport} on port {port}",
-                mode=config.mode,
-                transport=config.from_transport + (" with TLS" if config.tls else ""),
-                port=port,
-                event="listening",
-            )
-            return port
-
-        return (
-            self._peer()
-            .listen(requested)
-            .addCallbacks(bound, listen_failed, errbackArgs=(requested,))
+    def _log_listening(self, port: int) -> None:
+        config = self.config
+        log.info(
+            "Proxy ({mode}) serving over {transport} on port {port}",
+            mode=config.mode,
+            transport=config.from_transport + (" with TLS" if config.tls else ""),
+            port=port,
+            event="listening",
         )
 
-    def _listen_metrics(self, port: int) -> Any:
-        service = self.metrics_service
-        if service is None:
-            return port
+    def _log_announced(self, key: str, count: int) -> None:
+        log.info(
+            "Announced {key!r} on port {port} through {grape}",
+            key=key,
+            port=self.port,
+            grape=self.config.grape,
+            event="announce",
+        )
 
-        def failed(failure: Failure) -> Deferred[int]:
-            error = ListenError(f"metrics: {error_message(failure)}")
-            return self._peer().stop().addBoth(lambda _: Failure(error))
-
-        service.startService()
-        return service.when_listening().addCallbacks(lambda _: port, failed)
-
-    def announce(self) -> Deferred[dict[str, int | str]]:
-        """Start serving and announcing the configured keys (after :meth:`listen`); fires
-        with ``{key: first result}``, a node count or the error's text. The announcing goes
-        on either way until ``stopService``."""
-        return ensureDeferred(self._announce_all())
-
-    async def _announce_all(self) -> dict[str, int | str]:
-        keys: list[str] = []
-        firsts: list[Deferred[int]] = []
-        if self.relay is not None:
-            keys.append(self.relay.key)
-            firsts.append(self.relay.start())
-        else:
-            assert self.rpc is not None
-            if self.rpc.control_key is not None:
-                keys.append(self.rpc.control_key)
-                firsts.append(self.rpc.announce_control())
-            for key, route in self.config.static_keys().items():
-                keys.append(key)
-                firsts.append(self.rpc.add(key, route))
-        results = await DeferredList(firsts, consumeErrors=True)
-        outcome: dict[str, int | str] = {}
-        for key, (ok, value) in zip(keys, results, strict=True):
-            value = cast(Any, value)
-            if ok:
-                outcome[key] = value
-                log.info(
-                    "Announced {key!r} on port {port} through {grape}",
-                    key=key,
-                    port=self.port,
-                    grape=self.config.grape,
-                    event="announce",
-                )
-            else:
-                outcome[key] = error_message(value)
-                log.warn(
-                    "Announcing {key!r} through {grape} failed: {error}; will retry",
-                    key=key,
-                    grape=self.config.grape,
-                    error=outcome[key],
-                    event="announce_failed",
-                )
-        return outcome
-
-    async def _start(self) -> dict[str, int | str]:
-        if self.port is None:
-            await self.listen()
-        return await self.announce()
-
-    def startService(self) -> None:
-        """Listen (unless :meth:`listen` already ran) and start announcing."""
-        super().startService()
-        self.started = ensureDeferred(self._start())
-        self.started.addErrback(self._fatal)
-
-    def _fatal(self, failure: Failure) -> None:
-        log.critical("{error}", error=error_message(failure), event="fatal")
-        if getattr(self.reactor, "running", False):
-            self.reactor.stop()
-
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
-        """Stop announcing, close the port, the clients and the link."""
-        super().stopService()
-        return ensureDeferred(self._stop())
-
-    async def _stop(self) -> None:
-        if self.metrics is not None:
-            self.metrics.stopping = True
-        try:
-            await self._peer().stop()
-        finally:
-            if self._own_link:
-                await self.link.stop()
-            if self.metrics_service is not None and self.metrics_service.running:
-                await self.metrics_service.stopService()
+    def _log_stopped(self) -> None:
         log.info("Proxy stopped; port {port} closed", port=self.port, event="stopped")
