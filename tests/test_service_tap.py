@@ -16,6 +16,7 @@ from grenache import errors
 from grenache.handlers import HandlerError, load_handler
 from grenache.link import Link
 from grenache.peer import PeerRPCClient, Request
+from grenache.proxy_tap import Options as ProxyOptions
 from grenache.service_tap import (
     GrenacheService,
     Options,
@@ -81,6 +82,7 @@ class OptionsTests(TestCase):
             ("--name", "x", "--handler", "m:f", "--transport", "smtp"),
             ("--name", "x", "--handler", "m:f", "--port", "65536"),
             ("--name", "x", "--handler", "m:f", "--announce-interval", "0"),
+            ("--name", "x", "--handler", "m:f", "--announce-interval", "inf"),
             ("--name", "x", "--handler", "m:f", "extra"),
         ):
             with self.subTest(argv=argv):
@@ -127,6 +129,23 @@ class OptionsTests(TestCase):
             usage.UsageError, parse, *base, "--listen", f"ssl:0:privateKey={missing}"
         )
         self.assertIn(f"cannot read {missing}", str(error))
+
+    def test_the_proxy_checks_where_to_listen_the_same_way(self) -> None:
+        """The proxy's --listen/--port/--bind/--tls-key checks are the service's (one
+        AnnouncedServiceOptions.check_where), TLS twice included."""
+        files = pki_files(self)
+        pair = ("--tls-key", files["server.key"], "--tls-cert", files["server.crt"])
+        for argv, fragment in (
+            (("--listen", "tcp:0", "--port", "1"), "give --port or --listen, not both"),
+            (("--listen", "tcp:0", "--bind", "::1"), "put interface=ADDRESS in the --listen"),
+            ((*pair, "--listen", "ssl:0:privateKey=k:certKey=c"), "TLS twice"),
+        ):
+            with self.subTest(argv=argv):
+                proxy = ProxyOptions()
+                error = self.assertRaises(
+                    usage.UsageError, proxy.parseOptions, ["--from", "http", *argv]
+                )
+                self.assertIn(fragment, str(error))
 
     def test_listen(self) -> None:
         config = parse("--name", "x", "--handler", "m:f", "--listen", "tcp6:0").config()
