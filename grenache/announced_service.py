@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from grenache.endpoints import ListenSpec, describe_listen_spec, server_endpoint
+from grenache.endpoints import ListenSpec, check_description, describe_listen_spec
 from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, Link
 from grenache.metrics import Metrics, MetricsService, listen_spec
 from grenache.peer.request import error_message
@@ -65,16 +65,12 @@ def listen_failed(failure: Failure, requested: ListenSpec) -> Failure:
     return failure
 
 
-class _Unstarted:
-    """Stands in for the reactor while an endpoint description is only checked."""
-
-
 def check_listen(description: str) -> str:
     """``description`` if it is an endpoint description a server can listen on (``tcp:0``,
     ``tcp6:8080:interface=\\:\\:1``, ``unix:/run/svc.sock``, ``ssl:...``); a usage error
     quoting it otherwise. Nothing is bound."""
     try:
-        server_endpoint(_Unstarted(), description)
+        check_description(description)
     except (TypeError, ValueError) as error:
         raise usage.UsageError(f"--listen: {error}") from None
     except OSError as error:  # an ssl: description's key or certificate file

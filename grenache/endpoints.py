@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "ListenSpec",
     "bound_port",
+    "check_description",
     "check_listen_spec",
     "client_endpoint",
     "describe_listen_spec",
@@ -111,12 +112,20 @@ def check_listen_spec(value: str) -> ListenSpec:
             raise ValueError(f"{value} is not a port number (0-65535)")
         return port
     try:
-        server_endpoint(_Unstarted(), text)
+        check_description(text)
     except ValueError:
         raise
     except Exception as error:  # serverFromString raises many kinds (ssl: files and keys)
         raise ValueError(f"cannot listen on {text!r}: {error}") from None
     return text
+
+
+def check_description(description: str) -> None:
+    """Build, never listen on, the server endpoint ``description`` names: raises what
+    :func:`server_endpoint` raises for it (:class:`ValueError` when malformed) and, for an
+    ``ssl:`` description, :class:`OSError` or pyOpenSSL's errors when its files cannot be read
+    or parsed."""
+    server_endpoint(_Unstarted(), description)
 
 
 class _Unstarted:

@@ -38,9 +38,6 @@ from grenache.announced_service import (
 )
 
 # Their home is grenache.announced_service; importable from here as they always were.
-from grenache.announced_service import ListenError as ListenError
-from grenache.announced_service import check_listen as check_listen
-from grenache.announced_service import listen_failed as listen_failed
 from grenache.curve_options import CurveServerOptions
 from grenache.endpoints import ListenSpec
 from grenache.handlers import HandlerError, load_handler

@@ -12,11 +12,11 @@ from typing import Any, NoReturn
 from twisted.internet.defer import ensureDeferred
 from twisted.python import usage
 
+from grenache.announced_service import ListenError
 from grenache.cli import grape_verbs, proxy_verbs, pubsub_verbs, rpc_verbs
 from grenache.cli.options import PROG, GnuOptions, option_error
 from grenache.cli.session import CommandError, Reported, Session, one_line
 from grenache.handlers import HandlerError
-from grenache.service_tap import ListenError
 from grenache.transports import UnknownTransport
 
 __all__ = ["ACTIONS", "VERBS", "Options", "main", "run"]

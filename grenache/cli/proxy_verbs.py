@@ -31,9 +31,9 @@ class ProxyOptions(GnuOptions, ProxyTapOptions):
         "mode): serve the key FROM:NAME (or --as KEY) over --from and forward each request "
         "to NAME's services over --to; replies and errors come back as the services sent "
         "them. Without NAME (control mode, compatible with grenache-nodejs-proxy): announce "
-        "rpc_proxy; a request to it with payload \"ws:NAME\" (or \"http:NAME\") starts serving "
+        'rpc_proxy; a request to it with payload "ws:NAME" (or "http:NAME") starts serving '
         "that key at the proxy's port, forwarded to NAME over that transport, and "
-        "\"stop ws:NAME\" stops it. With --pubsub and one NAME: subscribe to NAME over --to "
+        '"stop ws:NAME" stops it. With --pubsub and one NAME: subscribe to NAME over --to '
         "and publish each message over --from as FROM:NAME. Prints one JSON line once "
         "listening and announced; logs go to stderr."
     )
@@ -42,7 +42,7 @@ class ProxyOptions(GnuOptions, ProxyTapOptions):
         "  grenache proxy fibonacci_worker --from ws --to http --port 1340\n"
         '  => {"mode":"static","keys":["ws:fibonacci_worker"],"port":1340,...}\n'
         "  grenache proxy --from http --port 1341                          (control mode)\n"
-        "  grenache request rpc_proxy '\"ws:coffee\"'   => \"Started proxying ws:coffee\"\n"
+        '  grenache request rpc_proxy \'"ws:coffee"\'   => "Started proxying ws:coffee"\n'
         "  grenache request ws:coffee '\"Hello\"'       (answered by coffee, over WebSocket)\n"
         "  grenache proxy ticker --pubsub --from ws --to ws --port 1342\n"
     )
@@ -79,7 +79,7 @@ async def proxy(session: Session) -> None:
     session.reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     ready: dict[str, Any] = {
         "mode": config.mode,
-        "keys": list(announced),
+        "keys": list(announced or {}),
         "port": port,
         "from": config.from_transport,
         "to": config.to_transport,

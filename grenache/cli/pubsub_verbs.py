@@ -9,6 +9,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 
+from grenache.announced_service import check_listen
 from grenache.cli.options import (
     PROG,
     CurveClientOptions,
@@ -20,7 +21,6 @@ from grenache.cli.options import (
 )
 from grenache.cli.session import Session, begin_logging, emit, stdin_lines
 from grenache.peer import PeerPub, PeerSub
-from grenache.service_tap import check_listen
 from grenache.tls_options import ClientTLSOptions, ServerTLSOptions
 from grenache.transports import get_transport, transport_names
 
