@@ -31,8 +31,8 @@ implementations rather than the machine's other sessions; ``own`` shows that sen
 
 ``--batch-io`` runs both Python processes with ``SocketOptions(batch_io=True)`` (libzmq's I/O
 thread under ``SCHED_BATCH``): less CPU per request, less overlap between client and server.
-``--max-batch N`` sets ``SocketOptions(max_batch=N)`` on both (64 by default; 1 sends every
-request and reply as a message of its own, as before batches).
+``--max-batch N`` sets ``SocketOptions(max_batch=N)`` on both (the transport's default, 32,
+unless given; 1 sends every request and reply as a message of its own, as before batches).
 
 Besides rates, each run samples the CPU time (user + system, all threads) of its server and
 client inside the measured window (``/proc``, Linux) and reports microseconds of CPU per
@@ -84,11 +84,8 @@ class _StubLink:
 
 def _options(conf: dict[str, Any]) -> Any:
     from grenache.transports.zmq import SocketOptions
-    from grenache.transports.zmq.frames import DEFAULT_MAX_BATCH
 
-    return SocketOptions(
-        batch_io=conf.get("batch_io", False), max_batch=conf.get("max_batch", DEFAULT_MAX_BATCH)
-    )
+    return SocketOptions(batch_io=conf.get("batch_io", False), max_batch=conf["max_batch"])
 
 
 def role_server(args: argparse.Namespace) -> None:
@@ -370,7 +367,7 @@ def main() -> None:
     parser.add_argument(
         "--max-batch",
         type=int,
-        default=64,
+        default=None,
         help="requests (replies) per ZeroMQ message at most (SocketOptions.max_batch)",
     )
     parser.add_argument("--json", metavar="PATH", help="write bench JSON to PATH")
@@ -384,6 +381,10 @@ def main() -> None:
         return
     if args.quick:
         args.seconds, args.repeats = 1.0, 1
+    if args.max_batch is None:
+        from grenache.transports.zmq.frames import DEFAULT_MAX_BATCH
+
+        args.max_batch = DEFAULT_MAX_BATCH
     result = run(args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
