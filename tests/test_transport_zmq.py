@@ -18,7 +18,7 @@ import msgpack
 import zmq
 from twisted.internet import reactor as _reactor
 from twisted.internet import task
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
 
@@ -150,6 +150,13 @@ class RequestReplyTests(ZmqCase):
         self.assertEqual(error.message, "handler says no")
         error = await self.assertFailure(client.request(dest, out("both", None)), RemoteError)
         self.assertEqual((error.message, error.result), ("partial", {"got": 1}))
+        # Deferreds that fired before the handler returned: a result and a failure.
+        _, fired = await self.server(
+            lambda r: fail(ValueError("fired no")) if r.key == "fail" else succeed(r.payload)
+        )
+        self.assertEqual(await client.request(fired, out("svc", [1])), [1])
+        error = await self.assertFailure(client.request(fired, out("fail", None)), RemoteError)
+        self.assertEqual(error.message, "fired no")
 
     async def test_timeout(self) -> None:
         """A handler that never answers: the request fails with RequestTimeout."""

@@ -218,6 +218,12 @@ class ZmqServerTransport:
             except Exception:
                 outcome = Failure()
             if isinstance(outcome, Deferred):
+                if outcome.called and not outcome.paused:
+                    # Already answered (a synchronous handler): no callback chain to run.
+                    result = outcome.result
+                    if not isinstance(result, Failure):
+                        self._finished(result, identity, codec, rid, alone)
+                        continue
                 outcome.addBoth(self._finished, identity, codec, rid, alone)
             else:
                 self._finished(outcome, identity, codec, rid, alone)
