@@ -105,6 +105,7 @@ class Destination:
             log.debug("bad ZeroMQ reply from {dest} ignored: {e}", dest=self.dest, e=e)
             return
         pending_by_rid = self.pending
+        matched = False
         for reply in replies:
             if type(reply) is not tuple:
                 log.debug("bad ZeroMQ reply from {dest} ignored: {e}", dest=self.dest, e=reply)
@@ -114,13 +115,14 @@ class Destination:
             if pending is None:
                 log.debug("ZeroMQ reply for unknown rid {rid!r} ignored", rid=rid)
                 continue
-            self.opened = True  # a reply may be read before the monitor's handshake event
+            matched = self.opened = True  # a reply may come before the handshake event
             if error is None or error == "" or error is False:
                 pending.deferred.callback(result)
             else:
                 text = error if isinstance(error, str) else repr(error)
                 pending.deferred.errback(RemoteError(text, result))
-        self.last_activity = self.owner._reactor.seconds()
+        if matched:
+            self.last_activity = self.owner._reactor.seconds()
 
     def _send_failed(self, rids: list[str], error: zmq.ZMQError) -> None:
         """A batch was not sent: each of its requests fails as a lone send would have."""
