@@ -567,6 +567,37 @@ class BatchTests(ZmqCase):
         await raw.received(5)
         self.assertEqual([json.loads(m[1])[0] for m in raw.messages[3:]], ["u1", "u2"])
 
+    async def test_replies_of_one_turn_leave_together(self) -> None:
+        """Replies that become ready later, all in one turn (outside any read), leave as one
+        batch at the end of that turn."""
+        held = Held()
+        _, dest = await self.server(held)
+        raw = self.dealer(dest)
+        raw.socket.send([b"msgpack", msgpack.packb([[f"r{i}", "k", i] for i in range(3)])])
+        await held.arrived(3)
+        await task.deferLater(global_reactor, 0, lambda: None)  # out of the server's read
+        for request, d in reversed(held.calls):
+            d.callback(request.payload)
+        await raw.received(1)
+        replies = msgpack.unpackb(raw.messages[0][1])
+        self.assertEqual(replies, [[f"r{i}", None, i] for i in (2, 1, 0)])
+
+    def test_closed_socket(self) -> None:
+        """A body given to a closed socket fails at once through ``send_failed``."""
+        failed: list[tuple[list[Any], zmq.ZMQError]] = []
+        factory = new_factory(global_reactor)
+        self.addCleanup(factory.shutdown)
+        socket = ZmqSocket(
+            factory,
+            zmq.DEALER,
+            SocketOptions(),
+            lambda frames: None,
+            send_failed=lambda tokens, e: failed.append((tokens, e)),
+        )
+        socket.close()
+        socket.batch(None, get_codec("json"), b'["r","k",1]', "r")
+        self.assertEqual([(tokens, e.errno) for tokens, e in failed], [(["r"], zmq.ENOTSOCK)])
+
     async def test_old_style_peer(self) -> None:
         """A client that sends each request alone (as before batches) gets each reply alone,
         even when the server reads them in one pass."""

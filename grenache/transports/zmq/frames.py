@@ -549,8 +549,13 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
         identity; ``None`` on other sockets): ``[route, codec, body]`` alone, or the codec's
         array of the turn's bodies. The batch leaves at the end of this read pass or reactor
         turn, or at once when it is full; a failed send calls ``send_failed`` with the tokens
-        of the whole batch. A queued body is dropped if the socket closes first. ``alone``
-        sends it at once as a message of its own (for a peer that may not read batches)."""
+        of the whole batch (at once on a closed socket). A queued body is dropped if the
+        socket closes first. ``alone`` sends it at once as a message of its own (for a peer
+        that may not read batches)."""
+        if self.closed:
+            if self.send_failed is not None:
+                self.send_failed([token], zmq.ZMQError(zmq.ENOTSOCK))
+            return
         if alone:
             lone = _Batch(route, codec)
             lone.bodies.append(body)
