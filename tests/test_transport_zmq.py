@@ -582,6 +582,24 @@ class BatchTests(ZmqCase):
         replies = msgpack.unpackb(raw.messages[0][1])
         self.assertEqual(replies, [[f"r{i}", None, i] for i in (2, 1, 0)])
 
+    async def test_in_flight_bound(self) -> None:
+        """A batch that crosses ``max_in_flight`` is served whole, then the server stops
+        reading until half of the bound is left running."""
+        held = Held()
+        server, dest = await self.server(held, max_in_flight=4)
+        raw = self.dealer(dest)
+        raw.socket.send([b"msgpack", msgpack.packb([[f"r{i}", "k", i] for i in range(6)])])
+        await held.arrived(6)
+        self.assertEqual((server.in_flight, server._socket.paused), (6, True))  # type: ignore[union-attr]
+        raw.socket.send([b"msgpack", msgpack.packb(["r6", "k", 6])])
+        for request, d in held.calls[:4]:
+            d.callback(request.payload)
+        self.assertFalse(server._socket.paused)  # type: ignore[union-attr]
+        await held.arrived(7)
+        self.assertEqual(held.calls[6][0].rid, "r6")
+        await raw.received(1)
+        self.assertEqual(len(msgpack.unpackb(raw.messages[0][1])), 4)
+
     def test_closed_socket(self) -> None:
         """A body given to a closed socket fails at once through ``send_failed``."""
         failed: list[tuple[list[Any], zmq.ZMQError]] = []
