@@ -1,5 +1,6 @@
 """Tests for the ZeroMQ transports' throughput measures (grenache.transports.zmq.frames):
-the I/O thread's scheduling policy (``SocketOptions.batch_io``)."""
+the I/O thread's scheduling policy (``SocketOptions.batch_io``) and batches (requests and
+replies of one reactor turn in one message)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from typing import Any
 
 import zmq
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.trial import unittest
 
-from grenache.peer import OutgoingRequest, new_rid
+from grenache.peer import OutgoingRequest, PeerRPCClient, new_rid
 from grenache.transports.zmq import SocketOptions, ZmqClientTransport, ZmqServerTransport
 from grenache.transports.zmq.frames import batch_io_supported, new_factory
 
@@ -85,3 +86,61 @@ class BatchIOTests(unittest.TestCase):
         io_threads = {k: v for k, v in new.items() if k.startswith("ZMQbg/IO")}
         self.assertEqual(len(io_threads), 2, new)  # one context each: server and client
         self.assertEqual(set(io_threads.values()), {os.SCHED_BATCH}, new)
+
+
+class Counting(ZmqServerTransport):
+    """A server transport counting the messages its socket delivers."""
+
+    messages = 0
+
+    def _received(self, frames: list[Any]) -> None:
+        self.messages += 1
+        super()._received(frames)
+
+
+class _Link:
+    def __init__(self, dest: str) -> None:
+        self.dest = dest
+
+    def lookup(self, name: str) -> Any:
+        return succeed([self.dest])
+
+
+class BatchTests(unittest.TestCase):
+    async def loop(self, max_batch: int, total: int = 640, depth: int = 64) -> int:
+        """``total`` requests through a peer keeping ``depth`` in flight (each answer sends
+        the next, as the bench's client does); every one answered; returns how many messages
+        the server read."""
+        options = SocketOptions(max_batch=max_batch)
+        server = Counting(global_reactor, interface="127.0.0.1", options=options)
+        self.addCleanup(server.stop)
+        port = await server.listen(0, lambda request: succeed(request.payload))
+        transport = ZmqClientTransport(global_reactor, options=options)
+        self.addCleanup(transport.stop)
+        client = PeerRPCClient(_Link(f"127.0.0.1:{port}"), transport, reactor=global_reactor)
+        left = [total]
+        answers: list[Any] = []
+        done: Deferred[None] = Deferred()
+
+        def answered(result: Any) -> None:
+            answers.append(result)
+            if left[0]:
+                send()
+            elif len(answers) == total:
+                done.callback(None)
+
+        def send() -> None:
+            left[0] -= 1
+            client.request("k", left[0], timeout=10.0).addCallback(answered)
+
+        for _ in range(depth):
+            send()
+        await done
+        self.assertEqual(sorted(answers), list(range(total)))
+        return server.messages
+
+    async def test_requests_in_flight_share_messages(self) -> None:
+        """With batches, 640 requests 64 in flight take far fewer messages than requests;
+        with ``max_batch=1`` each request is a message."""
+        self.assertLessEqual(await self.loop(32), 640 // 4)
+        self.assertEqual(await self.loop(1), 640)
