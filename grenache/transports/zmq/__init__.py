@@ -12,7 +12,8 @@ protocols of :mod:`grenache.peer`:
   :class:`ZmqPubTransport` (PUB) and :class:`ZmqSubTransport` (SUB);
 - :mod:`~grenache.transports.zmq.frames`: codecs, frames, addresses, the socket options
   (:class:`SocketOptions`: high-water marks, message size, reconnect and heartbeat
-  intervals) and the txzmq socket class every transport uses;
+  intervals, batch size) and the txzmq socket class every transport uses, which sends the
+  RPC requests and replies of one reactor turn as batches;
 - :mod:`~grenache.transports.zmq.curve`: CURVE keys and key files, :class:`CurveServer`,
   :class:`CurveClient`, the reactor-driven ZAP handler.
 
