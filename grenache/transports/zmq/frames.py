@@ -413,8 +413,9 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
 
     Built unconnected: options (and CURVE, through ``configure``) are set first, then
     :meth:`bind` or :meth:`connect`. ``received(frames)`` is called for each message.
-    Unlike txzmq's base class it reads a whole message with one ``recv_multipart`` and
-    schedules its re-read on the injected reactor, not the global one. ``copy_frames=False``
+    Unlike txzmq's base class it reads each whole message (frame by frame, cheaper than
+    ``recv_multipart``) and schedules its re-reads on the injected reactor, not the global
+    one. ``copy_frames=False``
     hands ``zmq.Frame`` objects (for their metadata, e.g. ``User-Id``) instead of bytes.
 
     :meth:`batch` batches bodies (RPC requests or replies): what is queued for one route in
