@@ -237,6 +237,9 @@ def makeService(options: Options) -> IService:
     before twistd daemonizes."""
     from twisted.internet import reactor
 
+    from grenache.speedups import reactor_poll
+
+    reactor_poll.install_under_twistd(options, reactor)
     return twistd_service(
         "grenache-proxy",
         lambda: ProxyService(options.config(), reactor),

@@ -45,6 +45,7 @@ from grenache.link import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_GRAPE
 from grenache.metrics import ALONE, HEALTHY, STOPPING
 from grenache.peer import Handler, PeerRPCServer, error_message
 from grenache.peer.server import DEFAULT_HANDLER_TIMEOUT
+from grenache.speedups import reactor_poll
 from grenache.tls_options import ServerTLSOptions
 from grenache.transports import UnknownTransport, get_transport, transport_names
 
@@ -304,6 +305,7 @@ def makeService(options: Options) -> IService:
     error before twistd daemonizes."""
     from twisted.internet import reactor
 
+    reactor_poll.install_under_twistd(options, reactor)
     return twistd_service(
         "grenache-service",
         lambda: GrenacheService(options.config(), reactor),

@@ -161,5 +161,14 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     _install_reactor(options)
     from twisted.internet.task import react
 
-    react(lambda reactor: ensureDeferred(run(reactor, options)))
+    react(_session, (options,))
     raise AssertionError("react() returned")  # pragma: no cover
+
+
+def _session(reactor: Any, options: Options) -> Any:
+    """The command's run on the reactor this process owns, with its lean poll loop where the
+    reactor allows (:mod:`grenache.speedups.reactor_poll`)."""
+    from grenache.speedups import reactor_poll
+
+    reactor_poll.install(reactor)
+    return ensureDeferred(run(reactor, options))

@@ -265,6 +265,9 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from grenache.grape.service import TwistdGrape, add_metrics
+    from grenache.speedups import reactor_poll
+
+    reactor_poll.install_under_twistd(options, reactor)
 
     twistd = options.parent
     daemon = twistd is not None and not twistd.get("nodaemon", True)
