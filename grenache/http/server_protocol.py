@@ -527,7 +527,7 @@ class HTTPServerProtocol(StreamHandoffMixin, OutputMixin, DeadlinesMixin, protoc
         if type(result) is HTTPResponse:
             self._answer(slot, self._prepared(request, result) if self._prepare else result)
             return
-        if isinstance(result, Coroutine):
+        if not isinstance(result, Deferred) and isinstance(result, Coroutine):  # ABC: slow
             result = Deferred.fromCoroutine(result)
         if isinstance(result, Deferred):
             slot.running = True
