@@ -80,11 +80,11 @@ def install(reactor: Any) -> bool:
         return True
     if not available(reactor):
         return False
-    poller = reactor._poller
-    selectables: dict[int, Any] = reactor._selectables
-    handle = reactor._doReadOrWrite
-
     def lean_poll(timeout: float | None) -> None:
+        # Read per poll, as Twisted's doPoll does, should the reactor ever replace them.
+        poller = reactor._poller
+        selectables: dict[int, Any] = reactor._selectables
+        handle = reactor._doReadOrWrite
         try:
             events = poller.poll(-1 if timeout is None else timeout, len(selectables))
         except OSError as error:
