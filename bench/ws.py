@@ -68,7 +68,7 @@ def make_message(i: int, size: int) -> str:
     return head + "x" * max(0, size - len(head) - 2) + '"}'
 
 
-def _emit(obj: Any) -> None:
+def emit(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
 
@@ -76,7 +76,7 @@ def _emit(obj: Any) -> None:
 # --- Python roles (each runs its own reactor) -----------------------------------------------
 
 
-class _StubLink:
+class StubLink:
     """A link whose lookup answers one destination at once."""
 
     def __init__(self, dest: str) -> None:
@@ -96,29 +96,41 @@ def role_rpc_server(args: argparse.Namespace) -> None:
     from grenache.transports.ws import WSServerTransport
 
     server = PeerRPCServer(None, WSServerTransport(reactor), lambda request: request.payload)
-    server.listen(0).addCallback(lambda port: _emit({"port": port}))
+    server.listen(0).addCallback(lambda port: emit({"port": port}))
     reactor.run()  # type: ignore[attr-defined,misc]
 
 
 def role_rpc_client(args: argparse.Namespace) -> None:
-    from twisted.internet import reactor, task
-    from twisted.internet.defer import Deferred, ensureDeferred
+    from twisted.internet import reactor
 
     from grenache.peer import PeerRPCClient
     from grenache.transports.ws import WSClientTransport
 
-    clock: Any = reactor
     conf = json.loads(args.conf)
-    client = PeerRPCClient(
-        _StubLink(conf["dest"]), WSClientTransport(reactor), timeout=10.0, reactor=reactor
+    run_rpc_client(
+        PeerRPCClient(
+            StubLink(conf["dest"]), WSClientTransport(reactor), timeout=10.0, reactor=reactor
+        ),
+        conf,
     )
+
+
+def run_rpc_client(client: Any, conf: dict[str, Any]) -> None:
+    """Run ``client`` (a PeerRPCClient on the global reactor) for a measured window, with
+    ``conf["concurrency"]`` requests in flight, and print the count, errors and rate.
+
+    A callback loop per in-flight slot, the shape of Node's bench client
+    (bench/node/ws_rpc_client.js), so that every client measured pays for the same loop.
+    """
+    from twisted.internet import reactor, task
+    from twisted.internet.defer import Deferred, ensureDeferred
+
+    clock: Any = reactor
     payload = conf["payload"]
     start = clock.seconds()
     measure_from = start + conf["warmup"]
     end = measure_from + conf["seconds"]
     state = {"count": 0, "errors": 0}
-    # A callback loop per in-flight slot, the shape of Node's bench client
-    # (bench/node/ws_rpc_client.js), so that both sides pay for the same loop.
     finished: Deferred[None] = Deferred()
     running = [conf["concurrency"]]
 
@@ -148,7 +160,7 @@ def role_rpc_client(args: argparse.Namespace) -> None:
             send()
         await finished
         seconds = conf["seconds"]
-        _emit({**state, "seconds": seconds, "rate": state["count"] / seconds})
+        emit({**state, "seconds": seconds, "rate": state["count"] / seconds})
         await client.stop()
 
     task.react(lambda r: ensureDeferred(main(r)))
@@ -170,7 +182,7 @@ def role_pub(args: argparse.Namespace) -> None:
         if stop < len(messages):
             task.deferLater(reactor, 0, publish, stop)
         else:
-            _emit({"published": len(messages), "subscribers": pub.subscribers})
+            emit({"published": len(messages), "subscribers": pub.subscribers})
 
     class Stdin:
         def __init__(self) -> None:
@@ -191,7 +203,7 @@ def role_pub(args: argparse.Namespace) -> None:
         def go(self) -> None:
             publish()
 
-    pub.listen(0).addCallback(lambda port: _emit({"port": port}))
+    pub.listen(0).addCallback(lambda port: emit({"port": port}))
     Stdin()
     reactor.run()  # type: ignore[attr-defined,misc]
 
@@ -208,7 +220,7 @@ def role_sub(args: argparse.Namespace) -> None:
     state: dict[str, Any] = {"connected": 0, "received": 0, "last": 0.0, "timer": None}
 
     def done() -> None:
-        _emit({"received": state["received"], "last": state["last"]})
+        emit({"received": state["received"], "last": state["last"]})
         clock.stop()
 
     def on_message(message: str | bytes) -> None:
@@ -223,7 +235,7 @@ def role_sub(args: argparse.Namespace) -> None:
     def connected(_: Any) -> None:
         state["connected"] += 1
         if state["connected"] == conf["subscribers"]:
-            _emit({"ready": True})
+            emit({"ready": True})
 
     for _ in range(conf["subscribers"]):
         sub.connect(conf["dest"], on_message, lambda: None).addCallback(connected)

@@ -43,16 +43,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.ws import NODE_DIR, Proc, make_message  # noqa: E402
+from bench.ws import NODE_DIR, Proc, emit, make_message  # noqa: E402
 
 LOCALHOST = "127.0.0.1"
 TOPIC = "bench_fanout"
 IDLE = 1.0
-
-
-def _emit(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 # --- roles (each its own process and reactor) -------------------------------------------------
@@ -83,7 +78,7 @@ def role_pub(conf: dict[str, Any]) -> None:
         if stop < len(messages):
             task.deferLater(reactor, 0, publish, stop)
         else:
-            _emit({"published": len(messages), "subscribers": pub.subscribers})
+            emit({"published": len(messages), "subscribers": pub.subscribers})
 
     def go() -> None:
         if conf["transport"] == "zmq":
@@ -99,7 +94,7 @@ def role_pub(conf: dict[str, Any]) -> None:
             if line.strip() == b"go":
                 go()
 
-    pub.listen(0).addCallback(lambda port: _emit({"port": port}))
+    pub.listen(0).addCallback(lambda port: emit({"port": port}))
     stdio.StandardIO(Lines())
     reactor.run()  # type: ignore[attr-defined,misc]
 
@@ -125,7 +120,7 @@ def role_sub(conf: dict[str, Any]) -> None:
         subs = [one] * conf["subscribers"]
 
     def done() -> None:
-        _emit({"received": state["received"], "last": state["last"]})
+        emit({"received": state["received"], "last": state["last"]})
         for sub in set(subs):
             sub.stop()  # a ZeroMQ context with open sockets would block the exit
         clock.stop()
@@ -144,7 +139,7 @@ def role_sub(conf: dict[str, Any]) -> None:
     def connected(_: Any) -> None:
         state["connected"] += 1
         if state["connected"] == conf["subscribers"]:
-            _emit({"ready": True})
+            emit({"ready": True})
             task.LoopingCall(idle).start(0.2, now=False)
 
     for sub in subs:

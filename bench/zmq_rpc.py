@@ -59,27 +59,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.ws import NODE_DIR, WARMUP, Bench, Proc, make_payload  # noqa: E402
+from bench.ws import (  # noqa: E402
+    NODE_DIR,
+    WARMUP,
+    Bench,
+    Proc,
+    StubLink,
+    emit,
+    make_payload,
+    run_rpc_client,
+)
 
 LOCALHOST = "127.0.0.1"
-
-
-def _emit(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-class _StubLink:
-    """A link whose lookup answers one destination at once."""
-
-    def __init__(self, dest: str) -> None:
-        from twisted.internet.defer import succeed
-
-        self.dest = dest
-        self._succeed = succeed
-
-    def lookup(self, name: str) -> Any:
-        return self._succeed([self.dest])
 
 
 def _options(conf: dict[str, Any]) -> Any:
@@ -98,63 +89,20 @@ def role_server(args: argparse.Namespace) -> None:
     options = _options(conf)
     transport = ZmqServerTransport(reactor, interface=LOCALHOST, options=options)
     server = PeerRPCServer(None, transport, lambda request: request.payload)
-    server.listen(0).addCallback(lambda port: _emit({"port": port}))
+    server.listen(0).addCallback(lambda port: emit({"port": port}))
     reactor.run()  # type: ignore[attr-defined,misc]
 
 
 def role_client(args: argparse.Namespace) -> None:
-    from twisted.internet import reactor, task
-    from twisted.internet.defer import Deferred, ensureDeferred
+    from twisted.internet import reactor
 
     from grenache.peer import PeerRPCClient
     from grenache.transports.zmq import ZmqClientTransport
 
-    clock: Any = reactor
     conf = json.loads(args.conf)
-    options = _options(conf)
-    transport = ZmqClientTransport(reactor, codec=conf["codec"], options=options)
-    link: Any = _StubLink(conf["dest"])
-    client = PeerRPCClient(link, transport, timeout=10.0, reactor=reactor)
-    payload = conf["payload"]
-    start = clock.seconds()
-    measure_from = start + conf["warmup"]
-    end = measure_from + conf["seconds"]
-    state = {"count": 0, "errors": 0}
-    # A callback loop per in-flight slot, the shape of Node's bench client
-    # (bench/node/ws_rpc_client.js) and of bench/ws.py's, so that all pay for the same loop.
-    finished: Deferred[None] = Deferred()
-    running = [conf["concurrency"]]
-
-    def send() -> None:
-        client.request("bench", payload).addCallbacks(answered, failed)
-
-    def answered(_: Any) -> None:
-        now = clock.seconds()
-        if now >= measure_from:
-            state["count"] += 1
-        next_or_stop(now)
-
-    def failed(_: Any) -> None:
-        state["errors"] += 1
-        next_or_stop(clock.seconds())
-
-    def next_or_stop(now: float) -> None:
-        if now < end:
-            send()
-            return
-        running[0] -= 1
-        if running[0] == 0:
-            finished.callback(None)
-
-    async def main(_: Any) -> None:
-        for _slot in range(conf["concurrency"]):
-            send()
-        await finished
-        seconds = conf["seconds"]
-        _emit({**state, "seconds": seconds, "rate": state["count"] / seconds})
-        await client.stop()
-
-    task.react(lambda r: ensureDeferred(main(r)))
+    transport = ZmqClientTransport(reactor, codec=conf["codec"], options=_options(conf))
+    client = PeerRPCClient(StubLink(conf["dest"]), transport, timeout=10.0, reactor=reactor)
+    run_rpc_client(client, conf)
 
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
