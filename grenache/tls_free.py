@@ -10,16 +10,17 @@ so when its API and ``--metrics`` ports are plain TCP, UNIX or systemd sockets a
 WebSocket API (the WebSocket transport checks certificates with pyOpenSSL); cryptography itself
 stays importable (a grape loads it for mutable BEP 44 items when one arrives).
 
-The mark is Python's own "not installed" entry (``sys.modules["OpenSSL"] = None``), set only
-while neither Twisted's TCP module nor pyOpenSSL is loaded, so it cannot take TLS away from
-anything that already has it; afterwards, importing pyOpenSSL in that process raises
-:class:`ImportError`.
+The mark is an import hook refusing pyOpenSSL, set only while neither Twisted's TCP module nor
+pyOpenSSL is loaded, so it cannot take TLS away from anything that already has it;
+afterwards, importing pyOpenSSL in that process raises :class:`ImportError` saying why.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 from typing import Any
 
 __all__ = ["PLAIN_ENDPOINT_TYPES", "is_plain", "keep_tls_out"]
@@ -52,5 +53,21 @@ def keep_tls_out(places: Iterable[Any]) -> bool:
         return False
     if "twisted.internet.tcp" in sys.modules or "OpenSSL" in sys.modules:
         return False
-    sys.modules["OpenSSL"] = None  # type: ignore[assignment]
+    if not any(isinstance(finder, _RefusePyOpenSSL) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _RefusePyOpenSSL())
     return True
+
+
+class _RefusePyOpenSSL:
+    """An import hook (``sys.meta_path``) for which pyOpenSSL is not installed."""
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if name == "OpenSSL" or name.startswith("OpenSSL."):
+            raise ImportError(
+                "pyOpenSSL was kept out of this process: it listens on no TLS port "
+                "(grenache.tls_free)",
+                name=name,
+            )
+        return None
