@@ -115,9 +115,19 @@ def role_rpc_client(args: argparse.Namespace) -> None:
     )
 
 
+def latency_percentiles(latencies: list[float]) -> dict[str, float]:
+    """``p50_ms`` and ``p99_ms`` of latencies in seconds (nearest rank), or nothing."""
+    if not latencies:
+        return {}
+    ordered = sorted(latencies)
+    rank = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50_ms": rank(0.50) * 1000, "p99_ms": rank(0.99) * 1000}
+
+
 def run_rpc_client(client: Any, conf: dict[str, Any]) -> None:
     """Run ``client`` (a PeerRPCClient on the global reactor) for a measured window, with
-    ``conf["concurrency"]`` requests in flight, and print the count, errors and rate.
+    ``conf["concurrency"]`` requests in flight, and print the count and rate of the answers in
+    the window, the errors, and the latency percentiles (ms) of the requests sent in it.
 
     A callback loop per in-flight slot, the shape of Node's bench client
     (bench/node/ws_rpc_client.js), so that every client measured pays for the same loop.
@@ -131,19 +141,25 @@ def run_rpc_client(client: Any, conf: dict[str, Any]) -> None:
     measure_from = start + conf["warmup"]
     end = measure_from + conf["seconds"]
     state = {"count": 0, "errors": 0}
+    latencies: list[float] = []
     finished: Deferred[None] = Deferred()
     running = [conf["concurrency"]]
 
     def send() -> None:
-        client.request("bench", payload).addCallbacks(answered, failed)
+        sent = clock.seconds()
+        client.request("bench", payload).addCallbacks(
+            answered, failed, callbackArgs=(sent,), errbackArgs=(sent,)
+        )
 
-    def answered(_: Any) -> None:
+    def answered(_: Any, sent: float) -> None:
         now = clock.seconds()
         if now >= measure_from:
             state["count"] += 1
+            if sent >= measure_from:
+                latencies.append(now - sent)
         next_or_stop(now)
 
-    def failed(_: Any) -> None:
+    def failed(_: Any, sent: float) -> None:
         state["errors"] += 1
         next_or_stop(clock.seconds())
 
@@ -160,7 +176,14 @@ def run_rpc_client(client: Any, conf: dict[str, Any]) -> None:
             send()
         await finished
         seconds = conf["seconds"]
-        emit({**state, "seconds": seconds, "rate": state["count"] / seconds})
+        emit(
+            {
+                **state,
+                "seconds": seconds,
+                "rate": state["count"] / seconds,
+                **latency_percentiles(latencies),
+            }
+        )
         await client.stop()
 
     task.react(lambda r: ensureDeferred(main(r)))
@@ -416,6 +439,7 @@ class Bench:
             f"clients on CPU {self.client_cpu}"
         )
         rpc: dict[tuple[str, str], list[float]] = {}
+        latency: dict[tuple[str, str], list[tuple[float, float]]] = {}
         errors = 0
         for round_ in range(a.repeats):
             for client, server in self.kinds():
@@ -423,6 +447,11 @@ class Bench:
                 rpc.setdefault((client, server), []).append(result["rate"])
                 errors += result.get("errors", 0)
                 shown = f"  ({result['errors']} errors)" if result.get("errors") else ""
+                if "p99_ms" in result:
+                    latency.setdefault((client, server), []).append(
+                        (result["p50_ms"], result["p99_ms"])
+                    )
+                    shown += f"  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
                 label = f" (round {round_ + 1})" if a.repeats > 1 else ""
                 print(
                     f"  {client:>6} client -> {server:<6} server  {result['rate']:10,.0f} req/s"
@@ -434,6 +463,12 @@ class Bench:
             f"per run after a {WARMUP:g} s warm-up; servers on one CPU, clients on the other; "
             f"the clients are the full peer with a lookup answered at once; {errors} errors"
         ]
+        for (client, server), values in latency.items():
+            p50 = statistics.median(v[0] for v in values)
+            p99 = statistics.median(v[1] for v in values)
+            line = f"{client} client -> {server} server: latency p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+            print(f"  {line} (medians)")
+            notes.append(line + " (medians of the runs)")
         return self._json("ws_rpc", "WebSocket RPC (echo)", "req/s", rpc, "client", notes)
 
     def run_pubsub(self) -> dict[str, Any]:

@@ -9,7 +9,8 @@
 // The link is a stub whose lookup answers [dest] at once, so only the peer and the transport
 // are measured (Node's pool: up to 3 sockets per destination). Each of the C workers sends
 // its next request when the previous one is answered. Completions during the W warm-up
-// seconds are not counted; prints {"count":N,"seconds":S,"rate":R,"errors":E} and exits.
+// seconds are not counted; prints {"count":N,"seconds":S,"rate":R,"errors":E,"p50_ms":..,
+// "p99_ms":..} (latencies of the requests sent after the warm-up) and exits.
 
 const { PeerRPCClient } = require('grenache-nodejs-ws')
 
@@ -24,20 +25,36 @@ const end = measureFrom + c.seconds * 1000
 let count = 0
 let errors = 0
 let running = c.concurrency
+const latencies = []
 
 function worker () {
+  const sent = process.hrtime.bigint()
+  const sentMs = Date.now()
   peer.request('bench', c.payload, { timeout: 10000 }, (err) => {
     const now = Date.now()
     if (err) errors++
-    else if (now >= measureFrom) count++
+    else if (now >= measureFrom) {
+      count++
+      if (sentMs >= measureFrom) latencies.push(Number(process.hrtime.bigint() - sent) / 1e6)
+    }
     if (now < end) worker()
     else if (--running === 0) finish()
   })
 }
 
+function percentile (sorted, q) {
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]
+}
+
 function finish () {
   const seconds = c.seconds
-  process.stdout.write(JSON.stringify({ count, seconds, rate: count / seconds, errors }) + '\n')
+  const out = { count, seconds, rate: count / seconds, errors }
+  if (latencies.length) {
+    latencies.sort((a, b) => a - b)
+    out.p50_ms = percentile(latencies, 0.5)
+    out.p99_ms = percentile(latencies, 0.99)
+  }
+  process.stdout.write(JSON.stringify(out) + '\n')
   process.exit(0)
 }
 
