@@ -22,6 +22,7 @@ import grenache
 
 API = Path(__file__).resolve().parent.parent / "docs" / "api"
 
+
 def is_private(dotted: str) -> bool:
     """A name any of whose parts starts with an underscore (``__main__`` included)."""
     return any(part.startswith("_") for part in dotted.split("."))

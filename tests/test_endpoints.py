@@ -76,8 +76,16 @@ class AddressTests(SynchronousTestCase):
             self.assertEqual(endpoints.split_host_port(text), expected, text)
 
     def test_split_refuses_what_is_not_an_address(self) -> None:
-        for text in ["1337", "host:", ":80", "host:0", "host:65536", "host:x", "[::1]1337",
-                     "a:b:80"]:
+        for text in [
+            "1337",
+            "host:",
+            ":80",
+            "host:0",
+            "host:65536",
+            "host:x",
+            "[::1]1337",
+            "a:b:80",
+        ]:
             with self.assertRaises(ValueError, msg=text) as caught:
                 endpoints.split_host_port(text)
             self.assertIn(repr(text), str(caught.exception))

@@ -80,6 +80,7 @@ def install(reactor: Any) -> bool:
         return True
     if not available(reactor):
         return False
+
     def lean_poll(timeout: float | None) -> None:
         # Read per poll, as Twisted's doPoll does, should the reactor ever replace them.
         poller = reactor._poller
