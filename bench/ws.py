@@ -275,9 +275,21 @@ class Proc:
     share of the CPUs, which would favour whichever implementation runs fewer threads.
     """
 
-    def __init__(self, argv: list[str], cpu: int | None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        cpu: int | None,
+        env: dict[str, str] | None = None,
+        own_session: bool = False,
+    ) -> None:
+        """``own_session`` puts the process in a session of its own instead (``setsid``), for
+        measuring what that scheduling costs (bench/zmq_rpc.py ``--sessions own``)."""
+
         def setup() -> None:
-            os.setpgid(0, 0)
+            if own_session:
+                os.setsid()
+            else:
+                os.setpgid(0, 0)
             if cpu is not None:
                 with contextlib.suppress(OSError):
                     os.sched_setaffinity(0, {cpu})

@@ -45,11 +45,9 @@ run (1 s runs, one repeat).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -118,34 +116,6 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-class _Proc(Proc):
-    """bench.ws's Proc, with the session policy of ``--sessions``: its own process group
-    always (killed as a group), its own session only with ``own``."""
-
-    def __init__(
-        self, argv: list[str], cpu: int | None, own_session: bool, env: dict[str, str] | None
-    ) -> None:
-        def setup() -> None:
-            if own_session:
-                os.setsid()
-            else:
-                os.setpgid(0, 0)
-            if cpu is not None:
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(0, {cpu})
-
-        self.argv = argv
-        self.popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            preexec_fn=setup,
-            env=env,
-            cwd=REPO,
-        )
-
-
 def run_pair(bench: Bench, args: argparse.Namespace, impl: str) -> dict[str, Any]:
     """One run of a pair (``python`` ZeroMQ or ``node`` WebSocket): the client's result line,
     plus ``server_cpu_us``/``client_cpu_us`` (CPU per request in the measured window) when
@@ -162,7 +132,7 @@ def run_pair(bench: Bench, args: argparse.Namespace, impl: str) -> dict[str, Any
         server_argv = [sys.executable, me, "server", json.dumps(server_conf)]
     procs: list[Proc] = []
     try:
-        server = _Proc(server_argv, bench.server_cpu, own, env)
+        server = Proc(server_argv, bench.server_cpu, env, own_session=own)
         procs.append(server)
         port = server.line(30.0)["port"]
         conf = {
@@ -180,7 +150,7 @@ def run_pair(bench: Bench, args: argparse.Namespace, impl: str) -> dict[str, Any
         else:
             client_argv = [sys.executable, me, "client", json.dumps(conf)]
         started = time.monotonic()
-        client = _Proc(client_argv, bench.client_cpu, own, env)
+        client = Proc(client_argv, bench.client_cpu, env, own_session=own)
         procs.append(client)
         # CPU samples well inside the measured window (after the warm-up, before the end).
         window = (started + WARMUP + 0.3, started + WARMUP + args.seconds - 0.2)
