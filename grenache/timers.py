@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -33,19 +34,25 @@ class DeadlineTimer:
     def __init__(self, clock: Any, sweep: Callable[[float], float | None]) -> None:
         self._clock = clock
         self._sweep = sweep
-        self._call: Any = None
+        self._call: Any = None  # set while a call is pending: only this class cancels it
+        #: When the timer fires next (clock time; infinity when nothing is due). A deadline
+        #: at or after it needs no :meth:`due`: owners on a hot path compare first.
+        self.at = math.inf
 
     def due(self, when: float) -> None:
         """Fire no later than ``when`` (clock time)."""
-        call = self._call
-        if call is not None and call.active():
-            if call.getTime() <= when:
-                return
-            call.cancel()
-        self._call = self._clock.callLater(max(0.0, when - self._clock.seconds()), self._fire)
+        if self.at <= when:
+            return
+        if self._call is not None:
+            self._call.cancel()
+        call = self._call = self._clock.callLater(
+            max(0.0, when - self._clock.seconds()), self._fire
+        )
+        self.at = call.getTime()
 
     def _fire(self) -> None:
         self._call = None
+        self.at = math.inf
         now = self._clock.seconds()
         try:
             nxt = self._sweep(now)
@@ -60,6 +67,7 @@ class DeadlineTimer:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        self.at = math.inf
 
 
 class Deadlines(Generic[T]):

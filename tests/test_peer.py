@@ -8,6 +8,7 @@ cancels), which no transport exposes.
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
 from typing import Any
@@ -28,6 +29,7 @@ from grenache.peer import (
     error_message,
     new_rid,
 )
+from grenache.peer import request as request_module
 from grenache.peer import server as server_module
 from grenache.peer.request import OutgoingRequest, _RandomBytes
 from grenache.testing import MemoryNetwork
@@ -83,6 +85,19 @@ class NewRidTests(SynchronousTestCase):
             self.assertEqual(str(parsed), rid)
             self.assertEqual(parsed.version, 4)
             self.assertEqual(parsed.variant, uuid.RFC_4122)
+
+    def test_fresh_head_after_fork_and_twelve_digit_tail(self) -> None:
+        """A forked child draws its own head (what the fork hook calls), so parent and child
+        never share ids; the counting last group stays 12 hex digits when it wraps."""
+        before = new_rid()
+        request_module._reset_rids()
+        after = new_rid()
+        self.assertNotEqual(before[:24], after[:24])
+        self.patch(request_module, "_rid_counter", itertools.count((1 << 48) - 1))
+        for rid in (new_rid(), new_rid()):
+            parsed = uuid.UUID(rid)
+            self.assertEqual((str(parsed), parsed.version), (rid, 4))
+        self.assertEqual(rid[24:], "000000000000")
 
     def test_random_bytes_refill(self) -> None:
         """The urandom buffer hands out each byte once, across refills and after a reset."""

@@ -51,7 +51,7 @@ from grenache.transports.zmq.frames import (
     get_codec,
     new_factory,
 )
-from tests.support import FakeLink
+from tests.support import FakeLink, recording_log
 
 LOOPBACK = "127.0.0.1"
 global_reactor: Any = _reactor
@@ -285,6 +285,38 @@ class PeerTests(ZmqCase):
         for _ in range(4):
             reply = await client.request("svc", "x")
             self.assertEqual(reply["server"], 0)
+
+
+    async def test_single_refusing_destination_is_set_aside_once(self) -> None:
+        """With one destination and one attempt the client adds no errback of its own: the
+        transport reports the refusal (watch_unreachable) and the destination is set aside
+        before the caller sees DestinationUnreachable, with one log line for the episode."""
+        from grenache.peer import client as client_module
+
+        events = recording_log(self, client_module)
+        dead = f"{LOOPBACK}:{self.free_port()}"
+        transport = self.client()
+        seen: list[tuple[str, bool]] = []
+        client = PeerRPCClient(
+            FakeLink({"svc": [dead]}), transport, reactor=global_reactor, timeout=5
+        )
+        transport.watch_unreachable(lambda dest: seen.append((dest, client.is_set_aside(dest))))
+        for _ in range(2):
+            await self.assertFailure(client.request("svc", "x"), DestinationUnreachable)
+            self.assertTrue(client.is_set_aside(dead))
+        # Each refusal reported (the client's observer ran first: set aside when ours ran).
+        self.assertEqual(seen, [(dead, True), (dead, True)])
+        self.assertEqual([e.get("event") for e in events].count("dest_set_aside"), 1)
+
+    async def test_observer_failure_is_logged_and_requests_still_fail(self) -> None:
+        from grenache.transports.zmq import client as zmq_client_module
+
+        events = recording_log(self, zmq_client_module)
+        transport = self.client()
+        transport.watch_unreachable(lambda dest: 1 / 0)
+        dest = f"{LOOPBACK}:{self.free_port()}"
+        await self.assertFailure(transport.request(dest, out("svc", 1)), DestinationUnreachable)
+        self.assertTrue(any(e.get("log_failure") for e in events))
 
 
 class MalformedTests(ZmqCase):

@@ -118,6 +118,12 @@ class PeerRPCClient:
         self._calls: CallRecorder | None = (
             metrics.watch_rpc_client(transport) if metrics is not None else None
         )
+        # A transport that reports unreachable destinations itself (watch_unreachable) spares
+        # the errback on requests that cannot be retried or sent elsewhere.
+        watch_unreachable = getattr(transport, "watch_unreachable", None)
+        self._told_unreachable = watch_unreachable is not None
+        if watch_unreachable is not None:
+            watch_unreachable(self._set_dest_aside)
 
     # --- destination choice ---
 
@@ -125,7 +131,11 @@ class PeerRPCClient:
         return self._reactor.seconds()  # type: ignore[no-any-return]
 
     def _set_dest_aside(self, dest: str) -> None:
-        self._set_aside[dest] = self._now() + self.unreachable_backoff
+        now = self._now()
+        already = self._set_aside.get(dest, -math.inf) > now
+        self._set_aside[dest] = now + self.unreachable_backoff
+        if already:
+            return  # one line per episode (the transport and a failed request may both say)
         log.info(
             "Destination {dest} refused the connection; left out for {seconds} s",
             dest=dest,
@@ -188,11 +198,17 @@ class PeerRPCClient:
     def _used(self, dest: str) -> None:
         """Note a request to ``dest`` (what makes it active)."""
         last_used = self._last_used
-        now = last_used[dest] = self._reactor.seconds()
+        last_used[dest] = self._reactor.seconds()
         if len(last_used) > _LAST_USED_PRUNE:
-            for d, t in list(last_used.items()):
-                if now - t >= self.active_window:
-                    del last_used[d]
+            self._prune_last_used()
+
+    def _prune_last_used(self) -> None:
+        """Forget the destinations no longer active (the table keeps only those in use)."""
+        now = self._reactor.seconds()
+        last_used = self._last_used
+        for d, t in list(last_used.items()):
+            if now - t >= self.active_window:
+                del last_used[d]
 
     def is_set_aside(self, dest: str) -> bool:
         """Whether ``dest`` is currently left out after refusing a connection."""
@@ -239,7 +255,8 @@ class PeerRPCClient:
         t = self.timeout if timeout is None else timeout
         if not t > 0:
             return fail(ValueError("timeout must be a positive number of seconds"))
-        t = float(t)
+        if type(t) is not float:
+            t = float(t)
         if max_active_key_dests is None:
             limit = self.max_active_key_dests
         else:
@@ -249,7 +266,7 @@ class PeerRPCClient:
                 return fail(e)
             limit = max_active_key_dests
         d: Deferred[Any] = self.link.lookup(key)
-        attempts = max(1, int(retry))
+        attempts = retry if type(retry) is int and retry >= 1 else max(1, int(retry))
         dests: Any = d.result if d.called and not d.paused else None
         if dests is not None and not isinstance(dests, Failure):
             # Answered at once (a cache hit): go on now rather than chain the transport's
@@ -287,24 +304,28 @@ class PeerRPCClient:
         limit: int | None,
         refused: set[str] | None,
     ) -> Deferred[Any]:
-        dest = self.choose(dests, refused or frozenset(), limit)
-        self._used(dest)
+        if refused is None and len(dests) == 1:
+            dest = dests[0]  # the usual case: nothing to choose
+        else:
+            dest = self.choose(dests, refused or frozenset(), limit)
+        last_used = self._last_used
+        last_used[dest] = self._reactor.seconds()
+        if len(last_used) > _LAST_USED_PRUNE:
+            self._prune_last_used()
         d = self.transport.request(
             dest, OutgoingRequest(new_rid(), key, payload, timeout, compress)
         )
         if self._calls is not None:
             self._count(d, dest)
-        return d.addErrback(
+        if attempts == 1 and refused is None and len(dests) == 1 and self._told_unreachable:
+            # Nothing to retry, nowhere else to go, and the transport sets a refusing
+            # destination aside itself: the failure goes to the caller as it is.
+            return d
+        # addCallbacks rather than addErrback: one call fewer on every request's path.
+        return d.addCallbacks(
+            _same,
             self._attempt_failed,
-            dest,
-            dests,
-            key,
-            payload,
-            timeout,
-            attempts,
-            compress,
-            limit,
-            refused,
+            errbackArgs=(dest, dests, key, payload, timeout, attempts, compress, limit, refused),
         )
 
     def _attempt_failed(
@@ -451,6 +472,10 @@ class PeerRPCClient:
         """Refuse new calls and stop the transport (its pending requests fail)."""
         self._stopped = True
         return self.transport.stop()
+
+
+def _same(result: Any) -> Any:
+    return result
 
 
 def _check_limit(name: str, value: int | None) -> None:

@@ -217,7 +217,8 @@ class WSClientTransport(DialingTransport):
         d: Deferred[Any] = Deferred(cancel)
         deadline = self._clock.seconds() + request.timeout
         connection.send(Pending(request.rid, frame, deadline, d))
-        self._sweeper.due(deadline)
+        if self._sweeper.at > deadline:
+            self._sweeper.due(deadline)
         if fresh:
             connection.start()
         return d

@@ -30,6 +30,7 @@ with nothing in flight).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -63,15 +64,11 @@ __all__ = ["ZmqClientTransport"]
 
 log = Logger()
 
+_INF = math.inf
 
-class Pending:
-    """One request waiting for its reply."""
 
-    __slots__ = ("deadline", "deferred")
-
-    def __init__(self, deadline: float, deferred: Deferred[Any]) -> None:
-        self.deadline = deadline
-        self.deferred = deferred
+# A request waiting for its reply: ``(deadline, deferred)`` (a tuple: one is made per request).
+Pending = tuple[float, "Deferred[Any]"]
 
 
 class Destination:
@@ -80,7 +77,7 @@ class Destination:
     def __init__(self, owner: ZmqClientTransport, dest: str, address: str) -> None:
         self.owner = owner
         self.dest = dest
-        self.pending: dict[str, Pending] = {}
+        self.pending: dict[str, Pending] = {}  # by rid
         self.opened = False
         self.closed = False
         now = owner._reactor.seconds()
@@ -107,7 +104,7 @@ class Destination:
         pending_by_rid = self.pending
         matched = False
         for reply in replies:
-            if type(reply) is not tuple:
+            if type(reply) is not list:
                 log.debug("bad ZeroMQ reply from {dest} ignored: {e}", dest=self.dest, e=reply)
                 continue
             rid, error, result = reply
@@ -117,10 +114,10 @@ class Destination:
                 continue
             matched = self.opened = True  # a reply may come before the handshake event
             if error is None or error == "" or error is False:
-                pending.deferred.callback(result)
+                pending[1].callback(result)
             else:
                 text = error if isinstance(error, str) else repr(error)
-                pending.deferred.errback(RemoteError(text, result))
+                pending[1].errback(RemoteError(text, result))
         if matched:
             self.last_activity = self.owner._reactor.seconds()
 
@@ -134,10 +131,11 @@ class Destination:
             )
         else:
             failure = TransportClosed(f"{TransportClosed.wire}: {self.dest}: {error}")
-        for rid in rids:
-            pending = self.pending.pop(rid, None)
-            if pending is not None:
-                pending.deferred.errback(failure)
+        failed = [p for p in map(self.pending.pop, rids, [None] * len(rids)) if p is not None]
+        if failed and isinstance(failure, DestinationUnreachable):
+            self.owner._report_unreachable(self.dest)
+        for _, d in failed:
+            d.errback(failure)
 
     def _event(self, event: int, value: int) -> None:
         if self.closed:
@@ -174,8 +172,10 @@ class Destination:
         self.monitor.close()
         self.socket.close()
         pending, self.pending = self.pending, {}
-        for p in pending.values():
-            p.deferred.errback(error)
+        if pending and isinstance(error, DestinationUnreachable):
+            self.owner._report_unreachable(self.dest)
+        for _, d in pending.values():
+            d.errback(error)
 
 
 class ZmqClientTransport:
@@ -216,26 +216,47 @@ class ZmqClientTransport:
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self.options = options or SocketOptions()
+        self._max_size = self.options.max_message_size
         self._factory = new_factory(reactor, self.options)
         self._dests: dict[str, Destination] = {}
         self._sweeper = DeadlineTimer(reactor, self._sweep)
         self._stopped = False
+        self._unreachable_observers: list[Callable[[str], object]] = []
+
+    def watch_unreachable(self, observer: Callable[[str], object]) -> None:
+        """Call ``observer(dest)`` whenever requests to ``dest`` are about to fail with
+        :class:`~grenache.errors.DestinationUnreachable`, before they fail.
+
+        :class:`~grenache.peer.PeerRPCClient` sets such a destination aside through it, so a
+        request it cannot retry or send elsewhere (one destination, one attempt: the usual
+        case) needs no errback of its own (a tenth of the client's time per request).
+        """
+        self._unreachable_observers.append(observer)
+
+    def _report_unreachable(self, dest: str) -> None:
+        for observer in self._unreachable_observers:
+            try:
+                observer(dest)
+            except Exception:
+                log.failure("An unreachable-destination observer failed")
 
     def request(self, dest: str, request: OutgoingRequest) -> Deferred[Any]:
         """Send ``request`` to ``dest`` and fire with the reply's result (see the protocol)."""
         if self._stopped:
             return fail(TransportClosed(f"{TransportClosed.wire}: client stopped"))
+        rid = request.rid
         timeout = request.timeout
-        if not (timeout > 0 and math.isfinite(timeout)):
+        if not 0 < timeout < _INF:
             return fail(ValueError(f"timeout must be positive and finite: {timeout!r}"))
         codec = self.codec
         try:
-            body = codec.dumps([request.rid, request.key, request.payload])
+            body = codec.dumps([rid, request.key, request.payload])
         except (TypeError, ValueError, RecursionError, OverflowError):
             return fail()
-        limit = self.options.max_message_size
-        if len(body) > limit:
-            return fail(RequestTooLarge(f"{RequestTooLarge.wire}: {len(body)} bytes > {limit}"))
+        if len(body) > self._max_size:
+            return fail(
+                RequestTooLarge(f"{RequestTooLarge.wire}: {len(body)} bytes > {self._max_size}")
+            )
         destination = self._dests.get(dest)
         if destination is None:
             try:
@@ -245,7 +266,6 @@ class ZmqClientTransport:
             destination = Destination(self, dest, address)
             self._dests[dest] = destination
             self._sweeper.due(destination.connect_deadline)
-        rid = request.rid
         pending_by_rid = destination.pending
         if rid in pending_by_rid:
             return fail(ValueError(f"rid {rid!r} is already in flight to {dest}"))
@@ -254,11 +274,11 @@ class ZmqClientTransport:
             pending_by_rid.pop(rid, None)
 
         d: Deferred[Any] = Deferred(cancel)
-        now = self._reactor.seconds()
-        deadline = now + timeout
-        pending_by_rid[rid] = Pending(deadline, d)
-        destination.last_activity = now
-        self._sweeper.due(deadline)
+        destination.last_activity = now = self._reactor.seconds()
+        pending_by_rid[rid] = (deadline := now + timeout, d)
+        sweeper = self._sweeper
+        if sweeper.at > deadline:
+            sweeper.due(deadline)
         destination.socket.batch(None, codec, body, rid)
         return d
 
@@ -282,10 +302,10 @@ class ZmqClientTransport:
                     continue
                 nxt = _earliest(nxt, destination.connect_deadline)
             pending = destination.pending
-            for rid in [rid for rid, p in pending.items() if p.deadline <= now]:
-                expired.append(pending.pop(rid).deferred)
-            for p in pending.values():
-                nxt = _earliest(nxt, p.deadline)
+            for rid in [rid for rid, (deadline, _) in pending.items() if deadline <= now]:
+                expired.append(pending.pop(rid)[1])
+            for deadline, _ in pending.values():
+                nxt = _earliest(nxt, deadline)
             if pending:
                 continue
             idle_at = destination.last_activity + self.idle_timeout

@@ -208,9 +208,9 @@ def recover_rids(body: bytes) -> list[str]:
     return []
 
 
-def decode_replies(frames: list[bytes]) -> list[tuple[str, Any, Any] | FrameError]:
+def decode_replies(frames: list[bytes]) -> list[list[Any] | FrameError]:
     """The replies of a message (one, or each of a batch), in the codec its first frame
-    names: ``(rid, error, result)``, or a :class:`FrameError` for an element that is not
+    names: ``[rid, error, result]`` lists, or a :class:`FrameError` for an element that is not
     ``[rid, error, result]`` with a string rid. Raises :class:`FrameError` for a message that
     is not 2 frames, names an unknown codec or does not decode."""
     if len(frames) != 2:
@@ -222,13 +222,12 @@ def decode_replies(frames: list[bytes]) -> list[tuple[str, Any, Any] | FrameErro
         message = codec.loads(frames[1])
     except (ValueError, RecursionError) as e:
         raise FrameError(f"undecodable {codec.name} reply: {e}") from None
-    out: list[tuple[str, Any, Any] | FrameError] = []
-    for element in _elements(message):
-        if type(element) is list and len(element) == 3 and type(element[0]) is str:
-            out.append((element[0], element[1], element[2]))
-        else:
-            out.append(FrameError("a reply is [rid, error, result] with a string rid"))
-    return out
+    replies: list[list[Any] | FrameError] = _elements(message)
+    for i, element in enumerate(replies):
+        # The decoded lists are handed out as they are: one reply is one list, no copy.
+        if not (type(element) is list and len(element) == 3 and type(element[0]) is str):
+            replies[i] = FrameError("a reply is [rid, error, result] with a string rid")
+    return replies
 
 
 # --- endpoints --------------------------------------------------------------------------------
@@ -569,8 +568,9 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
         key = (route, codec.frame)
         batches = self._batches
         batch = batches.get(key)
+        size = len(body)
         # A batch's array header (msgpack) or brackets and commas (JSON): n + 6 bytes at most.
-        limit = self.batch_bytes - 6 - len(body)
+        limit = self.batch_bytes - 6 - size
         while batch is not None and batch.size + len(batch.bodies) > limit:
             del batches[key]
             self._send_batch(batch)
@@ -579,10 +579,11 @@ class ZmqSocket(ZmqConnection):  # type: ignore[misc]
             batch = batches[key] = _Batch(route, codec)
             if self._flush_call is None and not self.reading:
                 self._flush_call = self.factory.reactor.callLater(0, self._flush_due)
-        batch.bodies.append(body)
+        bodies = batch.bodies
+        bodies.append(body)
         batch.tokens.append(token)
-        batch.size += len(body)
-        if len(batch.bodies) >= self.max_batch:
+        batch.size += size
+        if len(bodies) >= self.max_batch:
             del batches[key]
             self._send_batch(batch)
 
