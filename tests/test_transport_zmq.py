@@ -286,7 +286,6 @@ class PeerTests(ZmqCase):
             reply = await client.request("svc", "x")
             self.assertEqual(reply["server"], 0)
 
-
     async def test_single_refusing_destination_is_set_aside_once(self) -> None:
         """With one destination and one attempt the client adds no errback of its own: the
         transport reports the refusal (watch_unreachable) and the destination is set aside
