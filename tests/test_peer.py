@@ -8,7 +8,6 @@ cancels), which no transport exposes.
 
 from __future__ import annotations
 
-import itertools
 import random
 import uuid
 from typing import Any
@@ -86,18 +85,31 @@ class NewRidTests(SynchronousTestCase):
             self.assertEqual(parsed.version, 4)
             self.assertEqual(parsed.variant, uuid.RFC_4122)
 
-    def test_fresh_head_after_fork_and_twelve_digit_tail(self) -> None:
+    def test_fresh_head_after_fork_and_when_the_counter_runs_out(self) -> None:
         """A forked child draws its own head (what the fork hook calls), so parent and child
-        never share ids; the counting last group stays 12 hex digits when it wraps."""
+        never share ids; the last group counts up, and when it runs out a new head and a new
+        random start are drawn."""
         before = new_rid()
         request_module._reset_rids()
         after = new_rid()
         self.assertNotEqual(before[:24], after[:24])
-        self.patch(request_module, "_rid_counter", itertools.count((1 << 48) - 1))
-        for rid in (new_rid(), new_rid()):
+        self.assertEqual(int(new_rid()[24:], 16), int(after[24:], 16) + 1)
+        draws = iter([b"\x11" * 10, b"\x00" * 6, b"\x22" * 10, b"\x00" * 6])
+        self.patch(request_module.os, "urandom", lambda n: next(draws)[:n])
+        self.patch(request_module, "_RID_END", (1 << 48) + 2)
+        stream = request_module._rid_stream()
+        rids = [next(stream) for _ in range(3)]
+        self.assertEqual(
+            rids,
+            [
+                "11111111-1111-4111-9111-000000000000",
+                "11111111-1111-4111-9111-000000000001",
+                "22222222-2222-4222-a222-000000000000",
+            ],
+        )
+        for rid in rids:
             parsed = uuid.UUID(rid)
-            self.assertEqual((str(parsed), parsed.version), (rid, 4))
-        self.assertEqual(rid[24:], "000000000000")
+            self.assertEqual((str(parsed), parsed.version, parsed.variant), (rid, 4, uuid.RFC_4122))
 
     def test_random_bytes_refill(self) -> None:
         """The urandom buffer hands out each byte once, across refills and after a reset."""

@@ -4,13 +4,12 @@ string of a reply, request ids, and calling a handler whatever it returns."""
 from __future__ import annotations
 
 import inspect
-import itertools
 import os
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 from grenache import errors
@@ -110,25 +109,27 @@ def call_handler(handler: Handler, request: Request) -> Deferred[Any]:
     :func:`~grenache.peer.coroutines.to_deferred` runs it: as an asyncio Task under the asyncio
     reactor, so that it may await asyncio libraries.
     """
-    return maybeDeferred(_call, handler, request)
-
-
-# Results that are plainly values: no Deferred, coroutine or awaitable checks for them (the
-# abstract-class checks of inspect.isawaitable are most of this path's cost).
-_PLAIN = frozenset({dict, list, str, int, float, bool, type(None), bytes, tuple})
-
-
-def _call(handler: Handler, request: Request) -> Any:
-    result = handler(request)
+    # maybeDeferred's work, inline: this runs for every request served.
+    try:
+        result = handler(request)
+    except BaseException:
+        return fail()
     if type(result) in _PLAIN:
-        return result
+        return succeed(result)
     if isinstance(result, Deferred):
         return result
     if isinstance(result, Coroutine):
         return to_deferred(result)
     if inspect.isawaitable(result):
         return to_deferred(_await(result))
-    return result
+    if isinstance(result, Failure):
+        return fail(result)
+    return succeed(result)
+
+
+# Results that are plainly values: no Deferred, coroutine or awaitable checks for them (the
+# abstract-class checks of inspect.isawaitable are most of this path's cost).
+_PLAIN = frozenset({dict, list, str, int, float, bool, type(None), bytes, tuple})
 
 
 async def _await(awaitable: Awaitable[T]) -> T:
@@ -165,24 +166,32 @@ class _RandomBytes:
 random_bytes = _RandomBytes()
 """Random bytes from ``os.urandom`` for request ids and WebSocket masking keys."""
 
-# Request ids: a random head per process (the first four groups of a UUID v4) and a counter
-# from a random start as the last group. One format call per id: a third of what cutting
-# every id from random bytes cost, on the path of every request.
-_RID_COUNTER_MASK = (1 << 48) - 1
-_rid_head = ""
-_rid_counter = itertools.count()
+# Request ids: a random head (the first four groups of a UUID v4) and a counter from a random
+# start as the last group, the head drawn again when the counter runs out. One concatenation
+# per id: a third of what cutting every id from random bytes cost, on every request's path.
+
+
+def _rid_stream() -> Iterator[str]:
+    while True:
+        h = os.urandom(10).hex()
+        variant = "89ab"[int(h[16], 16) & 3]  # two random bits under the RFC 4122 variant bits 10
+        head = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-"
+        # Counting in [2**48, 2**49): hex() then always has 12 digits after "0x1".
+        start = (1 << 48) | int.from_bytes(os.urandom(6), "big") >> 1
+        for n in range(start, _RID_END):
+            yield head + hex(n)[3:]
+
+
+_RID_END = 1 << 49
+_rids = _rid_stream()
 
 
 def _reset_rids() -> None:
-    global _rid_head, _rid_counter
+    global _rids
     random_bytes.reset()
-    h = os.urandom(10).hex()
-    variant = "89ab"[int(h[16], 16) & 3]  # two random bits under the RFC 4122 variant bits 10
-    _rid_head = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-"
-    _rid_counter = itertools.count(int.from_bytes(os.urandom(6), "big"))
+    _rids = _rid_stream()
 
 
-_reset_rids()
 os.register_at_fork(after_in_child=_reset_rids)
 
 
@@ -190,9 +199,8 @@ def new_rid() -> str:
     """A fresh request id: a lowercase, dashed UUID v4 string, as the Node libraries send.
 
     Unique, not secret (a reply is matched to its request by rid only on the connection the
-    request went out on): the first four groups are random per process (drawn again in a
-    forked child, so parent and child never share ids), the last group counts up from a
-    random start. The version nibble is ``4`` and the variant bits ``10``, as in
-    ``str(uuid.uuid4())``.
+    request went out on): the first four groups are random (drawn again in a forked child,
+    so parent and child never share ids), the last group counts up from a random start. The
+    version nibble is ``4`` and the variant bits ``10``, as in ``str(uuid.uuid4())``.
     """
-    return f"{_rid_head}{next(_rid_counter) & _RID_COUNTER_MASK:012x}"
+    return next(_rids)
