@@ -71,11 +71,16 @@ class ServerTransport(Protocol):
 class ClientTransport(Protocol):
     """The client side of an RPC transport.
 
-    Two optional attributes, read by :class:`~grenache.peer.PeerRPCClient` when present:
+    Optional attributes, read by :class:`~grenache.peer.PeerRPCClient` when present:
     ``pool_size_per_dest`` (int, writable), the most connections kept per destination, which
-    the client's ``max_active_dest_transports`` sets; and ``idle_timeout`` (seconds), after
+    the client's ``max_active_dest_transports`` sets; ``idle_timeout`` (seconds), after
     which an idle connection is closed, the time a destination counts as active for
-    ``max_active_key_dests``.
+    ``max_active_key_dests``; and ``watch_unreachable(observer)``, a method that has
+    ``observer(dest)`` called whenever requests to ``dest`` are about to fail with
+    :class:`~grenache.errors.DestinationUnreachable` (the ZeroMQ transport has it): the client
+    then sets such destinations aside through it and adds no errback of its own to requests
+    it could not retry anyway (one destination, one attempt), a tenth of its time per
+    request.
     """
 
     def request(self, dest: str, request: OutgoingRequest) -> Deferred[Any]:
