@@ -109,6 +109,7 @@ class ZmqServerTransport:
         self.interface = interface
         self.codec = get_codec(codec)
         self.options = options or SocketOptions()
+        self._max_size = self.options.max_message_size
         self.max_in_flight = max_in_flight
         self.on_request_error = on_request_error
         self.in_flight = 0
@@ -253,8 +254,8 @@ class ZmqServerTransport:
         except (TypeError, ValueError, RecursionError, OverflowError) as e:
             log.failure("cannot encode the reply for rid {rid!r}", rid=reply[0])
             body = codec.dumps([reply[0], error_message(e), None])
-        if len(body) > self.options.max_message_size:
-            limit = self.options.max_message_size
+        limit = self._max_size
+        if len(body) > limit:
             text = f"{RequestTooLarge.wire}: reply of {len(body)} bytes > {limit}"
             body = codec.dumps([reply[0], text, None])
         socket.batch(identity, codec, body, reply[0], alone)
