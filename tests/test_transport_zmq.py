@@ -307,6 +307,22 @@ class PeerTests(ZmqCase):
         self.assertEqual(seen, [(dead, True), (dead, True)])
         self.assertEqual([e.get("event") for e in events].count("dest_set_aside"), 1)
 
+    def test_clients_dropped_without_stop_are_not_kept(self) -> None:
+        """The transport holds a client's observer weakly: clients made and dropped on one
+        shared transport neither stay alive nor pile up in it."""
+        import gc
+        import weakref
+
+        transport = self.client()
+        link = FakeLink({"svc": ["127.0.0.1:1"]})
+        clients = [PeerRPCClient(link, transport, reactor=global_reactor) for _ in range(50)]
+        first = weakref.ref(clients[0])
+        del clients
+        gc.collect()
+        PeerRPCClient(link, transport, reactor=global_reactor)
+        self.assertIsNone(first())
+        self.assertLessEqual(len(transport._unreachable_observers), 1)
+
     async def test_observer_failure_is_logged_and_requests_still_fail(self) -> None:
         from grenache.transports.zmq import client as zmq_client_module
 

@@ -304,10 +304,8 @@ class PeerRPCClient:
         limit: int | None,
         refused: set[str] | None,
     ) -> Deferred[Any]:
-        if refused is None and len(dests) == 1:
-            dest = dests[0]  # the usual case: nothing to choose
-        else:
-            dest = self.choose(dests, refused or frozenset(), limit)
+        alone = refused is None and len(dests) == 1  # the usual case: nothing to choose
+        dest = dests[0] if alone else self.choose(dests, refused or frozenset(), limit)
         last_used = self._last_used
         last_used[dest] = self._reactor.seconds()
         if len(last_used) > _LAST_USED_PRUNE:
@@ -317,7 +315,7 @@ class PeerRPCClient:
         )
         if self._calls is not None:
             self._count(d, dest)
-        if attempts == 1 and refused is None and len(dests) == 1 and self._told_unreachable:
+        if alone and attempts == 1 and self._told_unreachable:
             # Nothing to retry, nowhere else to go, and the transport sets a refusing
             # destination aside itself: the failure goes to the caller as it is.
             return d

@@ -29,7 +29,9 @@ with nothing in flight).
 
 from __future__ import annotations
 
+import inspect
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -221,7 +223,7 @@ class ZmqClientTransport:
         self._dests: dict[str, Destination] = {}
         self._sweeper = DeadlineTimer(reactor, self._sweep)
         self._stopped = False
-        self._unreachable_observers: list[Callable[[str], object]] = []
+        self._unreachable_observers: list[Callable[[], Callable[[str], object] | None]] = []
 
     def watch_unreachable(self, observer: Callable[[str], object]) -> None:
         """Call ``observer(dest)`` whenever requests to ``dest`` are about to fail with
@@ -229,12 +231,20 @@ class ZmqClientTransport:
 
         :class:`~grenache.peer.PeerRPCClient` sets such a destination aside through it, so a
         request it cannot retry or send elsewhere (one destination, one attempt: the usual
-        case) needs no errback of its own (a tenth of the client's time per request).
+        case) needs no errback of its own (a tenth of the client's time per request). A bound
+        method is held weakly: a client dropped without being stopped does not stay alive,
+        or in this list, through its transport.
         """
-        self._unreachable_observers.append(observer)
+        ref: Callable[[], Callable[[str], object] | None]
+        ref = weakref.WeakMethod(observer) if inspect.ismethod(observer) else lambda: observer
+        self._unreachable_observers = [r for r in self._unreachable_observers if r() is not None]
+        self._unreachable_observers.append(ref)
 
     def _report_unreachable(self, dest: str) -> None:
-        for observer in self._unreachable_observers:
+        for ref in list(self._unreachable_observers):
+            observer = ref()
+            if observer is None:
+                continue
             try:
                 observer(dest)
             except Exception:
