@@ -98,7 +98,7 @@ class NewRidTests(SynchronousTestCase):
         self.patch(request_module.os, "urandom", lambda n: next(draws)[:n])
         self.patch(request_module, "_RID_END", (1 << 48) + 2)
         stream = request_module._rid_stream()
-        rids = [next(stream) for _ in range(3)]
+        rids = [*next(stream), *next(stream)][:3]
         self.assertEqual(
             rids,
             [

@@ -214,6 +214,32 @@ class RequestReplyTests(ZmqCase):
         await self.assertFailure(d, TransportClosed)
         await self.assertFailure(client.request(dest, out("svc", 1)), TransportClosed)
 
+    async def test_cancel_in_flight(self) -> None:
+        """A cancelled request fails at once with CancelledError; its late reply is dropped,
+        its entry goes with it, and the socket goes on serving; one cancelled before its
+        deadline is not failed again by the timeout."""
+        from twisted.internet.defer import CancelledError
+
+        held = Held()
+        _, dest = await self.server(held)
+        client = self.client()
+        cancelled = client.request(dest, out("svc", 1))
+        short = client.request(dest, out("svc", 2, timeout=0.2))
+        await held.arrived(2)
+        cancelled.cancel()
+        short.cancel()
+        await self.assertFailure(cancelled, CancelledError)
+        await self.assertFailure(short, CancelledError)
+        held.calls[0][1].callback("late")
+        later = client.request(dest, out("svc", 3))
+        await held.arrived(3)
+        held.calls[2][1].callback("fresh")
+        self.assertEqual(await later, "fresh")
+        pending = client._dests[dest].pending
+        self.assertEqual(len(pending), 1)  # only the one whose deadline is still to come
+        await task.deferLater(global_reactor, 0.4, lambda: None)
+        self.assertEqual(pending, {})  # swept at its deadline, without a second failure
+
 
 class DeadPeerTests(ZmqCase):
     async def test_server_dies_with_requests_in_flight(self) -> None:

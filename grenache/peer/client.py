@@ -310,9 +310,9 @@ class PeerRPCClient:
         last_used[dest] = self._reactor.seconds()
         if len(last_used) > _LAST_USED_PRUNE:
             self._prune_last_used()
-        d = self.transport.request(
-            dest, OutgoingRequest(new_rid(), key, payload, timeout, compress)
-        )
+        # tuple.__new__ makes the named tuple without its Python-level __new__.
+        outgoing = _new_tuple(OutgoingRequest, (new_rid(), key, payload, timeout, compress))
+        d = self.transport.request(dest, outgoing)
         if self._calls is not None:
             self._count(d, dest)
         if alone and attempts == 1 and self._told_unreachable:
@@ -470,6 +470,9 @@ class PeerRPCClient:
         """Refuse new calls and stop the transport (its pending requests fail)."""
         self._stopped = True
         return self.transport.stop()
+
+
+_new_tuple = tuple.__new__
 
 
 def _same(result: Any) -> Any:

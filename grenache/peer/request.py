@@ -167,29 +167,32 @@ random_bytes = _RandomBytes()
 """Random bytes from ``os.urandom`` for request ids and WebSocket masking keys."""
 
 # Request ids: a random head (the first four groups of a UUID v4) and a counter from a random
-# start as the last group, the head drawn again when the counter runs out. One concatenation
-# per id: a third of what cutting every id from random bytes cost, on every request's path.
+# start as the last group, the head drawn again when the counter runs out. Made 256 at a time:
+# a list iterator's next per id, a fifth of what cutting every id from random bytes cost.
+_RID_END = 1 << 49
+_RID_CHUNK = 256
 
 
-def _rid_stream() -> Iterator[str]:
+def _rid_stream() -> Iterator[list[str]]:
     while True:
         h = os.urandom(10).hex()
         variant = "89ab"[int(h[16], 16) & 3]  # two random bits under the RFC 4122 variant bits 10
         head = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-"
         # Counting in [2**48, 2**49): hex() then always has 12 digits after "0x1".
         start = (1 << 48) | int.from_bytes(os.urandom(6), "big") >> 1
-        for n in range(start, _RID_END):
-            yield head + hex(n)[3:]
+        for first in range(start, _RID_END, _RID_CHUNK):
+            yield [head + hex(n)[3:] for n in range(first, min(first + _RID_CHUNK, _RID_END))]
 
 
-_RID_END = 1 << 49
-_rids = _rid_stream()
+_rid_chunks = _rid_stream()
+_rid_chunk: Iterator[str] = iter(())
 
 
 def _reset_rids() -> None:
-    global _rids
+    global _rid_chunks, _rid_chunk
     random_bytes.reset()
-    _rids = _rid_stream()
+    _rid_chunks = _rid_stream()
+    _rid_chunk = iter(())
 
 
 os.register_at_fork(after_in_child=_reset_rids)
@@ -203,4 +206,8 @@ def new_rid() -> str:
     so parent and child never share ids), the last group counts up from a random start. The
     version nibble is ``4`` and the variant bits ``10``, as in ``str(uuid.uuid4())``.
     """
-    return next(_rids)
+    global _rid_chunk
+    for rid in _rid_chunk:
+        return rid
+    _rid_chunk = iter(next(_rid_chunks))
+    return next(_rid_chunk)

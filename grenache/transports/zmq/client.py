@@ -115,11 +115,14 @@ class Destination:
                 log.debug("ZeroMQ reply for unknown rid {rid!r} ignored", rid=rid)
                 continue
             matched = self.opened = True  # a reply may come before the handshake event
+            d = pending[1]
+            if d.called:
+                continue  # cancelled by its caller: the late reply is dropped
             if error is None or error == "" or error is False:
-                pending[1].callback(result)
+                d.callback(result)
             else:
                 text = error if isinstance(error, str) else repr(error)
-                pending[1].errback(RemoteError(text, result))
+                d.errback(RemoteError(text, result))
         if matched:
             self.last_activity = self.owner._reactor.seconds()
 
@@ -137,7 +140,8 @@ class Destination:
         if failed and isinstance(failure, DestinationUnreachable):
             self.owner._report_unreachable(self.dest)
         for _, d in failed:
-            d.errback(failure)
+            if not d.called:
+                d.errback(failure)
 
     def _event(self, event: int, value: int) -> None:
         if self.closed:
@@ -177,7 +181,8 @@ class Destination:
         if pending and isinstance(error, DestinationUnreachable):
             self.owner._report_unreachable(self.dest)
         for _, d in pending.values():
-            d.errback(error)
+            if not d.called:
+                d.errback(error)
 
 
 class ZmqClientTransport:
@@ -279,11 +284,9 @@ class ZmqClientTransport:
         pending_by_rid = destination.pending
         if rid in pending_by_rid:
             return fail(ValueError(f"rid {rid!r} is already in flight to {dest}"))
-
-        def cancel(_: Deferred[Any]) -> None:
-            pending_by_rid.pop(rid, None)
-
-        d: Deferred[Any] = Deferred(cancel)
+        # No canceller: a cancelled request fails at once and its entry goes with its reply
+        # or its deadline, whichever comes first (cheaper than a canceller per request).
+        d: Deferred[Any] = Deferred()
         destination.last_activity = now = self._reactor.seconds()
         pending_by_rid[rid] = (deadline := now + timeout, d)
         sweeper = self._sweeper
@@ -325,7 +328,8 @@ class ZmqClientTransport:
             else:
                 nxt = _earliest(nxt, idle_at)
         for d in expired:
-            d.errback(RequestTimeout())
+            if not d.called:
+                d.errback(RequestTimeout())
         # An errback may have stopped the transport: then nothing is due any more.
         return None if self._stopped else nxt
 
