@@ -25,8 +25,11 @@ def _thread_policies(pid: int) -> dict[str, int]:
     """Each thread's name and scheduling policy (field 41 of /proc/PID/task/TID/stat)."""
     policies = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/stat") as f:
-            text = f.read()
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                text = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended meanwhile (an earlier test's ZeroMQ context closing)
         name = text[text.index("(") + 1 : text.rindex(")")]
         fields = text.rsplit(")", 1)[1].split()
         policies[f"{name}/{tid}"] = int(fields[38])
