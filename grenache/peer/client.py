@@ -306,7 +306,7 @@ class PeerRPCClient:
     ) -> Deferred[Any]:
         alone = refused is None and len(dests) == 1  # the usual case: nothing to choose
         dest = dests[0] if alone else self.choose(dests, refused or frozenset(), limit)
-        last_used = self._last_used
+        last_used = self._last_used  # _used(dest), inline on every request's path
         last_used[dest] = self._reactor.seconds()
         if len(last_used) > _LAST_USED_PRUNE:
             self._prune_last_used()
