@@ -31,6 +31,7 @@ from twisted.internet.defer import (
     DeferredList,
     FirstError,
     fail,
+    passthru,
 )
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -321,7 +322,7 @@ class PeerRPCClient:
             return d
         # addCallbacks rather than addErrback: one call fewer on every request's path.
         return d.addCallbacks(
-            _same,
+            passthru,
             self._attempt_failed,
             errbackArgs=(dest, dests, key, payload, timeout, attempts, compress, limit, refused),
         )
@@ -473,10 +474,6 @@ class PeerRPCClient:
 
 
 _new_tuple = tuple.__new__
-
-
-def _same(result: Any) -> Any:
-    return result
 
 
 def _check_limit(name: str, value: int | None) -> None:

@@ -115,14 +115,11 @@ class Destination:
                 log.debug("ZeroMQ reply for unknown rid {rid!r} ignored", rid=rid)
                 continue
             matched = self.opened = True  # a reply may come before the handshake event
-            d = pending[1]
-            if d.called:
-                continue  # cancelled by its caller: the late reply is dropped
             if error is None or error == "" or error is False:
-                d.callback(result)
+                pending[1].callback(result)
             else:
                 text = error if isinstance(error, str) else repr(error)
-                d.errback(RemoteError(text, result))
+                pending[1].errback(RemoteError(text, result))
         if matched:
             self.last_activity = self.owner._reactor.seconds()
 
@@ -136,12 +133,12 @@ class Destination:
             )
         else:
             failure = TransportClosed(f"{TransportClosed.wire}: {self.dest}: {error}")
-        failed = [p for p in map(self.pending.pop, rids, [None] * len(rids)) if p is not None]
+        pop = self.pending.pop
+        failed = [p for rid in rids if (p := pop(rid, None)) is not None]
         if failed and isinstance(failure, DestinationUnreachable):
             self.owner._report_unreachable(self.dest)
         for _, d in failed:
-            if not d.called:
-                d.errback(failure)
+            d.errback(failure)
 
     def _event(self, event: int, value: int) -> None:
         if self.closed:
@@ -181,8 +178,7 @@ class Destination:
         if pending and isinstance(error, DestinationUnreachable):
             self.owner._report_unreachable(self.dest)
         for _, d in pending.values():
-            if not d.called:
-                d.errback(error)
+            d.errback(error)
 
 
 class ZmqClientTransport:
@@ -284,8 +280,9 @@ class ZmqClientTransport:
         pending_by_rid = destination.pending
         if rid in pending_by_rid:
             return fail(ValueError(f"rid {rid!r} is already in flight to {dest}"))
-        # No canceller: a cancelled request fails at once and its entry goes with its reply
-        # or its deadline, whichever comes first (cheaper than a canceller per request).
+        # No canceller (cheaper than one per request): a cancelled request fails at once,
+        # Twisted ignores the later callback or errback of a Deferred cancelled without one,
+        # and the entry goes with the late reply or at its deadline, whichever comes first.
         d: Deferred[Any] = Deferred()
         destination.last_activity = now = self._reactor.seconds()
         pending_by_rid[rid] = (deadline := now + timeout, d)
@@ -328,8 +325,7 @@ class ZmqClientTransport:
             else:
                 nxt = _earliest(nxt, idle_at)
         for d in expired:
-            if not d.called:
-                d.errback(RequestTimeout())
+            d.errback(RequestTimeout())
         # An errback may have stopped the transport: then nothing is due any more.
         return None if self._stopped else nxt
 
